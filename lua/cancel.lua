@@ -1,0 +1,54 @@
+#!lua flags=allow-oom
+--[[ cancel: make a waiting or delayed job never run.
+  A job already delivered to a worker (in the PEL) is active and cannot be cancelled.
+
+  KEYS[1..3] lanes high, normal, low   STREAM
+  KEYS[4] index          HASH
+  KEYS[5] delayed        ZSET
+  KEYS[6] delayed data   HASH
+  KEYS[7] stats          HASH  cancelled counter
+  KEYS[8] job record     HASH
+  ARGV[1] group  ARGV[2] job_id  ARGV[3] record ttl (ms)
+  Returns: 1 cancelled; 0 unknown or already finished; -1 active (running now).
+]]
+local index, delayed, ddata, stats, rec = KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local group, job_id = ARGV[1], ARGV[2]
+local loc = redis.call('HGET', index, job_id)
+if not loc then
+  return 0
+end
+local attempts, created, made = '', '', 0
+if loc == 'd' then
+  local packed = redis.call('HGET', ddata, job_id)
+  if packed then
+    local e = cmsgpack.unpack(packed)
+    attempts, made, created = e[3], e[4], e[6]
+  end
+  redis.call('ZREM', delayed, job_id)
+  redis.call('HDEL', ddata, job_id)
+else
+  local lane_no = tonumber(string.sub(loc, 1, 1))
+  local lane, id = KEYS[1 + lane_no], string.sub(loc, 3)
+  local p = redis.pcall('XPENDING', lane, group, id, id, 1)
+  if not p.err and p[1] then
+    return -1
+  end
+  local r = redis.call('XRANGE', lane, id, id)
+  if r[1] then
+    local raw = r[1][2]
+    for i = 1, #raw, 2 do
+      if raw[i] == 'a' then attempts = raw[i + 1] end
+      if raw[i] == 'n' then made = raw[i + 1] end
+      if raw[i] == 't' then created = raw[i + 1] end
+    end
+  end
+  redis.call('XDEL', lane, id)
+end
+redis.call('HDEL', index, job_id)
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('DEL', rec)
+redis.call('HSET', rec, 'st', 'cancelled', 'n', made, 'a', attempts, 't', created, 'f', now)
+redis.call('PEXPIRE', rec, tonumber(ARGV[3]))
+redis.call('HINCRBY', stats, 'cancelled', 1)
+return 1

@@ -1,0 +1,44 @@
+#!lua flags=allow-oom
+--[[ dead_letter: fail a job for good, fenced by ownership.
+  Copies the entry (payload and meta, with the error) to the capped dead-letter
+  stream, XACK + XDEL it, drops it from the index, writes the failed record with its
+  TTL and bumps the failed counter. allow-oom: it frees the lane entry.
+
+  KEYS[1..3] lanes high, normal, low   STREAM
+  KEYS[4] index   HASH
+  KEYS[5] dead    STREAM (capped, MAXLEN ~ ARGV[9])
+  KEYS[6] stats   HASH
+  KEYS[7] job record   HASH
+  ARGV[1] group  ARGV[2] consumer  ARGV[3] lane  ARGV[4] entry_id  ARGV[5] job_id
+  ARGV[6] error (one line, already redacted)  ARGV[7] record ttl (ms)
+  ARGV[8] attempts made (recorded)  ARGV[9] dead stream max length
+  Returns: the dead-letter entry id; 0 if the claim was lost; -1 if the entry is gone.
+]]
+local index, dead, stats, rec = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local group, consumer = ARGV[1], ARGV[2]
+local lane_no = tonumber(ARGV[3])
+local lane, id, job_id, err = KEYS[1 + lane_no], ARGV[4], ARGV[5], ARGV[6]
+local p = redis.call('XPENDING', lane, group, id, id, 1)
+if not (p[1] and p[1][2] == consumer) then
+  return 0
+end
+local r = redis.call('XRANGE', lane, id, id)
+redis.call('XACK', lane, group, id)
+redis.call('HDEL', index, job_id)
+if not r[1] then
+  return -1
+end
+local f = {}
+local raw = r[1][2]
+for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('XDEL', lane, id)
+local dead_id = redis.call('XADD', dead, 'MAXLEN', '~', tonumber(ARGV[9]), '*',
+  'j', job_id, 'd', f['d'], 'a', f['a'], 'n', ARGV[8], 's', f['s'], 't', f['t'],
+  'b', f['b'], 'l', lane_no, 'e', err, 'f', now)
+redis.call('HSET', rec, 'st', 'failed', 'n', ARGV[8], 'a', f['a'], 't', f['t'], 'f', now,
+  'e', err, 'x', dead_id)
+redis.call('PEXPIRE', rec, tonumber(ARGV[7]))
+redis.call('HINCRBY', stats, 'failed', 1)
+return dead_id

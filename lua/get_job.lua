@@ -1,0 +1,62 @@
+#!lua flags=no-writes
+--[[ get_job: read one job's state and facts wherever it lives.
+
+  KEYS[1..3] lanes high, normal, low   STREAM
+  KEYS[4] index          HASH
+  KEYS[5] delayed        ZSET
+  KEYS[6] delayed data   HASH
+  KEYS[7] job record     HASH
+  ARGV[1] group  ARGV[2] job_id
+  Returns: {} if unknown or expired, else {state, field, value, ...} with fields
+    a (max attempts), n (failed attempts), s (stalls), t (created ms), e (last error),
+    f (finished ms), due (ms), x (dead entry id), lane, id (entry id), dc (deliveries)
+]]
+local index, delayed, ddata, rec = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local group, job_id = ARGV[1], ARGV[2]
+local loc = redis.call('HGET', index, job_id)
+if not loc then
+  local r = redis.call('HGETALL', rec)
+  if not r[1] then return {} end
+  local st = 'unknown'
+  local out = {''}
+  for i = 1, #r, 2 do
+    if r[i] == 'st' then st = r[i + 1] else
+      out[#out + 1] = r[i]
+      out[#out + 1] = r[i + 1]
+    end
+  end
+  out[1] = st
+  return out
+end
+if loc == 'd' then
+  local packed = redis.call('HGET', ddata, job_id)
+  local out = {'delayed', 'due', redis.call('ZSCORE', delayed, job_id) or ''}
+  if packed then
+    local e = cmsgpack.unpack(packed)
+    for _, kv in ipairs({{'a', e[3]}, {'n', e[4]}, {'s', e[5]}, {'t', e[6]}, {'e', e[9]}, {'lane', e[8]}}) do
+      out[#out + 1] = kv[1]
+      out[#out + 1] = tostring(kv[2])
+    end
+  end
+  return out
+end
+local lane_no = tonumber(string.sub(loc, 1, 1))
+local lane, id = KEYS[1 + lane_no], string.sub(loc, 3)
+local out = {'waiting', 'lane', lane_no, 'id', id}
+local p = redis.pcall('XPENDING', lane, group, id, id, 1)
+if not p.err and p[1] then
+  out[1] = 'active'
+  out[#out + 1] = 'dc'
+  out[#out + 1] = p[1][4]
+end
+local r = redis.call('XRANGE', lane, id, id)
+if r[1] then
+  local raw = r[1][2]
+  for i = 1, #raw, 2 do
+    if raw[i] ~= 'd' and raw[i] ~= 'j' then
+      out[#out + 1] = raw[i]
+      out[#out + 1] = raw[i + 1]
+    end
+  end
+end
+return out

@@ -1,0 +1,44 @@
+#!lua flags=allow-oom
+--[[ retry: schedule another attempt of a failed job, fenced by ownership.
+  Moves the entry from its lane to the delayed set, due after delay ms on the Redis
+  clock, with the failure count bumped and the last error kept. The claim script
+  promotes it back to the same lane when due. allow-oom: it moves, not grows, data.
+
+  KEYS[1..3] lanes high, normal, low   STREAM
+  KEYS[4] index          HASH
+  KEYS[5] delayed        ZSET
+  KEYS[6] delayed data   HASH
+  KEYS[7] control        STREAM
+  ARGV[1] group  ARGV[2] consumer  ARGV[3] lane  ARGV[4] entry_id  ARGV[5] job_id
+  ARGV[6] delay (ms)  ARGV[7] error (one line, already redacted)
+  Returns: due time (ms, Redis clock) on success; 0 if the claim was lost; -1 if the entry is gone.
+]]
+local index, delayed, ddata, control = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local group, consumer = ARGV[1], ARGV[2]
+local lane_no = tonumber(ARGV[3])
+local lane, id, job_id = KEYS[1 + lane_no], ARGV[4], ARGV[5]
+local p = redis.call('XPENDING', lane, group, id, id, 1)
+if not (p[1] and p[1][2] == consumer) then
+  return 0
+end
+local r = redis.call('XRANGE', lane, id, id)
+redis.call('XACK', lane, group, id)
+if not r[1] then
+  return -1
+end
+local f = {}
+local raw = r[1][2]
+for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local due = now + tonumber(ARGV[6])
+redis.call('XDEL', lane, id)
+redis.call('HSET', ddata, job_id, cmsgpack.pack({job_id, f['d'], f['a'],
+  tonumber(f['n']) + 1, f['s'], f['t'], f['b'], lane_no, ARGV[7]}))
+local first = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
+redis.call('ZADD', delayed, due, job_id)
+redis.call('HSET', index, job_id, 'd')
+if not first[2] or due < tonumber(first[2]) then
+  redis.call('XADD', control, 'MAXLEN', '~', 64, '*', 'due', due)
+end
+return due

@@ -1,0 +1,53 @@
+"""streamq: an asyncio job queue on Redis Streams.
+
+    from streamq import Queue, Worker, JobOptions
+
+    async with Queue("emails") as q:
+        ref = await q.add({"to": "a@example.com"}, JobOptions(priority="high"))
+
+    async def handler(job): ...
+    await Worker(q, handler, concurrency=5).run()
+"""
+
+from .dead import DeadLetter
+from .errors import (
+    ConfigError,
+    JobIdError,
+    LeaseLost,
+    PayloadError,
+    PermanentError,
+    QueueFull,
+    RedisUnavailable,
+    RetryAfter,
+    StreamqError,
+)
+from .events import WorkerEvent
+from .job import Backoff, Job, JobInfo, JobOptions, JobRef, JobState
+from .queue import Queue
+from .settings import QueueDefaults
+from .worker import Worker
+
+__all__ = [
+    "Backoff",
+    "ConfigError",
+    "DeadLetter",
+    "Job",
+    "JobIdError",
+    "JobInfo",
+    "JobOptions",
+    "JobRef",
+    "JobState",
+    "LeaseLost",
+    "PayloadError",
+    "PermanentError",
+    "Queue",
+    "QueueDefaults",
+    "QueueFull",
+    "RedisUnavailable",
+    "RetryAfter",
+    "StreamqError",
+    "Worker",
+    "WorkerEvent",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,55 @@
+"""Payload encoding: msgspec msgpack with reused encoders/decoders and a size cap.
+
+A queue built with ``job_type`` validates on ``add`` (encode, then decode with the
+type's constraints) and decodes typed values in the worker; without one, any
+msgpack-able value passes. The size is checked before decoding: msgspec has no cap
+of its own, and a huge entry must not cost the worker its memory.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from .errors import PayloadError
+
+
+class Codec:
+    __slots__ = ("_decoder", "_encoder", "job_type", "max_bytes")
+
+    def __init__(self, job_type: Any = None, max_bytes: int = 64 * 1024) -> None:
+        self.job_type = job_type
+        self.max_bytes = max_bytes
+        self._encoder = msgspec.msgpack.Encoder()
+        self._decoder: msgspec.msgpack.Decoder[Any] = (
+            msgspec.msgpack.Decoder(job_type) if job_type is not None else msgspec.msgpack.Decoder()
+        )
+
+    def encode(self, data: Any) -> bytes:
+        """Encode and validate one payload for ``add``; raises PayloadError with the reason."""
+        try:
+            raw = self._encoder.encode(data)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise PayloadError(f"payload cannot be encoded: {exc}") from None
+        if len(raw) > self.max_bytes:
+            raise PayloadError(f"payload {len(raw)} B exceeds limit {self.max_bytes} B")
+        if self.job_type is not None:
+            try:
+                self._decoder.decode(raw)
+            except msgspec.ValidationError as exc:
+                raise PayloadError(f"payload does not validate: {exc}") from None
+        return raw
+
+    def decode(self, raw: bytes) -> Any:
+        """Decode one payload in the worker; raises PayloadError (permanent) with the reason."""
+        if len(raw) > self.max_bytes:
+            raise PayloadError(f"payload {len(raw)} B exceeds limit {self.max_bytes} B")
+        try:
+            return self._decoder.decode(raw)
+        except msgspec.ValidationError as exc:
+            raise PayloadError(f"decode: {exc}") from None
+        except msgspec.DecodeError as exc:
+            raise PayloadError(f"decode: malformed payload ({exc})") from None
+        except RecursionError:
+            raise PayloadError("decode: payload nested too deeply") from None

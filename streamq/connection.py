@@ -1,0 +1,35 @@
+"""Turning redis-py's exceptions into the clear one-line errors users see."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from redis.exceptions import AuthenticationError, AuthorizationError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .errors import QueueFull, RedisUnavailable
+from .redact import redact_url
+
+
+@contextmanager
+def translate_redis_errors(url: str) -> Iterator[None]:
+    """Map connection, auth and OOM failures to RedisUnavailable / QueueFull naming the URL."""
+    try:
+        yield
+    except (AuthenticationError, AuthorizationError) as exc:
+        raise RedisUnavailable(f"Redis AUTH failed at {redact_url(url)}: {exc}") from None
+    except RedisConnectionError as exc:
+        if "AUTH" in str(exc) or "WRONGPASS" in str(exc) or "NOAUTH" in str(exc):
+            raise RedisUnavailable(f"Redis AUTH failed at {redact_url(url)}: {exc}") from None
+        raise RedisUnavailable(f"Redis unreachable at {redact_url(url)}: {exc}") from None
+    except RedisTimeoutError as exc:
+        raise RedisUnavailable(f"Redis timed out at {redact_url(url)}: {exc}") from None
+    except ResponseError as exc:
+        text = str(exc)
+        if text.startswith("OOM") or "maxmemory" in text:
+            raise QueueFull(f"Redis out of memory (maxmemory) at {redact_url(url)}") from None
+        if text.startswith(("NOPERM", "WRONGPASS", "NOAUTH")):
+            raise RedisUnavailable(f"Redis refused access at {redact_url(url)}: {text}") from None
+        raise

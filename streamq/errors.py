@@ -1,0 +1,66 @@
+"""The exceptions streamq raises, as one tree.
+
+    StreamqError
+    ├── ConfigError            a setting is missing or malformed (names the setting)
+    ├── RedisUnavailable       Redis cannot be reached / authenticated at a URL
+    ├── QueueFull              Redis refused a write: maxmemory reached (OOM)
+    ├── PayloadError(ValueError)  a payload cannot be encoded, is too large, or fails validation
+    ├── JobIdError(ValueError) a custom job id has a bad charset or length
+    ├── LeaseLost              a worker's claim on an entry was taken over (fencing)
+    └── ScriptError            a Lua transition returned an unexpected reply
+
+Exceptions a *handler* raises to steer the worker:
+
+    PermanentError             fail the job now, no retry (dead letter)
+    RetryAfter                 transient failure; retry after the given delay
+"""
+
+from __future__ import annotations
+
+
+class StreamqError(Exception):
+    """Base class of every error streamq raises itself."""
+
+
+class ConfigError(StreamqError):
+    """A setting is missing or malformed. The message names the setting, never a secret."""
+
+
+class RedisUnavailable(StreamqError):
+    """Redis could not be reached or refused the credentials at the (redacted) URL."""
+
+
+class QueueFull(StreamqError):
+    """Redis refused the write because it is out of memory (maxmemory, noeviction)."""
+
+
+class PayloadError(StreamqError, ValueError):
+    """The job payload cannot be encoded, does not validate, or exceeds the size cap."""
+
+
+class JobIdError(StreamqError, ValueError):
+    """A custom job id is empty, too long, or uses characters outside the allowed set."""
+
+
+class LeaseLost(StreamqError):
+    """The entry is no longer owned by this worker: another worker reclaimed it."""
+
+
+class ScriptError(StreamqError):
+    """A Lua transition answered with a status this client does not know."""
+
+
+class PermanentError(Exception):
+    """Raised by a handler: the job failed for good and must not be retried."""
+
+
+class RetryAfter(Exception):
+    """Raised by a handler: a transient failure that should be retried after ``delay`` seconds.
+
+    The delay replaces the exponential backoff for this retry (still capped by the
+    worker's ``max_retry_delay``); the attempt still counts.
+    """
+
+    def __init__(self, delay: float, message: str = "") -> None:
+        super().__init__(message or f"retry after {delay:g}s")
+        self.delay = max(0.0, float(delay))

@@ -1,0 +1,61 @@
+"""Worker event hooks: completed, failed, retrying, dead, stalled.
+
+Callbacks receive one ``WorkerEvent``; they may be sync or async. A callback that
+raises is logged and ignored: a broken hook must not stop the worker. Hooks run on the
+worker's loop, so keep them quick.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import structlog
+
+EventName = Literal["completed", "failed", "retrying", "dead", "stalled"]
+EVENT_NAMES: tuple[str, ...] = ("completed", "failed", "retrying", "dead", "stalled")
+
+log = structlog.get_logger("streamq.worker")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerEvent:
+    name: EventName
+    queue: str
+    job_id: str
+    attempt: int = 0
+    error: str | None = None
+    """One-line, redacted error (failed, retrying, dead)."""
+    delay: float | None = None
+    """Seconds until the retry (retrying)."""
+    result: Any = None
+    """The handler's return value (completed)."""
+    stalls: int = 0
+
+
+Callback = Callable[[WorkerEvent], Awaitable[None] | None]
+
+
+class Hooks:
+    def __init__(self) -> None:
+        self._callbacks: dict[str, list[Callback]] = {n: [] for n in EVENT_NAMES}
+
+    def on(self, name: EventName, callback: Callback) -> None:
+        if name not in self._callbacks:
+            raise ValueError(f"unknown event {name!r}: use one of {', '.join(EVENT_NAMES)}")
+        self._callbacks[name].append(callback)
+
+    def wants(self, name: str) -> bool:
+        return bool(self._callbacks[name])
+
+    async def emit(self, event: WorkerEvent) -> None:
+        for cb in self._callbacks[event.name]:
+            try:
+                r = cb(event)
+                if inspect.isawaitable(r):
+                    await r
+            except Exception as exc:  # a hook must never take the worker down
+                log.warning("hook.failed", event=event.name, queue=event.queue,
+                            job_id=event.job_id, error=f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,130 @@
+"""The public value types of a job: options, references, states and the handler's view."""
+
+from __future__ import annotations
+
+import enum
+import random
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from .errors import ConfigError
+
+Priority = Literal["high", "normal", "low"]
+
+
+class JobState(enum.StrEnum):
+    WAITING = "waiting"
+    ACTIVE = "active"
+    DELAYED = "delayed"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential backoff: retry r (1-based) waits ``base * 2**(r-1)`` seconds.
+
+    ``cap`` bounds one delay; ``jitter`` draws the delay uniformly from [delay/2, delay].
+    Both are off by default, which gives exactly 2 s, 4 s, 8 s ... for base 2 s.
+    """
+
+    base: float = 2.0
+    cap: float | None = None
+    jitter: bool = False
+
+    def __post_init__(self) -> None:
+        if self.base < 0 or (self.cap is not None and self.cap < 0):
+            raise ConfigError("backoff base and cap must be >= 0 seconds")
+
+    def delay(self, retry: int, rng: random.Random | None = None) -> float:
+        d = self.base * 2 ** max(0, retry - 1)
+        if self.cap is not None:
+            d = min(d, self.cap)
+        if self.jitter:
+            d = (rng or random).uniform(d / 2, d)
+        return d
+
+    def encode(self) -> str:
+        """Compact form stored with the job: ``base_ms[:cap_ms[:j]]``."""
+        s = str(round(self.base * 1000))
+        if self.cap is not None or self.jitter:
+            s += ":" + ("" if self.cap is None else str(round(self.cap * 1000)))
+            if self.jitter:
+                s += ":j"
+        return s
+
+    @classmethod
+    def decode(cls, text: str) -> Backoff:
+        parts = text.split(":")
+        base = int(parts[0]) / 1000 if parts and parts[0] else 2.0
+        cap = int(parts[1]) / 1000 if len(parts) > 1 and parts[1] else None
+        return cls(base=base, cap=cap, jitter=len(parts) > 2 and parts[2] == "j")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobOptions:
+    """Options of one job. ``None`` means: the queue's default."""
+
+    priority: Priority = "normal"
+    delay: float | timedelta | None = None
+    job_id: str | None = None
+    attempts: int | None = None
+    backoff: float | Backoff | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobRef:
+    """What ``add`` returns: where the job went."""
+
+    job_id: str
+    queue_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class JobInfo:
+    """A job's state as ``Queue.get_job`` reads it."""
+
+    id: str
+    state: JobState
+    attempts: int
+    """Attempts that ran and failed so far (a completed job: the attempt that succeeded)."""
+    max_attempts: int
+    error: str | None = None
+    created_at: datetime | None = None
+    finished_at: datetime | None = None
+    due_at: datetime | None = None
+    priority: Priority | None = None
+    stalls: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class Job:
+    """A job as a handler sees it. ``attempt`` is 1-based."""
+
+    id: str
+    data: Any
+    attempt: int
+    max_attempts: int
+    queue_name: str
+    priority: Priority
+    created_ms: int
+    enqueued_ms: int
+    backoff: Backoff = field(default_factory=Backoff)
+    # where the entry lives, for the fenced transitions
+    lane: int = 1
+    entry_id: str = ""
+    stalls: int = 0
+
+    @property
+    def created_at(self) -> datetime:
+        return datetime.fromtimestamp(self.created_ms / 1000, UTC)
+
+
+def ms_to_dt(value: Any) -> datetime | None:
+    try:
+        ms = int(value)
+    except (TypeError, ValueError):
+        return None
+    return datetime.fromtimestamp(ms / 1000, UTC) if ms > 0 else None

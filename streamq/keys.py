@@ -1,0 +1,121 @@
+"""Every Redis key of a queue, under one Cluster hash tag.
+
+All keys of queue ``sms`` look like ``streamq:{sms}:...`` so that every Lua transition
+runs on one slot and the queue works on Redis Cluster unchanged. No other module builds
+key names. Job ids appear only in per-job record keys (``job:<id>``); payload data
+never appears in a key name.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .errors import ConfigError, JobIdError
+
+PRIORITIES: tuple[str, ...] = ("high", "normal", "low")
+LANE_INDEX: dict[str, int] = {name: i for i, name in enumerate(PRIORITIES)}
+GROUP = "workers"
+
+_QUEUE_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_JOB_ID_RE = re.compile(r"^[A-Za-z0-9_.:@=+-]{1,128}$")
+
+
+def check_queue_name(name: str) -> str:
+    if not _QUEUE_NAME_RE.match(name):
+        raise ConfigError(
+            f"queue name {name!r} is invalid: use 1-64 characters of A-Z a-z 0-9 _ . -"
+        )
+    return name
+
+
+def check_job_id(job_id: str) -> str:
+    if not isinstance(job_id, str) or not _JOB_ID_RE.match(job_id):
+        shown = job_id[:40] if isinstance(job_id, str) else type(job_id).__name__
+        raise JobIdError(
+            f"job_id {shown!r} is invalid: use 1-128 characters of A-Z a-z 0-9 _ . : @ = + -"
+        )
+    return job_id
+
+
+@dataclass(frozen=True, slots=True)
+class QueueKeys:
+    """Key names of one queue. ``lanes`` is ordered high, normal, low."""
+
+    name: str
+
+    @property
+    def prefix(self) -> str:
+        return f"streamq:{{{self.name}}}:"
+
+    @property
+    def lanes(self) -> tuple[str, str, str]:
+        p = self.prefix
+        return (p + "lane:high", p + "lane:normal", p + "lane:low")
+
+    @property
+    def index(self) -> str:
+        """HASH job_id -> location: ``<lane digit><entry id>`` while in a lane, ``d`` while delayed."""
+        return self.prefix + "index"
+
+    @property
+    def delayed(self) -> str:
+        """ZSET job_id scored by due time (Redis clock, ms): delayed jobs and scheduled retries."""
+        return self.prefix + "delayed"
+
+    @property
+    def delayed_data(self) -> str:
+        """HASH job_id -> packed entry of a delayed job (payload and meta)."""
+        return self.prefix + "delayed:data"
+
+    @property
+    def dead(self) -> str:
+        """STREAM of dead letters (capped)."""
+        return self.prefix + "dead"
+
+    @property
+    def control(self) -> str:
+        """STREAM (capped) that wakes idle workers: resume, an earlier due time."""
+        return self.prefix + "control"
+
+    @property
+    def paused(self) -> str:
+        return self.prefix + "paused"
+
+    @property
+    def stats(self) -> str:
+        """HASH of counters: completed, failed, cancelled."""
+        return self.prefix + "stats"
+
+    @property
+    def limiter(self) -> str:
+        """HASH token bucket shared by all workers: tokens, ts (ms)."""
+        return self.prefix + "limiter"
+
+    @property
+    def reclaim_lock(self) -> str:
+        return self.prefix + "lock:reclaim"
+
+    @property
+    def events(self) -> str:
+        """STREAM (capped) of job lifecycle events for external monitors."""
+        return self.prefix + "events"
+
+    def job(self, job_id: str) -> str:
+        """HASH record of a delayed-or-finished job (state, attempts, error, timestamps)."""
+        return self.prefix + "job:" + job_id
+
+    def all_fixed(self) -> list[str]:
+        return [
+            *self.lanes,
+            self.index,
+            self.delayed,
+            self.delayed_data,
+            self.dead,
+            self.control,
+            self.paused,
+            self.stats,
+            self.limiter,
+            self.reclaim_lock,
+            self.events,
+        ]

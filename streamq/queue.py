@@ -1,0 +1,299 @@
+"""The producer side: ``Queue`` adds jobs and answers questions about them.
+
+A ``Queue`` does no I/O until first used; it is an async context manager. Each
+multi-key change is one Lua transition from ``lua/`` (see ``scripts.py``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from .codec import Codec
+from .connection import translate_redis_errors
+from .errors import ConfigError, PayloadError
+from .job import Backoff, JobInfo, JobOptions, JobRef, JobState, Priority, ms_to_dt
+from .keys import GROUP, LANE_INDEX, PRIORITIES, QueueKeys, check_job_id, check_queue_name
+from .scripts import ArgT, ScriptRunner
+from .settings import QueueDefaults, make_redis, redis_url_from_env, seconds
+from .dead import DeadLetter, parse_dead_entries
+
+_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz"
+BULK_CHUNK = 500
+
+
+def new_job_id() -> str:
+    """A random 16-letter id (75 bits). Letters only: no digit runs that look like PII in key names."""
+    n = int.from_bytes(os.urandom(10), "big")
+    out = []
+    for _ in range(16):
+        n, r = divmod(n, 26)
+        out.append(_ID_ALPHABET[r])
+    return "".join(out)
+
+
+def _text(v: Any) -> str:
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+
+
+class Queue:
+    """One named queue: its own Redis keyspace under the hash tag ``streamq:{name}:``."""
+
+    def __init__(
+        self,
+        name: str = "sms",
+        *,
+        redis_url: str | None = None,
+        job_type: Any = None,
+        defaults: QueueDefaults | None = None,
+        redis: Redis | None = None,
+    ) -> None:
+        self.name = check_queue_name(name)
+        self.keys = QueueKeys(self.name)
+        self.defaults = defaults or QueueDefaults()
+        self.codec = Codec(job_type, self.defaults.max_payload_bytes)
+        self.redis_url = redis_url or redis_url_from_env()
+        self._redis = redis
+        self._own_redis = redis is None
+        self._scripts: ScriptRunner | None = None
+        self._default_backoff = Backoff(base=self.defaults.backoff_s).encode()
+
+    # -- connection -----------------------------------------------------------------
+    @property
+    def redis(self) -> Redis:
+        if self._redis is None:
+            self._redis = make_redis(self.redis_url)
+        return self._redis
+
+    @property
+    def scripts(self) -> ScriptRunner:
+        if self._scripts is None:
+            self._scripts = ScriptRunner(self.redis)
+        return self._scripts
+
+    async def connect(self) -> None:
+        """Check that Redis answers (clear error naming the URL if not) and load the scripts."""
+        with translate_redis_errors(self.redis_url):
+            await self.redis.ping()
+            await self.scripts.load_all()
+
+    async def ensure_groups(self) -> None:
+        """Create the lanes' consumer group (idempotent). Reading from 0 keeps earlier adds."""
+        with translate_redis_errors(self.redis_url):
+            for lane in self.keys.lanes:
+                try:
+                    await self.redis.xgroup_create(lane, GROUP, id="0", mkstream=True)
+                except ResponseError as exc:
+                    if "BUSYGROUP" not in str(exc):
+                        raise
+
+    async def close(self) -> None:
+        if self._redis is not None and self._own_redis:
+            await self._redis.aclose()
+            self._redis = None
+            self._scripts = None
+
+    async def __aenter__(self) -> Queue:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _run(self, name: str, keys: Sequence[str], args: Sequence[ArgT]) -> Any:
+        with translate_redis_errors(self.redis_url):
+            return await self.scripts(name, keys, args)
+
+    # -- adding ---------------------------------------------------------------------
+    def _job_args(self, data: Any, options: JobOptions | None) -> tuple[str, list[ArgT]]:
+        opts = options or JobOptions()
+        lane = LANE_INDEX.get(opts.priority)
+        if lane is None:
+            raise ConfigError(f"priority {opts.priority!r} is invalid: use one of {PRIORITIES}")
+        job_id = check_job_id(opts.job_id) if opts.job_id is not None else new_job_id()
+        attempts = self.defaults.attempts if opts.attempts is None else opts.attempts
+        if not isinstance(attempts, int) or attempts < 1:
+            raise ConfigError(f"attempts must be an integer >= 1, got {attempts!r}")
+        delay = seconds(opts.delay)
+        if delay < 0:
+            raise ConfigError(f"delay must be >= 0 seconds, got {delay}")
+        if opts.backoff is None:
+            backoff = self._default_backoff
+        elif isinstance(opts.backoff, Backoff):
+            backoff = opts.backoff.encode()
+        else:
+            backoff = Backoff(base=float(opts.backoff)).encode()
+        payload = self.codec.encode(data)
+        return job_id, [job_id, payload, lane, attempts, round(delay * 1000), backoff]
+
+    async def add(self, data: Any, options: JobOptions | None = None) -> JobRef:
+        """Add one job. Once this returns, the job is in Redis. A live custom ``job_id`` is
+        not added twice: the existing job's reference is returned."""
+        job_id, args = self._job_args(data, options)
+        await self._run("enqueue", self._enqueue_keys(), [1, *args])
+        return JobRef(job_id, self.name)
+
+    async def add_bulk(
+        self, items: Iterable[Any | tuple[Any, JobOptions | None]]
+    ) -> list[JobRef]:
+        """Add many jobs, pipelined in chunks; every payload is validated before any is sent.
+
+        Items are payloads, or ``(payload, JobOptions)`` pairs. Returns refs in order.
+        """
+        prepared: list[tuple[str, list[ArgT]]] = []
+        for item in items:
+            if isinstance(item, tuple) and len(item) == 2 and (
+                item[1] is None or isinstance(item[1], JobOptions)
+            ):
+                prepared.append(self._job_args(item[0], item[1]))
+            else:
+                prepared.append(self._job_args(item, None))
+        keys = self._enqueue_keys()
+        with translate_redis_errors(self.redis_url):
+            for start in range(0, len(prepared), BULK_CHUNK * 8):
+                pipe = self.redis.pipeline(transaction=False)
+                block = prepared[start : start + BULK_CHUNK * 8]
+                for c in range(0, len(block), BULK_CHUNK):
+                    chunk = block[c : c + BULK_CHUNK]
+                    args: list[ArgT] = [len(chunk)]
+                    for _, a in chunk:
+                        args.extend(a)
+                    self.scripts.queue_call(pipe, "enqueue", keys, args)
+                await self.scripts.run_pipeline(pipe)
+        return [JobRef(job_id, self.name) for job_id, _ in prepared]
+
+    def _enqueue_keys(self) -> list[str]:
+        k = self.keys
+        return [k.index, *k.lanes, k.delayed, k.delayed_data, k.control]
+
+    # -- questions and operations -----------------------------------------------------
+    async def get_job(self, job_id: str) -> JobInfo | None:
+        """The job's state and facts, or None if unknown or its record has expired."""
+        check_job_id(job_id)
+        k = self.keys
+        reply = await self._run(
+            "get_job",
+            [*k.lanes, k.index, k.delayed, k.delayed_data, k.job(job_id)],
+            [GROUP, job_id],
+        )
+        if not reply:
+            return None
+        state = _text(reply[0])
+        f = {_text(reply[i]): _text(reply[i + 1]) for i in range(1, len(reply) - 1, 2)}
+        try:
+            st = JobState(state)
+        except ValueError:
+            return None
+        lane = f.get("lane")
+        priority: Priority | None = None
+        if lane is not None and lane.isdigit() and int(lane) < 3:
+            priority = PRIORITIES[int(lane)]  # type: ignore[assignment]
+        return JobInfo(
+            id=job_id,
+            state=st,
+            attempts=int(f.get("n") or 0),
+            max_attempts=int(f.get("a") or 0),
+            error=f.get("e") or None,
+            created_at=ms_to_dt(f.get("t")),
+            finished_at=ms_to_dt(f.get("f")),
+            due_at=ms_to_dt(f.get("due", "").split(".")[0]),
+            priority=priority,
+            stalls=int(f.get("s") or 0),
+        )
+
+    async def counts(self) -> dict[str, int]:
+        """Jobs per state: waiting, active, delayed, completed, failed (plus cancelled,
+        paused 0/1 and dead, the dead-letter stream's length). completed and cancelled are
+        totals since the queue was created; failed counts dead letters not replayed."""
+        k = self.keys
+        r = await self._run(
+            "counts", [*k.lanes, k.delayed, k.stats, k.paused, k.dead], [GROUP]
+        )
+        names = ("waiting", "active", "delayed", "completed", "failed", "cancelled", "paused",
+                 "dead")
+        return {n: int(v) for n, v in zip(names, r, strict=True)}
+
+    async def cancel(self, job_id: str) -> bool:
+        """Cancel a waiting or delayed job so it never runs. False if it is unknown,
+        finished, or already running (an active job cannot be cancelled)."""
+        check_job_id(job_id)
+        k = self.keys
+        r = await self._run(
+            "cancel",
+            [*k.lanes, k.index, k.delayed, k.delayed_data, k.stats, k.job(job_id)],
+            [GROUP, job_id, round(self.defaults.failed_ttl_s * 1000)],
+        )
+        return int(r) == 1
+
+    async def pause(self) -> None:
+        """Workers stop taking jobs from this queue (running jobs finish)."""
+        with translate_redis_errors(self.redis_url):
+            await self.redis.set(self.keys.paused, b"1")
+
+    async def resume(self) -> None:
+        await self._run("resume", [self.keys.paused, self.keys.control], [])
+
+    async def is_paused(self) -> bool:
+        with translate_redis_errors(self.redis_url):
+            return bool(await self.redis.exists(self.keys.paused))
+
+    async def dead_letters(self, limit: int = 100, *, after: str = "-") -> list[DeadLetter]:
+        """The oldest ``limit`` dead letters (after the entry id ``after``), with their errors."""
+        with translate_redis_errors(self.redis_url):
+            entries = await self.redis.xrange(self.keys.dead, min=after, max="+", count=limit)
+        return parse_dead_entries(entries, self.codec)
+
+    async def replay_dead(self, job_id: str | None = None) -> int:
+        """Put dead-lettered jobs back to work with fresh attempts: one job id, or all of
+        them when ``job_id`` is None or ``"all"``. Returns how many were replayed."""
+        if job_id is not None and job_id != "all":
+            check_job_id(job_id)
+            with translate_redis_errors(self.redis_url):
+                dead_id = await self.redis.hget(self.keys.job(job_id), "x")
+            ids = [_text(dead_id)] if dead_id else await self._find_dead(job_id)
+            return sum([await self._replay_one(i, job_id) for i in ids])
+        replayed = 0
+        after = "-"
+        while True:
+            batch = await self.dead_letters(500, after=after)
+            if not batch:
+                return replayed
+            for d in batch:
+                replayed += await self._replay_one(d.entry_id, d.job_id)
+            after = "(" + batch[-1].entry_id
+
+    async def _find_dead(self, job_id: str) -> list[str]:
+        found: list[str] = []
+        after = "-"
+        while True:
+            batch = await self.dead_letters(1000, after=after)
+            if not batch:
+                return found
+            found.extend(d.entry_id for d in batch if d.job_id == job_id)
+            after = "(" + batch[-1].entry_id
+
+    async def _replay_one(self, entry_id: str, job_id: str) -> int:
+        k = self.keys
+        r = await self._run(
+            "replay", [*k.lanes, k.index, k.dead, k.stats, k.job(job_id)], [entry_id]
+        )
+        return 1 if int(r) == 1 else 0
+
+    async def purge_dead(self) -> int:
+        """Drop every dead letter (their failed records expire on their own)."""
+        with translate_redis_errors(self.redis_url):
+            n = int(await self.redis.xlen(self.keys.dead))
+            await self.redis.delete(self.keys.dead)
+        return n
+
+    def __repr__(self) -> str:
+        return f"Queue({self.name!r})"
+
+
+__all__ = ["Queue", "new_job_id"]
+
+# re-exported for type checkers of callers that catch it from here
+_ = PayloadError

@@ -1,0 +1,125 @@
+"""The Lua registry: every atomic transition of ``lua/``, called by SHA.
+
+Scripts are static files (never built from strings), loaded once per connection pool
+and called with EVALSHA. A Redis restart or ``SCRIPT FLUSH`` empties the script cache;
+the NOSCRIPT reply is answered by loading the script again and repeating the call, which
+is safe because every transition is either idempotent or fenced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import NoScriptError
+
+from .errors import ConfigError
+
+KeyT = str | bytes
+ArgT = str | bytes | int | float
+
+SCRIPT_NAMES: tuple[str, ...] = (
+    "cancel",
+    "claim",
+    "complete",
+    "counts",
+    "dead_letter",
+    "enqueue",
+    "extend",
+    "get_job",
+    "reclaim",
+    "release",
+    "replay",
+    "resume",
+    "retry",
+)
+
+_HEADER_RE = re.compile(r"^#!lua(?: flags=([\w,-]+))?\n--\[\[ (\w+):", re.MULTILINE)
+
+
+def lua_dir() -> Path:
+    """Where the scripts are: inside the installed package, else the source tree's ``lua/``."""
+    packaged = resources.files("streamq").joinpath("lua")
+    if packaged.is_dir():
+        return Path(str(packaged))
+    source = Path(__file__).resolve().parent.parent / "lua"
+    if source.is_dir():
+        return source
+    raise ConfigError("streamq's Lua scripts are missing: reinstall the package")
+
+
+class Script:
+    __slots__ = ("flags", "name", "sha", "source")
+
+    def __init__(self, name: str, source: str) -> None:
+        m = _HEADER_RE.match(source)
+        if m is None or m.group(2) != name:
+            raise ConfigError(f"lua/{name}.lua lacks its '#!lua' line and '--[[ {name}:' header")
+        self.name = name
+        self.source = source
+        self.flags = tuple((m.group(1) or "").split(",")) if m.group(1) else ()
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+
+def load_scripts() -> dict[str, Script]:
+    base = lua_dir()
+    return {n: Script(n, (base / f"{n}.lua").read_text(encoding="utf-8")) for n in SCRIPT_NAMES}
+
+
+_SCRIPTS: dict[str, Script] | None = None
+
+
+def scripts() -> dict[str, Script]:
+    global _SCRIPTS
+    if _SCRIPTS is None:
+        _SCRIPTS = load_scripts()
+    return _SCRIPTS
+
+
+class ScriptRunner:
+    """Calls scripts by SHA on one client, reloading them after NOSCRIPT."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._scripts = scripts()
+
+    async def load_all(self) -> None:
+        for s in self._scripts.values():
+            await self._redis.script_load(s.source)
+
+    async def __call__(self, name: str, keys: Sequence[KeyT], args: Sequence[ArgT]) -> Any:
+        s = self._scripts[name]
+        try:
+            return await self._redis.evalsha(s.sha, len(keys), *keys, *args)  # type: ignore[misc]
+        except NoScriptError:
+            await self._redis.script_load(s.source)
+            return await self._redis.evalsha(s.sha, len(keys), *keys, *args)  # type: ignore[misc]
+
+    def queue_call(
+        self, pipe: Pipeline, name: str, keys: Sequence[KeyT], args: Sequence[ArgT]
+    ) -> None:
+        """Add a call to a pipeline; the caller handles NOSCRIPT in the results (see ``run_pipeline``)."""
+        s = self._scripts[name]
+        pipe.evalsha(s.sha, len(keys), *keys, *args)
+
+    async def run_pipeline(self, pipe: Pipeline) -> list[Any]:
+        """Execute a pipeline of script calls; on NOSCRIPT, load every script and run it again.
+
+        Only idempotent scripts (enqueue with its job-id dedup) may be pipelined.
+        """
+        commands = list(pipe.command_stack)
+        results: list[Any] = await pipe.execute(raise_on_error=False)
+        if any(isinstance(r, NoScriptError) for r in results):
+            await self.load_all()
+            pipe.command_stack = commands
+            results = await pipe.execute(raise_on_error=False)
+        for r in results:
+            if isinstance(r, Exception):
+                raise r
+        return results

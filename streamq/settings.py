@@ -1,0 +1,112 @@
+"""Settings from the environment, with the seed's defaults, and the Redis client built on purpose.
+
+Redis client choices (RELIABILITY.md items 13-15): redis-py 8 defaults to a 5 s socket
+timeout, RESP3 and 10 automatic retries. We set each explicitly: blocking reads stay
+well below the socket timeout, RESP2 keeps Lua replies in one shape, and retries are
+few and short because every write is idempotent (enqueue dedups on the job id) or
+fenced (complete/retry/dead-letter check ownership first).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+from urllib.parse import quote
+
+import msgspec
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .errors import ConfigError
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+SOCKET_TIMEOUT_S = 10.0
+CONNECT_TIMEOUT_S = 5.0
+HEALTH_CHECK_INTERVAL_S = 15
+# The longest a worker blocks in XREAD; must stay well below SOCKET_TIMEOUT_S.
+MAX_BLOCK_MS = 2000
+
+
+class QueueDefaults(msgspec.Struct, frozen=True, kw_only=True):
+    """Per-queue defaults (seed: attempts 3, backoff 2 s, completed 24 h, failed 7 days)."""
+
+    attempts: int = 3
+    backoff_s: float = 2.0
+    completed_ttl_s: float = 24 * 3600.0
+    failed_ttl_s: float = 7 * 24 * 3600.0
+    max_payload_bytes: int = 64 * 1024
+    dead_letter_max: int = 100_000
+
+
+def seconds(value: float | int | timedelta | None) -> float:
+    if value is None:
+        return 0.0
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    return float(value)
+
+
+def redis_url_from_env(env: Mapping[str, str] | None = None) -> str:
+    """``REDIS_URL``, else built from ``REDIS_HOST``/``REDIS_PORT``/``REDIS_PASSWORD``/``REDIS_DB``."""
+    env = os.environ if env is None else env
+    url = env.get("REDIS_URL", "").strip()
+    if url:
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix://")
+        return url
+    host = env.get("REDIS_HOST", "").strip()
+    if not host:
+        return DEFAULT_REDIS_URL
+    port = env.get("REDIS_PORT", "6379").strip()
+    if not port.isdigit():
+        raise ConfigError("REDIS_PORT must be a number")
+    db = env.get("REDIS_DB", "0").strip()
+    if not db.isdigit():
+        raise ConfigError("REDIS_DB must be a number")
+    password = env.get("REDIS_PASSWORD", "")
+    user = env.get("REDIS_USERNAME", "")
+    auth = ""
+    if password:
+        auth = f"{quote(user, safe='')}:{quote(password, safe='')}@"
+    scheme = "rediss" if env.get("REDIS_TLS", "").lower() in ("1", "true", "yes") else "redis"
+    return f"{scheme}://{auth}{host}:{port}/{db}"
+
+
+def env_is_default_local(env: Mapping[str, str] | None = None) -> bool:
+    """True when no Redis location is configured: the only case where we may start one."""
+    env = os.environ if env is None else env
+    return not env.get("REDIS_URL", "").strip() and not env.get("REDIS_HOST", "").strip()
+
+
+def make_redis(url: str, **overrides: Any) -> Redis:
+    """A redis.asyncio client with every reliability-relevant option set explicitly."""
+    options: dict[str, Any] = {
+        "protocol": 2,
+        "decode_responses": False,
+        "socket_timeout": SOCKET_TIMEOUT_S,
+        "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        "socket_keepalive": True,
+        "health_check_interval": HEALTH_CHECK_INTERVAL_S,
+        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.02), 2),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+        "max_connections": 64,
+    }
+    if url.startswith("rediss://") and os.environ.get("STREAMQ_TLS_INSECURE") != "1":
+        options["ssl_cert_reqs"] = "required"
+    options.update(overrides)
+    if options.get("ssl_cert_reqs") in ("none", None) and url.startswith("rediss://"):
+        if os.environ.get("STREAMQ_TLS_INSECURE") != "1":
+            raise ConfigError(
+                "refusing rediss:// without certificate verification; "
+                "set STREAMQ_TLS_INSECURE=1 to allow it"
+            )
+    try:
+        return Redis.from_url(url, **options)
+    except ValueError as exc:
+        raise ConfigError(f"REDIS_URL is malformed: {exc}") from None

@@ -1,0 +1,509 @@
+"""The consumer side: ``Worker`` runs a handler over a queue's jobs.
+
+Shape (after saq): ``concurrency`` long-lived runner tasks fed by one fetch loop, plus
+named upkeep loops (flush, heartbeat, reclaim), all in one anyio task group; an
+event-driven stop. The fetch loop claims only as many jobs as there are free slots, in
+one Lua call that also promotes due jobs and takes rate-limit tokens; when nothing is
+waiting it blocks in XREAD (bounded, below the socket timeout) until a lane or the
+control stream moves, or the next delayed job falls due.
+
+Finished jobs are acknowledged in batches by the flush loop (one fenced ``complete``
+call for all jobs finished since the last one). Running entries are kept claimed by
+heartbeats; entries of dead workers are put back by the reclaim sweep.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import structlog
+from anyio.abc import TaskGroup
+from redis.exceptions import RedisError, ResponseError
+
+from ..errors import PayloadError, PermanentError, RetryAfter, StreamqError
+from ..events import Callback, EventName, Hooks, WorkerEvent
+from ..job import Backoff, Job
+from ..keys import GROUP, PRIORITIES
+from ..queue import Queue
+from ..redact import redact_text
+from ..settings import MAX_BLOCK_MS
+
+Handler = Callable[[Job], Awaitable[Any]]
+
+log = structlog.get_logger("streamq.worker")
+
+MAX_ERROR_CHARS = 500
+FLUSH_BATCH = 500
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).replace("\r", " ").replace("\n", " ").strip()
+    name = type(exc).__name__
+    msg = f"{name}: {text}" if text and not isinstance(exc, PermanentError | PayloadError) else (
+        text or name
+    )
+    return redact_text(msg)[:MAX_ERROR_CHARS]
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+class Worker:
+    """Process a queue's jobs with ``handler``; ``await run()`` until ``await close()``."""
+
+    def __init__(
+        self,
+        queue: Queue,
+        handler: Handler,
+        *,
+        concurrency: int = 5,
+        rate_limit: float | None = 10.0,
+        burst: float | None = None,
+        visibility_timeout: float = 30.0,
+        heartbeat_interval: float | None = None,
+        reclaim_interval: float | None = None,
+        max_stalled: int = 3,
+        shutdown_grace: float = 30.0,
+        max_retry_delay: float = 3600.0,
+        name: str | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        if rate_limit is not None and rate_limit <= 0:
+            raise ValueError("rate_limit must be > 0 jobs/s, or None for no limit")
+        if visibility_timeout <= 0:
+            raise ValueError("visibility_timeout must be > 0 seconds")
+        if max_stalled < 1:
+            raise ValueError("max_stalled must be >= 1")
+        self.queue = queue
+        self.handler = handler
+        self.concurrency = concurrency
+        self.rate_limit = rate_limit
+        self.burst = burst if burst is not None else max(1.0, rate_limit or 0.0)
+        self.visibility_timeout = visibility_timeout
+        self.heartbeat_interval = heartbeat_interval or visibility_timeout / 3
+        self.reclaim_interval = reclaim_interval or max(0.2, min(visibility_timeout / 2, 10.0))
+        self.max_stalled = max_stalled
+        self.shutdown_grace = shutdown_grace
+        self.max_retry_delay = max_retry_delay
+        self.consumer = name or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.hooks = Hooks()
+
+        self._free = concurrency
+        self._slot_freed = anyio.Event()
+        self._running: dict[str, Job] = {}
+        self._done: list[tuple[Job, Any]] = []
+        self._done_event = anyio.Event()
+        self._unacked: dict[str, Job] = {}
+        self._unstarted: list[Job] = []
+        self._interrupted: list[Job] = []
+        self._stopping = False
+        self._stop_event = anyio.Event()
+        self._finished = anyio.Event()
+        self._started = False
+        self._grace_override: float | None = None
+        self.healthy = False
+        self.last_loop_at = time.monotonic()
+        self.processed = 0
+
+    # -- public control ------------------------------------------------------------------
+    def on(self, event: EventName, callback: Callback) -> None:
+        """Register a hook for completed, failed, retrying, dead or stalled."""
+        self.hooks.on(event, callback)
+
+    def stop(self, *, immediate: bool = False) -> None:
+        """Ask the worker to stop (safe from a signal handler on the loop). ``immediate``
+        cuts running jobs now instead of waiting for the grace period; they are handed back."""
+        if immediate:
+            self._grace_override = 0.0
+        self._stopping = True
+        self._stop_event.set()
+
+    async def close(self) -> None:
+        """Stop gracefully and wait until ``run()`` has returned."""
+        self.stop()
+        if self._started:
+            await self._finished.wait()
+
+    @property
+    def in_flight(self) -> int:
+        return self.concurrency - self._free
+
+    # -- the main loop ---------------------------------------------------------------------
+    async def run(self) -> None:
+        if self._started:
+            raise RuntimeError("a Worker runs once; create a new one")
+        self._started = True
+        try:
+            await self.queue.connect()
+            await self.queue.ensure_groups()
+            self.healthy = True
+            log.info("worker.started", queue=self.queue.name, consumer=self.consumer,
+                     concurrency=self.concurrency, rate_limit=self.rate_limit)
+            send, recv = anyio.create_memory_object_stream[Job](self.concurrency)
+            async with anyio.create_task_group() as upkeep:
+                upkeep.start_soon(self._flush_loop)
+                upkeep.start_soon(self._heartbeat_loop)
+                upkeep.start_soon(self._reclaim_loop)
+                async with anyio.create_task_group() as runners:
+                    for _ in range(self.concurrency):
+                        runners.start_soon(self._runner, recv.clone())
+                    recv.close()
+                    async with anyio.create_task_group() as fetch:
+                        fetch.start_soon(self._fetch_loop, send)
+                        await self._stop_event.wait()
+                        fetch.cancel_scope.cancel()
+                    await self._shutdown(send, runners)
+                await self._release(self._unstarted + self._interrupted, "shutdown")
+                await self._flush_now()
+                upkeep.cancel_scope.cancel()
+        finally:
+            self.healthy = False
+            self._finished.set()
+            log.info("worker.stopped", queue=self.queue.name, consumer=self.consumer,
+                     processed=self.processed)
+
+    async def _shutdown(self, send: Any, runners: TaskGroup) -> None:
+        """Stop fetching (done), hand back unstarted jobs at once, let running jobs finish
+        within the grace period, then cut the rest (handed back too)."""
+        send.close()
+        # jobs that runners had not taken yet stay in the channel; they are drained by the
+        # runners themselves, which see _stopping and divert them to _unstarted.
+        await anyio.sleep(0)
+        if self._unstarted:
+            batch, self._unstarted = self._unstarted, []
+            await self._release(batch, "unstarted")
+        grace = self.shutdown_grace if self._grace_override is None else self._grace_override
+        with anyio.move_on_after(grace):
+            while self._running:
+                self._slot_freed = anyio.Event()
+                with anyio.move_on_after(0.05):
+                    await self._slot_freed.wait()
+                if self._unstarted:
+                    batch, self._unstarted = self._unstarted, []
+                    await self._release(batch, "unstarted")
+        if self._running:
+            log.warning("worker.grace_expired", queue=self.queue.name, cut=len(self._running))
+        runners.cancel_scope.cancel()
+
+    async def _fetch_loop(self, send: Any) -> None:
+        q = self.queue
+        k = q.keys
+        keys = [*k.lanes, k.index, k.delayed, k.delayed_data, k.paused, k.limiter, k.control]
+        rate = self.rate_limit or 0
+        error_backoff = 0.05
+        while not self._stopping:
+            self.last_loop_at = time.monotonic()
+            if self._free <= 0:
+                self._slot_freed = anyio.Event()
+                if self._free <= 0:
+                    await self._slot_freed.wait()
+                continue
+            try:
+                with anyio.CancelScope(shield=True):
+                    # shielded: a claim cut off mid-reply would strand entries in our PEL
+                    reply = await q.scripts(
+                        "claim", keys,
+                        [GROUP, self.consumer, self._free, rate, self.burst, 100],
+                    )
+                status = int(reply[0])
+                if status == 1:
+                    self._accept(reply, send)
+                elif status == 0:
+                    await self._idle_wait(reply)
+                elif status == -1:
+                    await self._paused_wait(int(reply[1]))
+                else:
+                    await anyio.sleep(int(reply[1]) / 1000)
+                error_backoff = 0.05
+                self.healthy = True
+            except ResponseError as exc:
+                if "NOGROUP" in str(exc):
+                    log.error("consumer group missing, Redis lost data; recreating it",
+                              queue=q.name)
+                    await q.ensure_groups()
+                    await anyio.sleep(error_backoff)
+                else:
+                    log.error("worker.fetch_failed", queue=q.name, error=str(exc))
+                    await anyio.sleep(error_backoff)
+                error_backoff = min(error_backoff * 2, 5.0)
+            except (RedisError, OSError, StreamqError) as exc:
+                self.healthy = False
+                log.error("redis.unreachable", queue=q.name, error=redact_text(str(exc)),
+                          retry_in=round(error_backoff, 2))
+                await anyio.sleep(error_backoff)
+                error_backoff = min(error_backoff * 2, 5.0)
+
+    def _accept(self, reply: list[Any], send: Any) -> None:
+        qname = self.queue.name
+        for i in range(1, len(reply), 3):
+            lane = int(reply[i])
+            entry_id = _text(reply[i + 1])
+            raw = reply[i + 2]
+            f = dict(zip(raw[::2], raw[1::2], strict=False))
+            try:
+                n = int(f.get(b"n", 0))
+                job = Job(
+                    id=f[b"j"].decode(),
+                    data=f.get(b"d", b""),
+                    attempt=n + 1,
+                    max_attempts=int(f.get(b"a", 1)),
+                    queue_name=qname,
+                    priority=PRIORITIES[lane],  # type: ignore[arg-type]
+                    created_ms=int(f.get(b"t", 0)),
+                    enqueued_ms=int(entry_id.split("-", 1)[0]),
+                    backoff=Backoff.decode(f.get(b"b", b"").decode()),
+                    lane=lane,
+                    entry_id=entry_id,
+                    stalls=int(f.get(b"s", 0)),
+                )
+            except (KeyError, ValueError, UnicodeDecodeError):
+                job = Job(id=_text(f.get(b"j", b"?")), data=None, attempt=1, max_attempts=1,
+                          queue_name=qname, priority=PRIORITIES[lane],  # type: ignore[arg-type]
+                          created_ms=0, enqueued_ms=0, lane=lane, entry_id=entry_id)
+                job.data = _MalformedEntry()
+            self._free -= 1
+            send.send_nowait(job)
+
+    async def _idle_wait(self, reply: list[Any]) -> None:
+        next_due = int(reply[1])
+        block = MAX_BLOCK_MS if next_due < 0 else max(1, min(MAX_BLOCK_MS, next_due))
+        k = self.queue.keys
+        streams = {k.lanes[0]: reply[2], k.lanes[1]: reply[3], k.lanes[2]: reply[4],
+                   k.control: reply[5]}
+        await self.queue.redis.xread(streams, count=1, block=block)  # type: ignore[arg-type]
+
+    async def _paused_wait(self, next_due: int) -> None:
+        # a paused queue wakes on resume (control stream) or re-checks every 2 s
+        await self.queue.redis.xread({self.queue.keys.control: "$"}, count=1, block=MAX_BLOCK_MS)
+
+    # -- running jobs ------------------------------------------------------------------------
+    async def _runner(self, recv: Any) -> None:
+        cancelled = anyio.get_cancelled_exc_class()
+        async with recv:
+            async for job in recv:
+                if self._stopping:
+                    self._unstarted.append(job)
+                    self._free += 1
+                    continue
+                self._running[job.entry_id] = job
+                try:
+                    await self._process(job)
+                except cancelled:
+                    self._interrupted.append(job)
+                    raise
+                finally:
+                    del self._running[job.entry_id]
+                    self._free += 1
+                    self._slot_freed.set()
+
+    async def _process(self, job: Job) -> None:
+        if isinstance(job.data, _MalformedEntry):
+            await self._dead(job, "malformed stream entry")
+            return
+        try:
+            job.data = self.queue.codec.decode(job.data)
+        except PayloadError as exc:
+            await self._dead(job, _one_line(exc))
+            return
+        try:
+            result = await self.handler(job)
+        except anyio.get_cancelled_exc_class():
+            raise
+        except PermanentError as exc:
+            await self._failed(job, exc, retry=False)
+        except RetryAfter as exc:
+            await self._failed(job, exc, retry=True, delay=exc.delay)
+        except Exception as exc:
+            await self._failed(job, exc, retry=True)
+        else:
+            self.processed += 1
+            self._unacked[job.entry_id] = job
+            self._done.append((job, result))
+            self._done_event.set()
+
+    async def _failed(
+        self, job: Job, exc: BaseException, *, retry: bool, delay: float | None = None
+    ) -> None:
+        error = _one_line(exc)
+        self.processed += 1
+        await self.hooks.emit(WorkerEvent("failed", self.queue.name, job.id, job.attempt, error))
+        if not retry or job.attempt >= job.max_attempts:
+            await self._dead(job, error)
+            return
+        if delay is None:
+            delay = job.backoff.delay(job.attempt)
+        delay = min(delay, self.max_retry_delay)
+        k = self.queue.keys
+        r = await self._call_retrying(
+            "retry",
+            [*k.lanes, k.index, k.delayed, k.delayed_data, k.control],
+            [GROUP, self.consumer, job.lane, job.entry_id, job.id, math.ceil(delay * 1000), error],
+        )
+        if int(r) <= 0:
+            log.warning("job.lost_claim", queue=self.queue.name, job_id=job.id,
+                        attempt=job.attempt, transition="retry")
+            return
+        log.info("job.retry_scheduled", queue=self.queue.name, job_id=job.id,
+                 attempt=job.attempt, delay=round(delay, 3), error=error)
+        await self.hooks.emit(
+            WorkerEvent("retrying", self.queue.name, job.id, job.attempt, error, delay)
+        )
+
+    async def _dead(self, job: Job, error: str, attempts_made: int | None = None) -> None:
+        q = self.queue
+        k = q.keys
+        made = job.attempt if attempts_made is None else attempts_made
+        r = await self._call_retrying(
+            "dead_letter",
+            [*k.lanes, k.index, k.dead, k.stats, k.job(job.id)],
+            [GROUP, self.consumer, job.lane, job.entry_id, job.id, error,
+             round(q.defaults.failed_ttl_s * 1000), made, q.defaults.dead_letter_max],
+        )
+        if r == 0 or r == b"0":
+            log.warning("job.lost_claim", queue=q.name, job_id=job.id, attempt=job.attempt,
+                        transition="dead_letter")
+            return
+        log.warning("job.dead_lettered", queue=q.name, job_id=job.id, attempt=job.attempt,
+                    error=error)
+        await self.hooks.emit(WorkerEvent("dead", q.name, job.id, job.attempt, error,
+                                          stalls=job.stalls))
+
+    async def _call_retrying(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """Run a fenced transition, retrying while Redis is unreachable (it is safe to
+        repeat: a repeat after success finds the claim gone and changes nothing)."""
+        delay = 0.05
+        while True:
+            try:
+                with anyio.CancelScope(shield=True):
+                    return await self.queue.scripts(name, keys, args)
+            except (RedisError, OSError) as exc:
+                if isinstance(exc, ResponseError):
+                    raise
+                self.healthy = False
+                log.error("redis.unreachable", queue=self.queue.name, transition=name,
+                          error=redact_text(str(exc)), retry_in=delay)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    # -- upkeep loops ------------------------------------------------------------------------
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._done_event.wait()
+            self._done_event = anyio.Event()
+            await self._flush_now()
+
+    async def _flush_now(self) -> None:
+        while self._done:
+            batch, self._done = self._done[:FLUSH_BATCH], self._done[FLUSH_BATCH:]
+            q = self.queue
+            k = q.keys
+            args: list[Any] = [GROUP, self.consumer, round(q.defaults.completed_ttl_s * 1000),
+                               len(batch)]
+            keys = [*k.lanes, k.index, k.stats]
+            for job, _ in batch:
+                args += [job.lane, job.entry_id, job.id, job.attempt, job.created_ms, job.max_attempts]
+                keys.append(k.job(job.id))
+            lost = await self._call_retrying("complete", keys, args)
+            lost_pos = {int(i) for i in lost}
+            for pos, (job, result) in enumerate(batch, 1):
+                self._unacked.pop(job.entry_id, None)
+                if pos in lost_pos:
+                    log.warning("job.lost_claim", queue=q.name, job_id=job.id,
+                                attempt=job.attempt, transition="complete")
+                elif self.hooks.wants("completed"):
+                    await self.hooks.emit(
+                        WorkerEvent("completed", q.name, job.id, job.attempt, result=result)
+                    )
+
+    async def _heartbeat_loop(self) -> None:
+        k = self.queue.keys
+        while True:
+            await anyio.sleep(self.heartbeat_interval)
+            jobs = list(self._running.values()) + list(self._unacked.values())
+            if not jobs:
+                continue
+            args: list[Any] = [GROUP, self.consumer, len(jobs)]
+            for job in jobs:
+                args += [job.lane, job.entry_id]
+            try:
+                lost = await self.queue.scripts("extend", list(k.lanes), args)
+            except (RedisError, OSError) as exc:
+                log.error("worker.heartbeat_failed", queue=self.queue.name,
+                          error=redact_text(str(exc)))
+                continue
+            for pos in lost:
+                job = jobs[int(pos) - 1]
+                log.warning("job.lost_claim", queue=self.queue.name, job_id=job.id,
+                            attempt=job.attempt, transition="heartbeat")
+
+    async def _reclaim_loop(self) -> None:
+        q = self.queue
+        k = q.keys
+        keys = [*k.lanes, k.index, k.reclaim_lock]
+        while True:
+            try:
+                await self.reclaim_once(keys)
+            except (RedisError, OSError, StreamqError) as exc:
+                log.error("worker.reclaim_failed", queue=q.name, error=redact_text(str(exc)))
+            await anyio.sleep(self.reclaim_interval)
+
+    async def reclaim_once(self, keys: list[str] | None = None) -> int:
+        """One reclaim sweep (if no other worker holds the sweep lock). Returns jobs recovered."""
+        q = self.queue
+        k = q.keys
+        keys = keys or [*k.lanes, k.index, k.reclaim_lock]
+        r = await q.scripts(
+            "reclaim", keys,
+            [GROUP, self.consumer, round(self.visibility_timeout * 1000), self.max_stalled,
+             max(1, round(self.reclaim_interval * 1000) - 50), 1000],
+        )
+        if int(r[0]) < 0:
+            return 0
+        requeued, to_dead = r[1], r[2]
+        for i in range(0, len(requeued), 3):
+            job_id, stalls, owner = _text(requeued[i]), int(requeued[i + 1]), _text(requeued[i + 2])
+            log.warning("job.stalled", queue=q.name, job_id=job_id, stalls=stalls,
+                        previous_owner=owner)
+            await self.hooks.emit(WorkerEvent("stalled", q.name, job_id, stalls=stalls))
+        for i in range(0, len(to_dead), 4):
+            lane, entry_id, job_id, stalls = (int(to_dead[i]), _text(to_dead[i + 1]),
+                                              _text(to_dead[i + 2]), int(to_dead[i + 3]))
+            job = Job(id=job_id, data=None, attempt=0, max_attempts=0, queue_name=q.name,
+                      priority=PRIORITIES[lane],  # type: ignore[arg-type]
+                      created_ms=0, enqueued_ms=0, lane=lane, entry_id=entry_id, stalls=stalls)
+            await self.hooks.emit(WorkerEvent("stalled", q.name, job_id, stalls=stalls))
+            await self._dead(job, f"stalled {stalls} times", attempts_made=0)
+        return len(requeued) // 3 + len(to_dead) // 4
+
+    async def _release(self, jobs: list[Job], why: str) -> None:
+        if not jobs:
+            return
+        args: list[Any] = [GROUP, self.consumer, len(jobs)]
+        for job in jobs:
+            args += [job.lane, job.entry_id]
+        try:
+            with anyio.CancelScope(shield=True):
+                n = await self.queue.scripts("release", list(self.queue.keys.lanes), args)
+        except (RedisError, OSError) as exc:
+            log.error("worker.release_failed", queue=self.queue.name, jobs=len(jobs),
+                      error=redact_text(str(exc)), note="they will be reclaimed after the "
+                      "visibility timeout")
+            return
+        log.info("worker.released", queue=self.queue.name, jobs=int(n), reason=why)
+        jobs.clear()
+
+
+class _MalformedEntry:
+    """Marks a stream entry whose envelope fields could not be read (dead-lettered)."""
+
+
+__all__ = ["Handler", "Worker"]

@@ -1,0 +1,50 @@
+"""Shared fixtures: one private redis-server per test session, unique queue names per test."""
+
+from __future__ import annotations
+
+import inspect
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from streamq.devredis import RedisProcess, start_redis_server
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fn = getattr(item, "function", None)
+        if fn is not None and inspect.iscoroutinefunction(fn):
+            item.add_marker(pytest.mark.anyio)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def redis_proc() -> Iterator[RedisProcess]:
+    with start_redis_server() as proc:
+        yield proc
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_proc: RedisProcess) -> str:
+    return redis_proc.url
+
+
+@pytest.fixture
+def queue_name() -> str:
+    return "t" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[object]:
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
