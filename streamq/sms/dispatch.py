@@ -1,0 +1,130 @@
+"""The SMS handler: route a decoded job to its template and send it through a provider.
+
+The engine decodes the payload with the ``SMSJob`` union, so an unknown ``type`` or a
+payload failing the constraints never gets here; it is dead-lettered with msgspec's
+reason. This handler turns the remaining failures into the engine's vocabulary:
+
+* provider permanent errors, an invalid number, an over-long text and an expired OTP
+  raise :class:`streamq.PermanentError` (dead letter now, no retry);
+* provider transient errors with a known delay raise :class:`streamq.RetryAfter`;
+* other transient errors propagate unchanged, so the worker retries with backoff.
+
+The job id travels as the provider's idempotency key: delivery is at least once, and a
+job retried after a crash must be recognisable as the same message.
+
+Log lines carry queue, job id, type, attempt and the masked number; never the text (an
+OTP code is a secret) and never the full number.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+import structlog
+
+from streamq import Job, PermanentError, RetryAfter
+from streamq.redact import mask_phone, redact_text
+
+from .phone import DEFAULT_REGION, InvalidPhoneNumber, normalize_phone
+from .providers.base import ProviderPermanentError, ProviderTransientError, SMSProvider
+from .templates import TemplateError, render_sms
+from .types import OTPSMS, NotificationSMS, SMSJob, WelcomeSMS
+
+log = structlog.get_logger("streamq.sms")
+
+SMSHandler = Callable[[Job], Awaitable[dict[str, Any]]]
+
+
+def _as_sms_job(data: object) -> SMSJob:
+    if isinstance(data, WelcomeSMS | OTPSMS | NotificationSMS):
+        return data
+    # A queue created without job_type hands over plain builtins: validate them here.
+    try:
+        job: SMSJob = msgspec.convert(data, SMSJob)
+    except msgspec.ValidationError as exc:
+        raise PermanentError(f"decode: {exc}") from None
+    return job
+
+
+def _type_name(job: SMSJob) -> str:
+    return str(type(job).__struct_config__.tag)
+
+
+def make_sms_handler(
+    provider: SMSProvider, *, clock: Callable[[], float] = time.time
+) -> SMSHandler:
+    """A worker handler sending each SMS job through ``provider``.
+
+    ``clock`` (seconds since the epoch) decides OTP expiry; tests move it instead of
+    sleeping.
+    """
+
+    async def handle_sms(job: Job) -> dict[str, Any]:
+        data = _as_sms_job(job.data)
+        number = data.recipient.phone_number
+        bound = log.bind(
+            queue=job.queue_name,
+            job_id=job.id,
+            type=_type_name(data),
+            attempt=job.attempt,
+            to=mask_phone(number),
+        )
+        try:
+            # Re-checked here: a raw entry may have bypassed the creators.
+            to = normalize_phone(number, DEFAULT_REGION)
+        except InvalidPhoneNumber as exc:
+            bound.warning("sms.invalid_recipient", error=str(exc))
+            raise PermanentError(str(exc)) from None
+
+        if isinstance(data, OTPSMS):
+            age_s = clock() - data.timestamp / 1000
+            if age_s >= data.expiry_minutes * 60:
+                # A stale code is useless to the user and confusing: do not send it.
+                bound.warning(
+                    "sms.otp_expired", age_s=round(age_s), expiry_minutes=data.expiry_minutes
+                )
+                raise PermanentError(
+                    f"otp expired: created {age_s:.0f}s ago, valid {data.expiry_minutes} min; "
+                    "not sent"
+                )
+
+        try:
+            rendered = render_sms(data)
+        except TemplateError as exc:
+            bound.warning("sms.render_failed", error=str(exc))
+            raise PermanentError(str(exc)) from None
+
+        try:
+            result = await provider.send(to, rendered.message, idempotency_key=job.id)
+        except ProviderPermanentError as exc:
+            reason = redact_text(str(exc))
+            bound.warning("sms.send_failed", provider=exc.provider, code=exc.code,
+                          error=reason, permanent=True)
+            raise PermanentError(reason) from exc
+        except ProviderTransientError as exc:
+            reason = redact_text(str(exc))
+            bound.warning("sms.send_failed", provider=exc.provider, code=exc.code,
+                          error=reason, permanent=False, retry_after=exc.retry_after)
+            if exc.retry_after is not None:
+                raise RetryAfter(exc.retry_after, reason) from exc
+            raise
+
+        bound.info(
+            "sms.sent",
+            provider=result.provider,
+            message_id=result.message_id,
+            encoding=rendered.encoding,
+            segments=rendered.segments,
+        )
+        # The completed record keeps this; it holds no text and no number.
+        return {
+            "provider": result.provider,
+            "message_id": result.message_id,
+            "encoding": rendered.encoding,
+            "segments": rendered.segments,
+        }
+
+    return handle_sms

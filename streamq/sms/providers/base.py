@@ -1,0 +1,74 @@
+"""The provider seam: one async ``send`` and ``aclose``, and an error tree.
+
+    ProviderError
+    ├── ProviderPermanentError     the request can never succeed as sent: dead-letter now
+    │   └── ProviderLowCredit      the account is out of credit: permanent, and loud
+    └── ProviderTransientError     may succeed later: retry (after ``retry_after`` if set)
+
+Messages of these errors are safe to persist and log: providers put no API key, message
+text or unmasked phone number in them.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import msgspec
+
+from streamq.errors import StreamqError
+
+
+class SendResult(msgspec.Struct, frozen=True, kw_only=True):
+    """What a provider answered for one accepted message."""
+
+    provider: str
+    message_id: str | None
+    status: str  # the provider's own status text, e.g. "Success"
+
+
+class ProviderError(StreamqError):
+    """A provider could not accept a message."""
+
+    def __init__(self, message: str, *, provider: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.code = code  # the provider's response code or HTTP status, when there is one
+
+
+class ProviderPermanentError(ProviderError):
+    """Sending the same request again cannot succeed (bad credentials, bad number...)."""
+
+
+class ProviderLowCredit(ProviderPermanentError):
+    """The provider account has no credit left; an operator must top it up."""
+
+
+class ProviderTransientError(ProviderError):
+    """The provider may accept the message later; ``retry_after`` is in seconds, if known."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        code: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, provider=provider, code=code)
+        self.retry_after = retry_after
+
+
+@runtime_checkable
+class SMSProvider(Protocol):
+    """Sends one SMS. ``to`` is E.164; ``idempotency_key`` is the job id.
+
+    Delivery is at least once, so the same key may arrive twice after a worker crash;
+    a provider passes it on where its API has a field for it.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    async def send(self, to: str, message: str, *, idempotency_key: str) -> SendResult: ...
+
+    async def aclose(self) -> None: ...

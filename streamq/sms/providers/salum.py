@@ -1,0 +1,327 @@
+"""The Salum SMS API (the same shape as the public Advanta API), over aiohttp.
+
+Request: ``POST $SALUM_API_URL`` with JSON ``{apikey, partnerID, message, shortcode,
+mobile, clientsmsid}``; ``mobile`` is the number's digits without ``+``; ``clientsmsid``
+carries the job id so that a message re-sent after a worker crash can be recognised.
+
+Response: ``{"responses": [{"respose-code": 200, "response-description": "Success",
+"mobile": 254712345678, "messageid": 8290842, "networkid": "1"}]}`` (the API misspells
+``respose-code``; ``response-code`` is accepted too), or an error at the top level:
+``{"response-code": 1006, "response-description": "Invalid credentials"}``.
+
+Classification (the original package retried everything, bad credentials included):
+
+==========================================  =========================================
+permanent: dead-letter at once              1001 invalid sender id, 1002 network not
+                                            allowed, 1003 invalid mobile, 1006 invalid
+                                            credentials, 4091 no partner id, 4092 no
+                                            API key; 1004 low credit (also logged as an
+                                            error: an operator must top up); an unknown
+                                            code; HTTP 4xx except 408 and 429 (401/403
+                                            say "check SALUM_API_KEY"); 3xx
+transient: retry with backoff               1005 and 1007 system error; HTTP 5xx, 408;
+                                            timeouts; connection errors
+transient with a delay                      4090 "retry after 5 minutes" (300 s); HTTP
+                                            429 and 5xx with ``Retry-After`` (seconds
+                                            or an HTTP-date)
+==========================================  =========================================
+
+**A 2xx with a body we cannot parse is permanent ("unparseable 2xx response"), not
+retried**: the gateway answered success at the HTTP level and may well have sent the
+SMS, so a retry risks a double send, which for an OTP or a payment notice is worse than
+a dead letter an operator can inspect and replay. An unknown response code is permanent
+for the same reason. A timeout is just as ambiguous but carries no answer at all, so it
+is retried; every retry carries the same ``clientsmsid``.
+
+A ``Retry-After`` is passed on as is; the worker caps it (``max_retry_delay``), so a
+``Retry-After: 86400`` does not park a job for a day.
+
+Nothing here logs or raises with the request body, the API key or a full phone number:
+error messages are built from fixed text plus the provider's description, scrubbed.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from datetime import UTC
+from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import msgspec
+import structlog
+
+from streamq.errors import ConfigError
+from streamq.redact import redact_text
+
+from ..phone import msisdn_digits
+from .base import (
+    ProviderLowCredit,
+    ProviderPermanentError,
+    ProviderTransientError,
+    SendResult,
+)
+
+DEFAULT_API_URL: Final = "https://sms.salum.co.ke/api/services/sendsms/"
+SUCCESS: Final = 200
+LOW_CREDIT: Final = 1004
+PERMANENT_CODES: Final[dict[int, str]] = {
+    1001: "invalid sender id (check SALUM_SHORTCODE)",
+    1002: "network not allowed",
+    1003: "invalid mobile number",
+    1006: "invalid credentials (check SALUM_API_KEY and SALUM_PARTNER_ID)",
+    4091: "no partner id (check SALUM_PARTNER_ID)",
+    4092: "no API key (check SALUM_API_KEY)",
+}
+# code -> (meaning, retry_after seconds or None for the worker's backoff)
+TRANSIENT_CODES: Final[dict[int, tuple[str, float | None]]] = {
+    1005: ("system error", None),
+    1007: ("system error", None),
+    4090: ("internal error, retry after 5 minutes", 300.0),
+}
+# Bodies of an SMS gateway reply are tiny; more than this is not a reply we understand.
+_MAX_REPLY_BYTES: Final = 64 * 1024
+_MAX_DESCRIPTION_CHARS: Final = 200
+
+log = structlog.get_logger("streamq.sms")
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """``Retry-After`` in seconds: delta-seconds or an HTTP-date (RFC 9110 10.2.3)."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(int(value))
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _display_url(url: str) -> str:
+    # Drop userinfo and query: either could carry a credential someone put there.
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _code_of(entry: dict[str, Any]) -> int | None:
+    raw = entry.get("respose-code", entry.get("response-code"))
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int):
+        return raw
+    if isinstance(raw, str) and raw.strip().isdigit():
+        return int(raw.strip())
+    return None
+
+
+class SalumSMSProvider:
+    """Sends through Salum over one pooled :class:`aiohttp.ClientSession`.
+
+    The session is created on first use (inside the running event loop) and closed by
+    :meth:`aclose`; a session passed in is used as is and left open for its owner.
+    """
+
+    name = "salum"
+
+    def __init__(
+        self,
+        api_url: str,
+        api_key: str,
+        partner_id: str,
+        shortcode: str,
+        *,
+        timeout_total: float = 10.0,
+        timeout_connect: float = 3.0,
+        session: aiohttp.ClientSession | None = None,
+        max_connections: int = 100,
+    ) -> None:
+        if urlsplit(api_url).scheme not in ("http", "https") or not urlsplit(api_url).hostname:
+            raise ConfigError("SALUM_API_URL must be an http:// or https:// URL")
+        if timeout_total <= 0 or timeout_connect <= 0:
+            raise ConfigError("Salum timeouts must be positive numbers of seconds")
+        self.api_url = api_url
+        self._display_url = _display_url(api_url)
+        self._api_key = api_key
+        self._partner_id = partner_id
+        self._shortcode = shortcode
+        self._timeout = aiohttp.ClientTimeout(total=timeout_total, connect=timeout_connect)
+        self._session = session
+        self._owns_session = session is None
+        self._max_connections = max_connections
+
+    def __repr__(self) -> str:
+        return f"SalumSMSProvider(api_url={self._display_url!r}, api_key='***')"
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            if not self._owns_session:
+                raise RuntimeError("the aiohttp session given to SalumSMSProvider is closed")
+            self._session = aiohttp.ClientSession(
+                timeout=self._timeout,
+                connector=aiohttp.TCPConnector(limit=self._max_connections),
+            )
+        return self._session
+
+    async def aclose(self) -> None:
+        session, self._session = self._session, None
+        if session is not None and self._owns_session and not session.closed:
+            await session.close()
+
+    def _scrub(self, text: object) -> str:
+        """Provider text made safe for logs and dead-letter reasons."""
+        out = " ".join(str(text).split())
+        if self._api_key:
+            out = out.replace(self._api_key, "***")
+        out = redact_text(out)
+        return out[:_MAX_DESCRIPTION_CHARS]
+
+    async def send(self, to: str, message: str, *, idempotency_key: str) -> SendResult:
+        body = msgspec.json.encode(
+            {
+                "apikey": self._api_key,
+                "partnerID": self._partner_id,
+                "message": message,
+                "shortcode": self._shortcode,
+                "mobile": msisdn_digits(to),
+                "clientsmsid": idempotency_key,
+            }
+        )
+        url = self._display_url
+        try:
+            async with self._get_session().post(
+                self.api_url,
+                data=body,
+                headers={"Content-Type": "application/json", "Accept": "application/json"},
+                timeout=self._timeout,
+                allow_redirects=False,
+            ) as resp:
+                status = resp.status
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+                reply = await self._read_capped(resp)
+        except TimeoutError:
+            raise ProviderTransientError(
+                f"Salum timed out after {self._timeout.total:g}s at {url} "
+                "(it may have sent; the retry carries the same clientsmsid)",
+                provider=self.name,
+            ) from None
+        except aiohttp.ClientConnectorError as exc:
+            reason = exc.strerror or type(exc.os_error).__name__
+            raise ProviderTransientError(
+                f"Salum unreachable at {url} ({reason})", provider=self.name
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise ProviderTransientError(
+                f"Salum connection error at {url} ({type(exc).__name__})", provider=self.name
+            ) from None
+        return self._classify(status, retry_after, reply)
+
+    @staticmethod
+    async def _read_capped(resp: aiohttp.ClientResponse) -> bytes | None:
+        """The reply body, or None when it is larger than any reply we understand."""
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_chunked(8192):
+            size += len(chunk)
+            if size > _MAX_REPLY_BYTES:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _classify(self, status: int, retry_after: float | None, reply: bytes | None) -> SendResult:
+        name = self.name
+        if status == 429:
+            raise ProviderTransientError(
+                "Salum HTTP 429: rate limited", provider=name, code=status, retry_after=retry_after
+            )
+        if status >= 500 or status == 408:
+            raise ProviderTransientError(
+                f"Salum HTTP {status}", provider=name, code=status, retry_after=retry_after
+            )
+        if status in (401, 403):
+            raise ProviderPermanentError(
+                f"Salum HTTP {status}: credentials refused, check SALUM_API_KEY and "
+                "SALUM_PARTNER_ID",
+                provider=name,
+                code=status,
+            )
+        if status == 404 or 300 <= status < 400:
+            raise ProviderPermanentError(
+                f"Salum HTTP {status}: check SALUM_API_URL ({self._display_url})",
+                provider=name,
+                code=status,
+            )
+        if not 200 <= status < 300:
+            raise ProviderPermanentError(f"Salum HTTP {status}", provider=name, code=status)
+        entry = self._entry(status, reply)
+        code = _code_of(entry)
+        description = self._scrub(entry.get("response-description", ""))
+        if code == SUCCESS:
+            message_id = entry.get("messageid")
+            return SendResult(
+                provider=name,
+                message_id=None if message_id is None else self._scrub(message_id),
+                status=description or "Success",
+            )
+        if code is None:
+            raise ProviderPermanentError(
+                f"Salum unparseable 2xx response (HTTP {status}): no response code; "
+                "not retried, the message may have been sent",
+                provider=name,
+                code=status,
+            )
+        return self._raise_for_code(code, description)
+
+    def _entry(self, status: int, reply: bytes | None) -> dict[str, Any]:
+        """The one result object of a 2xx reply: ``responses[0]`` or the top level."""
+        doc: object = None
+        if reply is not None:
+            try:
+                doc = json.loads(reply)
+            except (ValueError, UnicodeDecodeError):
+                doc = None
+        if isinstance(doc, dict) and isinstance(doc.get("responses"), list):
+            items = doc["responses"]
+            doc = items[0] if items else None
+        if not isinstance(doc, dict):
+            raise ProviderPermanentError(
+                f"Salum unparseable 2xx response (HTTP {status}); "
+                "not retried, the message may have been sent",
+                provider=self.name,
+                code=status,
+            )
+        return doc
+
+    def _raise_for_code(self, code: int, description: str) -> SendResult:
+        name = self.name
+        said = f": {description}" if description else ""
+        if code == LOW_CREDIT:
+            # Loud: every message fails until someone tops up the account.
+            log.error("sms.provider_low_credit", provider=name, code=code,
+                      hint="low credit: top up the Salum account, then replay the dead letters")
+            raise ProviderLowCredit(
+                f"Salum {code} low credit{said}", provider=name, code=code
+            )
+        if code in PERMANENT_CODES:
+            raise ProviderPermanentError(
+                f"Salum {code} {PERMANENT_CODES[code]}{said}", provider=name, code=code
+            )
+        if code in TRANSIENT_CODES:
+            meaning, retry_after = TRANSIENT_CODES[code]
+            raise ProviderTransientError(
+                f"Salum {code} {meaning}{said}", provider=name, code=code, retry_after=retry_after
+            )
+        raise ProviderPermanentError(
+            f"Salum unknown response code {code}{said}; not retried, the message may have "
+            "been sent",
+            provider=name,
+            code=code,
+        )
