@@ -1,0 +1,1 @@
+"""SMS tests (a package, so test modules can share constants through conftest)."""
