@@ -34,10 +34,12 @@ for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('XDEL', lane, id)
+-- a malformed entry may lack any field: dead-letter what there is
+local attempts, created = f['a'] or '1', f['t'] or '0'
 local dead_id = redis.call('XADD', dead, 'MAXLEN', '~', tonumber(ARGV[9]), '*',
-  'j', job_id, 'd', f['d'], 'a', f['a'], 'n', ARGV[8], 's', f['s'], 't', f['t'],
-  'b', f['b'], 'l', lane_no, 'e', err, 'f', now)
-redis.call('HSET', rec, 'st', 'failed', 'n', ARGV[8], 'a', f['a'], 't', f['t'], 'f', now,
+  'j', job_id, 'd', f['d'] or '', 'a', attempts, 'n', ARGV[8], 's', f['s'] or '0',
+  't', created, 'b', f['b'] or '', 'l', lane_no, 'e', err, 'f', now)
+redis.call('HSET', rec, 'st', 'failed', 'n', ARGV[8], 'a', attempts, 't', created, 'f', now,
   'e', err, 'x', dead_id)
 redis.call('PEXPIRE', rec, tonumber(ARGV[7]))
 redis.call('HINCRBY', stats, 'failed', 1)

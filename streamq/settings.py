@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 import msgspec
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -107,6 +107,9 @@ def make_redis(url: str, **overrides: Any) -> Redis:
                 "set STREAMQ_TLS_INSECURE=1 to allow it"
             )
     try:
-        return Redis.from_url(url, **options)
+        # a blocking pool: a burst of concurrent calls waits for a connection
+        # instead of failing with "Too many connections"
+        pool = BlockingConnectionPool.from_url(url, timeout=CONNECT_TIMEOUT_S, **options)
+        return Redis.from_pool(pool)
     except ValueError as exc:
         raise ConfigError(f"REDIS_URL is malformed: {exc}") from None

@@ -11,11 +11,13 @@ import pytest
 from streamq.devredis import RedisProcess, start_redis_server
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        fn = getattr(item, "function", None)
-        if fn is not None and inspect.iscoroutinefunction(fn):
-            item.add_marker(pytest.mark.anyio)
+@pytest.hookimpl(tryfirst=True)
+def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: object) -> None:
+    """Mark every ``async def test_*`` for anyio before parametrization happens."""
+    if name.startswith("test") and inspect.iscoroutinefunction(obj):
+        marks = list(getattr(obj, "pytestmark", []))
+        if not any(m.name == "anyio" for m in marks):
+            obj.pytestmark = [*marks, pytest.mark.anyio]  # type: ignore[attr-defined]
 
 
 @pytest.fixture

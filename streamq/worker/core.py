@@ -266,7 +266,7 @@ class Worker:
                     stalls=int(f.get(b"s", 0)),
                 )
             except (KeyError, ValueError, UnicodeDecodeError):
-                job = Job(id=_text(f.get(b"j", b"?")), data=None, attempt=1, max_attempts=1,
+                job = Job(id=_text(f.get(b"j", b"?malformed")), data=None, attempt=1, max_attempts=1,
                           queue_name=qname, priority=PRIORITIES[lane],  # type: ignore[arg-type]
                           created_ms=0, enqueued_ms=0, lane=lane, entry_id=entry_id)
                 job.data = _MalformedEntry()
@@ -279,7 +279,13 @@ class Worker:
         k = self.queue.keys
         streams = {k.lanes[0]: reply[2], k.lanes[1]: reply[3], k.lanes[2]: reply[4],
                    k.control: reply[5]}
-        await self.queue.redis.xread(streams, count=1, block=block)  # type: ignore[arg-type]
+        if next_due < 0 or next_due >= MAX_BLOCK_MS:
+            await self.queue.redis.xread(streams, count=1, block=block)  # type: ignore[arg-type]
+            return
+        # Redis checks blocked clients' timeouts on its cron (hz 10: up to 100 ms late), so
+        # a due time is kept by our own clock; the XREAD still wakes us early on new work.
+        with anyio.move_on_after(next_due / 1000 + 0.001):
+            await self.queue.redis.xread(streams, count=1, block=block + 50)  # type: ignore[arg-type]
 
     async def _paused_wait(self, next_due: int) -> None:
         # a paused queue wakes on resume (control stream) or re-checks every 2 s
@@ -300,6 +306,11 @@ class Worker:
                 except cancelled:
                     self._interrupted.append(job)
                     raise
+                except Exception as exc:
+                    # our own bookkeeping failed (not the handler): the entry stays pending
+                    # and is reclaimed after the visibility timeout; the runner goes on
+                    log.error("worker.internal_error", queue=self.queue.name, job_id=job.id,
+                              error=_one_line(exc))
                 finally:
                     del self._running[job.entry_id]
                     self._free += 1

@@ -1,0 +1,457 @@
+"""Worker behaviours of SPEC section 4 against a real Redis (in-process workers)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import anyio
+import msgspec
+import pytest
+
+from streamq import (
+    Backoff,
+    Job,
+    JobOptions,
+    JobState,
+    PermanentError,
+    Queue,
+    QueueDefaults,
+    RetryAfter,
+    Worker,
+    WorkerEvent,
+)
+from streamq.keys import GROUP
+from tests.support.util import running, wait_until
+
+
+async def redis_ms(q: Queue) -> float:
+    sec, usec = await q.redis.time()
+    return sec * 1000 + usec / 1000
+
+
+async def test_jobs_complete_and_records_expire_on_schedule(redis_url: str, queue_name: str) -> None:
+    defaults = QueueDefaults(completed_ttl_s=60, failed_ttl_s=120)
+    async with Queue(queue_name, redis_url=redis_url, defaults=defaults) as q:
+        refs = await q.add_bulk([{"i": i} for i in range(50)])
+        seen: list[Any] = []
+
+        async def handler(job: Job) -> int:
+            seen.append(job.data["i"])
+            return int(job.data["i"])
+
+        completed: list[WorkerEvent] = []
+        w = Worker(q, handler, concurrency=5, rate_limit=None)
+        w.on("completed", completed.append)
+        async with running(w):
+            await wait_until(lambda: len(completed) == 50, message="50 completions")
+        assert sorted(seen) == list(range(50))
+        c = await q.counts()
+        assert (c["waiting"], c["active"], c["completed"]) == (0, 0, 50)
+        info = await q.get_job(refs[7].job_id)
+        assert info is not None and info.state is JobState.COMPLETED and info.attempts == 1
+        ttl = await q.redis.pttl(q.keys.job(refs[7].job_id))
+        assert 55_000 < ttl <= 60_000
+        assert {e.result for e in completed} == set(range(50))
+
+
+async def test_retry_backoff_schedule_then_dead_letter_then_replay(
+    redis_url: str, queue_name: str
+) -> None:
+    defaults = QueueDefaults(failed_ttl_s=30)
+    async with Queue(queue_name, redis_url=redis_url, defaults=defaults) as q:
+        ref = await q.add({"n": 1}, JobOptions(attempts=3, backoff=Backoff(base=0.2)))
+        starts: list[float] = []
+        attempts: list[int] = []
+        fail = True
+
+        async def handler(job: Job) -> None:
+            starts.append(await redis_ms(q))
+            attempts.append(job.attempt)
+            if fail:
+                raise RuntimeError(f"boom on attempt {job.attempt}")
+
+        events: list[str] = []
+        w = Worker(q, handler, rate_limit=None)
+        for name in ("failed", "retrying", "dead"):
+            w.on(name, lambda e: events.append(f"{e.name}:{e.attempt}"))  # type: ignore[arg-type]
+        async with running(w):
+            await wait_until(lambda: "dead:3" in events, message="dead letter")
+            assert attempts == [1, 2, 3]
+            gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+            # 0.2 s then 0.4 s, measured on the Redis clock; promotion is prompt
+            assert 200 <= gaps[0] < 300, gaps
+            assert 400 <= gaps[1] < 500, gaps
+            assert events == ["failed:1", "retrying:1", "failed:2", "retrying:2", "failed:3",
+                              "dead:3"]
+            info = await q.get_job(ref.job_id)
+            assert info is not None and info.state is JobState.FAILED
+            assert info.error == "RuntimeError: boom on attempt 3" and info.attempts == 3
+            assert 25_000 < await q.redis.pttl(q.keys.job(ref.job_id)) <= 30_000
+            dead = await q.dead_letters()
+            assert [(d.job_id, d.error, d.data) for d in dead] == [
+                (ref.job_id, "RuntimeError: boom on attempt 3", {"n": 1})]
+            assert (await q.counts())["failed"] == 1
+
+            fail = False
+            assert await q.replay_dead(ref.job_id) == 1
+            await wait_until(lambda: len(starts) == 4, message="replayed run")
+            assert attempts[3] == 1  # a replay starts with fresh attempts
+            await wait_until(
+                lambda: _state(q, ref.job_id, JobState.COMPLETED), message="replayed completion"
+            )
+        c = await q.counts()
+        assert (c["failed"], c["dead"], c["completed"]) == (0, 0, 1)
+
+
+async def _state(q: Queue, job_id: str, state: JobState) -> bool:
+    info = await q.get_job(job_id)
+    return info is not None and info.state is state
+
+
+async def test_permanent_error_is_not_retried(redis_url: str, queue_name: str) -> None:
+    async with Queue(queue_name, redis_url=redis_url) as q:
+        ref = await q.add({"n": 1}, JobOptions(attempts=5))
+        calls = 0
+
+        async def handler(job: Job) -> None:
+            nonlocal calls
+            calls += 1
+            raise PermanentError("recipient opted out")
+
+        async with running(Worker(q, handler, rate_limit=None)):
+            await wait_until(lambda: _state(q, ref.job_id, JobState.FAILED))
+        assert calls == 1
+        info = await q.get_job(ref.job_id)
+        assert info is not None and info.error == "recipient opted out"
+
+
+async def test_retry_after_overrides_backoff(redis_url: str, queue_name: str) -> None:
+    async with Queue(queue_name, redis_url=redis_url) as q:
+        await q.add({"n": 1}, JobOptions(backoff=60))
+        starts: list[float] = []
+
+        async def handler(job: Job) -> None:
+            starts.append(await redis_ms(q))
+            if job.attempt == 1:
+                raise RetryAfter(0.3, "HTTP 429")
+
+        async with running(Worker(q, handler, rate_limit=None)):
+            await wait_until(lambda: len(starts) == 2 and True, timeout=5)
+            await wait_until(lambda: _counts_equal(q, "completed", 1))
+        assert 300 <= starts[1] - starts[0] < 400
+
+
+async def _counts_equal(q: Queue, name: str, value: int) -> bool:
+    return (await q.counts())[name] == value
+
+
+async def test_high_priority_always_before_normal(redis_url: str, queue_name: str) -> None:
+    async with Queue(queue_name, redis_url=redis_url) as q:
+        await q.pause()
+        await q.add_bulk([({"p": "low"}, JobOptions(priority="low")) for _ in range(10)])
+        await q.add_bulk([({"p": "normal"}, JobOptions(priority="normal")) for _ in range(20)])
+        await q.add_bulk([({"p": "high"}, JobOptions(priority="high")) for _ in range(20)])
+        order: list[str] = []
+
+        async def handler(job: Job) -> None:
+            order.append(job.data["p"])
+
+        async with running(Worker(q, handler, concurrency=3, rate_limit=None)):
+            await q.resume()
+            await wait_until(lambda: len(order) == 50)
+        assert order == ["high"] * 20 + ["normal"] * 20 + ["low"] * 10
+
+
+async def test_paused_queue_is_not_worked_until_resumed(redis_url: str, queue_name: str) -> None:
+    async with Queue(queue_name, redis_url=redis_url) as q:
+        done: list[str] = []
+
+        async def handler(job: Job) -> None:
+            done.append(job.id)
+
+        async with running(Worker(q, handler, rate_limit=None)):
+            await q.pause()
+            await q.add({"a": 1})
+            # the worker saw "paused" at least once: the job stays waiting
+            await wait_until(lambda: _counts_equal(q, "waiting", 1))
+            with anyio.move_on_after(0.5):
+                await wait_until(lambda: bool(done), timeout=1)
+            assert done == []
+            t0 = time.monotonic()
+            await q.resume()
+            await wait_until(lambda: bool(done), timeout=3)
+            assert time.monotonic() - t0 < 0.5  # resume wakes idle workers at once
+
+
+async def test_delayed_job_starts_within_100ms_of_due(redis_url: str, queue_name: str) -> None:
+    async with Queue(queue_name, redis_url=redis_url) as q:
+        started: dict[str, float] = {}
+
+        async def handler(job: Job) -> None:
+            started[job.id] = await redis_ms(q)
+
+        async with running(Worker(q, handler, rate_limit=None)):
+            await wait_until(lambda: _idle(q))
+            refs = [await q.add({"i": i}, JobOptions(delay=0.4 + i * 0.15)) for i in range(4)]
+            dues = {}
+            for r in refs:
+                info = await q.get_job(r.job_id)
+                assert info is not None and info.due_at is not None
+                dues[r.job_id] = info.due_at.timestamp() * 1000
+            await wait_until(lambda: len(started) == 4, timeout=5)
+        for job_id, due in dues.items():
+            late = started[job_id] - due
+            assert 0 <= late <= 100, (job_id, late)
+
+
+async def _idle(q: Queue) -> bool:
+    return (await q.counts())["active"] == 0
+
+
+async def test_cancelled_jobs_never_run(redis_url: str, queue_name: str) -> None:
+    async with Queue(queue_name, redis_url=redis_url) as q:
+        await q.pause()
+        keep = await q.add({"k": 1})
+        drop_waiting = await q.add({"k": 2})
+        drop_delayed = await q.add({"k": 3}, JobOptions(delay=0.2))
+        assert await q.cancel(drop_waiting.job_id)
+        assert await q.cancel(drop_delayed.job_id)
+        ran: list[str] = []
+
+        async def handler(job: Job) -> None:
+            ran.append(job.id)
+
+        async with running(Worker(q, handler, rate_limit=None)):
+            await q.resume()
+            await wait_until(lambda: ran == [keep.job_id])
+            late = await q.add({"k": 4}, JobOptions(delay=0.3))
+            await q.cancel(late.job_id)
+            await anyio.sleep(0.5)  # past the due time: it must not appear
+        assert ran == [keep.job_id]
+
+
+async def test_active_job_cannot_be_cancelled(redis_url: str, queue_name: str) -> None:
+    async with Queue(queue_name, redis_url=redis_url) as q:
+        release = anyio.Event()
+        started = anyio.Event()
+
+        async def handler(job: Job) -> None:
+            started.set()
+            await release.wait()
+
+        ref = await q.add({})
+        async with running(Worker(q, handler, rate_limit=None)):
+            await started.wait()
+            assert await q.cancel(ref.job_id) is False
+            info = await q.get_job(ref.job_id)
+            assert info is not None and info.state is JobState.ACTIVE
+            release.set()
+            await wait_until(lambda: _state(q, ref.job_id, JobState.COMPLETED))
+
+
+async def test_undecodable_payload_is_dead_lettered_and_worker_continues(
+    redis_url: str, queue_name: str
+) -> None:
+    class Msg(msgspec.Struct):
+        text: str
+
+    async with Queue(queue_name, redis_url=redis_url, job_type=Msg) as q:
+        await q.ensure_groups()
+        lane = q.keys.lanes[1]
+        await q.redis.xadd(lane, {"j": "bad1", "d": b"\xc1\xff not msgpack", "a": 3, "n": 0,
+                                  "s": 0, "t": 0, "b": "2000"})
+        await q.redis.xadd(lane, {"j": "bad2", "d": msgspec.msgpack.encode({"text": 5}), "a": 3,
+                                  "n": 0, "s": 0, "t": 0, "b": "2000"})
+        await q.redis.xadd(lane, {"garbage": "entry"})
+        good = await q.add_bulk([Msg(text=str(i)) for i in range(20)])
+        done: list[str] = []
+
+        async def handler(job: Job) -> None:
+            assert isinstance(job.data, Msg)
+            done.append(job.id)
+
+        async with running(Worker(q, handler, rate_limit=None)):
+            await wait_until(lambda: len(done) == 20)
+            await wait_until(lambda: _counts_equal(q, "failed", 3))
+        dead = {d.job_id: d.error for d in await q.dead_letters()}
+        assert dead["bad1"].startswith("decode: malformed payload")
+        assert dead["bad2"].startswith("decode: Expected `str`, got `int`")
+        assert set(done) == {r.job_id for r in good}
+        assert len(dead) == 3
+
+
+async def test_rate_limit_in_process(redis_url: str, queue_name: str) -> None:
+    async with Queue(queue_name, redis_url=redis_url) as q:
+        await q.add_bulk([{} for _ in range(30)])
+        times: list[float] = []
+
+        async def handler(job: Job) -> None:
+            times.append(time.monotonic())
+
+        async with running(Worker(q, handler, concurrency=10, rate_limit=20.0, burst=5)):
+            await wait_until(lambda: len(times) == 30, timeout=10)
+        # burst of 5 at once, then 25 more at 20/s: about 1.25 s
+        span = times[-1] - times[0]
+        assert 1.1 <= span <= 1.6, span
+
+
+async def test_heartbeat_keeps_a_long_job_claimed(redis_url: str, queue_name: str) -> None:
+    async with Queue(queue_name, redis_url=redis_url) as q:
+        await q.add({"long": True})
+        runs: list[str] = []
+
+        async def slow(job: Job) -> None:
+            runs.append(job.id)
+            await anyio.sleep(1.2)  # 4x the visibility timeout
+
+        w1 = Worker(q, slow, rate_limit=None, visibility_timeout=0.3, reclaim_interval=0.1)
+        w2 = Worker(q, slow, rate_limit=None, visibility_timeout=0.3, reclaim_interval=0.1)
+        async with running(w1), running(w2):
+            await wait_until(lambda: _counts_equal(q, "completed", 1), timeout=5)
+        assert len(runs) == 1
+
+
+async def test_stalled_max_times_is_dead_lettered(redis_url: str, queue_name: str) -> None:
+    """A job whose workers keep dying: simulated by a consumer that claims and vanishes."""
+    async with Queue(queue_name, redis_url=redis_url) as q:
+        await q.ensure_groups()
+        ref = await q.add({"poison": True})
+        k = q.keys
+        claim_keys = [*k.lanes, k.index, k.delayed, k.delayed_data, k.paused, k.limiter,
+                      k.control]
+        sweeper = Worker(q, _never, rate_limit=None, visibility_timeout=0.05, max_stalled=3,
+                         reclaim_interval=0.05)
+        stalled: list[int] = []
+        dead: list[str] = []
+        sweeper.on("stalled", lambda e: stalled.append(e.stalls))
+        sweeper.on("dead", lambda e: dead.append(e.error or ""))
+        for round_ in range(3):
+            reply = await q.scripts("claim", claim_keys, [GROUP, f"ghost{round_}", 1, 0, 1, 10])
+            assert int(reply[0]) == 1
+            await anyio.sleep(0.06)
+            await q.redis.delete(k.reclaim_lock)
+            assert await sweeper.reclaim_once() == 1
+        assert stalled == [1, 2, 3]
+        assert dead == ["stalled 3 times"]
+        info = await q.get_job(ref.job_id)
+        assert info is not None and info.state is JobState.FAILED
+        assert info.error == "stalled 3 times"
+
+
+async def _never(job: Job) -> None:
+    raise AssertionError("must not run")
+
+
+async def test_late_completion_from_lost_claim_does_not_overwrite(
+    redis_url: str, queue_name: str
+) -> None:
+    async with Queue(queue_name, redis_url=redis_url) as q:
+        await q.ensure_groups()
+        ref = await q.add({"x": 1}, JobOptions(attempts=1))
+        k = q.keys
+        claim_keys = [*k.lanes, k.index, k.delayed, k.delayed_data, k.paused, k.limiter,
+                      k.control]
+        a = await q.scripts("claim", claim_keys, [GROUP, "zombie", 1, 0, 1, 10])
+        old_entry = a[2]
+        await anyio.sleep(0.03)
+        # the zombie's entry is reclaimed and re-queued; a live worker takes it and fails it
+        sweeper = Worker(q, _never, rate_limit=None, visibility_timeout=0.02)
+        assert await sweeper.reclaim_once() == 1
+        b = await q.scripts("claim", claim_keys, [GROUP, "alive", 1, 0, 1, 10])
+        dead_id = await q.scripts(
+            "dead_letter", [*k.lanes, k.index, k.dead, k.stats, k.job(ref.job_id)],
+            [GROUP, "alive", 1, b[2], ref.job_id, "real outcome", 60000, 1, 100])
+        assert dead_id not in (0, b"0")
+        # the zombie wakes up and reports success for its old entry: rejected
+        lost = await q.scripts(
+            "complete", [*k.lanes, k.index, k.stats, k.job(ref.job_id)],
+            [GROUP, "zombie", 60000, 1, 1, old_entry, ref.job_id, 1, 0, 1])
+        assert lost == [1]
+        info = await q.get_job(ref.job_id)
+        assert info is not None and info.state is JobState.FAILED and info.error == "real outcome"
+        c = await q.counts()
+        assert (c["completed"], c["failed"]) == (0, 1)
+        # and the zombie's heartbeat cannot steal the new entry
+        assert await q.scripts("extend", list(k.lanes), [GROUP, "zombie", 1, 1, b[2]]) == [1]
+
+
+async def test_script_flush_mid_run_is_survived(redis_url: str, queue_name: str) -> None:
+    async with Queue(queue_name, redis_url=redis_url) as q:
+        done: list[str] = []
+
+        async def handler(job: Job) -> None:
+            done.append(job.id)
+
+        async with running(Worker(q, handler, rate_limit=None)):
+            await q.add_bulk([{} for _ in range(10)])
+            await wait_until(lambda: len(done) == 10)
+            await q.redis.script_flush()
+            await q.add_bulk([{} for _ in range(10)])
+            await q.redis.script_flush()
+            await q.add({"one": 1})
+            await wait_until(lambda: len(done) == 21)
+        assert (await q.counts())["completed"] == 21
+
+
+async def test_graceful_close_hands_back_and_finishes(redis_url: str, queue_name: str) -> None:
+    async with Queue(queue_name, redis_url=redis_url) as q:
+        await q.add_bulk([{} for _ in range(20)])
+        finished: list[str] = []
+        started = anyio.Event()
+
+        async def handler(job: Job) -> None:
+            started.set()
+            await anyio.sleep(0.2)
+            finished.append(job.id)
+
+        w = Worker(q, handler, concurrency=4, rate_limit=None)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(w.run)
+            await started.wait()
+            await w.close()
+        assert len(finished) == 4
+        c = await q.counts()
+        assert (c["completed"], c["active"], c["waiting"]) == (4, 0, 16)
+
+
+async def test_grace_expiry_cuts_and_hands_back(redis_url: str, queue_name: str) -> None:
+    async with Queue(queue_name, redis_url=redis_url) as q:
+        ref = await q.add({})
+        started = anyio.Event()
+
+        async def handler(job: Job) -> None:
+            started.set()
+            await anyio.sleep(30)
+
+        w = Worker(q, handler, rate_limit=None, shutdown_grace=0.2)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(w.run)
+            await started.wait()
+            t0 = time.monotonic()
+            await w.close()
+            assert time.monotonic() - t0 < 1.0
+        info = await q.get_job(ref.job_id)
+        assert info is not None and info.state is JobState.WAITING and info.attempts == 0
+
+
+@pytest.mark.parametrize("concurrency", [1, 7])
+async def test_fetches_no_more_than_free_slots(
+    redis_url: str, queue_name: str, concurrency: int
+) -> None:
+    async with Queue(queue_name, redis_url=redis_url) as q:
+        await q.add_bulk([{} for _ in range(40)])
+        gate = anyio.Event()
+        peak = 0
+
+        async def handler(job: Job) -> None:
+            await gate.wait()
+
+        async with running(Worker(q, handler, concurrency=concurrency, rate_limit=None)):
+            await wait_until(lambda: _counts_equal(q, "active", concurrency))
+            for _ in range(5):
+                peak = max(peak, (await q.counts())["active"])
+                await anyio.sleep(0.02)
+            gate.set()
+            await wait_until(lambda: _counts_equal(q, "completed", 40))
+        assert peak == concurrency
