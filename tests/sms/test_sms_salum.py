@@ -259,7 +259,9 @@ async def test_reply_just_inside_the_timeout_succeeds(standin: SalumStandin) -> 
     assert result.status == "Success"
 
 
-async def test_connection_reset_is_transient(standin: SalumStandin, salum: SalumSMSProvider) -> None:
+async def test_connection_reset_is_transient(
+    standin: SalumStandin, salum: SalumSMSProvider
+) -> None:
     standin.set_mode("disconnect")
     err = await send_error(salum)
     assert isinstance(err, ProviderTransientError)
