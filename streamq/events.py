@@ -1,4 +1,4 @@
-"""Worker event hooks: completed, failed, retrying, dead, stalled.
+"""Worker event hooks: active, completed, failed, retrying, dead, stalled.
 
 Callbacks receive one ``WorkerEvent``; they may be sync or async. A callback that
 raises is logged and ignored: a broken hook must not stop the worker. Hooks run on the
@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 import structlog
 
-EventName = Literal["completed", "failed", "retrying", "dead", "stalled"]
-EVENT_NAMES: tuple[str, ...] = ("completed", "failed", "retrying", "dead", "stalled")
+EventName = Literal["active", "completed", "failed", "retrying", "dead", "stalled"]
+EVENT_NAMES: tuple[str, ...] = ("active", "completed", "failed", "retrying", "dead", "stalled")
 
 log = structlog.get_logger("streamq.worker")
 
@@ -33,6 +33,12 @@ class WorkerEvent:
     result: Any = None
     """The handler's return value (completed)."""
     stalls: int = 0
+    job_type: str | None = None
+    """The payload's type tag (a msgspec tagged Struct) or class name; None for plain data."""
+    wait_s: float | None = None
+    """Seconds from becoming waiting (enqueue, promotion) to the handler's start."""
+    run_s: float | None = None
+    """Seconds the handler ran (completed, failed)."""
 
 
 Callback = Callable[[WorkerEvent], Awaitable[None] | None]

@@ -39,11 +39,11 @@ class Backoff:
             raise ConfigError("backoff base and cap must be >= 0 seconds")
 
     def delay(self, retry: int, rng: random.Random | None = None) -> float:
-        d = self.base * 2 ** max(0, retry - 1)
+        d = self.base * 2.0 ** max(0, retry - 1)
         if self.cap is not None:
             d = min(d, self.cap)
         if self.jitter:
-            d = (rng or random).uniform(d / 2, d)
+            d = float((rng or random).uniform(d / 2, d))
         return d
 
     def encode(self) -> str:
@@ -116,6 +116,19 @@ class Job:
     lane: int = 1
     entry_id: str = ""
     stalls: int = 0
+    wait_s: float = 0.0
+    """Seconds from becoming waiting to the handler's start (wall clocks of Redis and worker)."""
+    run_s: float = 0.0
+    """Seconds the handler ran (set when it returns or raises)."""
+
+    @property
+    def type_name(self) -> str | None:
+        """The payload's tag when it is a tagged msgspec Struct, else its class name for a
+        Struct, else None (plain data has no type)."""
+        cfg = getattr(type(self.data), "__struct_config__", None)
+        if cfg is None:
+            return None
+        return str(cfg.tag) if cfg.tag is not None else type(self.data).__name__
 
     @property
     def created_at(self) -> datetime:

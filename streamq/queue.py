@@ -15,12 +15,12 @@ from redis.exceptions import ResponseError
 
 from .codec import Codec
 from .connection import translate_redis_errors
+from .dead import DeadLetter, parse_dead_entries
 from .errors import ConfigError, PayloadError
 from .job import Backoff, JobInfo, JobOptions, JobRef, JobState, Priority, ms_to_dt
 from .keys import GROUP, LANE_INDEX, PRIORITIES, QueueKeys, check_job_id, check_queue_name
 from .scripts import ArgT, ScriptRunner
 from .settings import QueueDefaults, make_redis, redis_url_from_env, seconds
-from .dead import DeadLetter, parse_dead_entries
 
 _ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz"
 BULK_CHUNK = 500
@@ -244,7 +244,7 @@ class Queue:
         """The oldest ``limit`` dead letters (after the entry id ``after``), with their errors."""
         with translate_redis_errors(self.redis_url):
             entries = await self.redis.xrange(self.keys.dead, min=after, max="+", count=limit)
-        return parse_dead_entries(entries, self.codec)
+        return parse_dead_entries(entries or [], self.codec)
 
     async def replay_dead(self, job_id: str | None = None) -> int:
         """Put dead-lettered jobs back to work with fresh attempts: one job id, or all of

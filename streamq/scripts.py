@@ -96,10 +96,10 @@ class ScriptRunner:
     async def __call__(self, name: str, keys: Sequence[KeyT], args: Sequence[ArgT]) -> Any:
         s = self._scripts[name]
         try:
-            return await self._redis.evalsha(s.sha, len(keys), *keys, *args)  # type: ignore[misc]
+            return await self._redis.evalsha(s.sha, len(keys), *keys, *args)
         except NoScriptError:
             await self._redis.script_load(s.source)
-            return await self._redis.evalsha(s.sha, len(keys), *keys, *args)  # type: ignore[misc]
+            return await self._redis.evalsha(s.sha, len(keys), *keys, *args)
 
     def queue_call(
         self, pipe: Pipeline, name: str, keys: Sequence[KeyT], args: Sequence[ArgT]

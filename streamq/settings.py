@@ -100,12 +100,12 @@ def make_redis(url: str, **overrides: Any) -> Redis:
     if url.startswith("rediss://") and os.environ.get("STREAMQ_TLS_INSECURE") != "1":
         options["ssl_cert_reqs"] = "required"
     options.update(overrides)
-    if options.get("ssl_cert_reqs") in ("none", None) and url.startswith("rediss://"):
-        if os.environ.get("STREAMQ_TLS_INSECURE") != "1":
-            raise ConfigError(
-                "refusing rediss:// without certificate verification; "
-                "set STREAMQ_TLS_INSECURE=1 to allow it"
-            )
+    insecure_ok = os.environ.get("STREAMQ_TLS_INSECURE") == "1"
+    if options.get("ssl_cert_reqs") in ("none", None) and url.startswith("rediss://") and not insecure_ok:
+        raise ConfigError(
+            "refusing rediss:// without certificate verification; "
+            "set STREAMQ_TLS_INSECURE=1 to allow it"
+        )
     try:
         # a blocking pool: a burst of concurrent calls waits for a connection
         # instead of failing with "Too many connections"

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import structlog
 from anyio.abc import TaskGroup
 from redis.exceptions import RedisError, ResponseError
@@ -177,7 +178,7 @@ class Worker:
         send.close()
         # jobs that runners had not taken yet stay in the channel; they are drained by the
         # runners themselves, which see _stopping and divert them to _unstarted.
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         if self._unstarted:
             batch, self._unstarted = self._unstarted, []
             await self._release(batch, "unstarted")
@@ -325,17 +326,25 @@ class Worker:
         except PayloadError as exc:
             await self._dead(job, _one_line(exc))
             return
+        job.wait_s = max(0.0, time.time() - job.enqueued_ms / 1000)
+        if self.hooks.wants("active"):
+            await self.hooks.emit(self._event("active", job))
+        t0 = time.perf_counter()
         try:
             result = await self.handler(job)
         except anyio.get_cancelled_exc_class():
             raise
         except PermanentError as exc:
+            job.run_s = time.perf_counter() - t0
             await self._failed(job, exc, retry=False)
         except RetryAfter as exc:
+            job.run_s = time.perf_counter() - t0
             await self._failed(job, exc, retry=True, delay=exc.delay)
         except Exception as exc:
+            job.run_s = time.perf_counter() - t0
             await self._failed(job, exc, retry=True)
         else:
+            job.run_s = time.perf_counter() - t0
             self.processed += 1
             self._unacked[job.entry_id] = job
             self._done.append((job, result))
@@ -346,7 +355,7 @@ class Worker:
     ) -> None:
         error = _one_line(exc)
         self.processed += 1
-        await self.hooks.emit(WorkerEvent("failed", self.queue.name, job.id, job.attempt, error))
+        await self.hooks.emit(self._event("failed", job, error=error))
         if not retry or job.attempt >= job.max_attempts:
             await self._dead(job, error)
             return
@@ -365,9 +374,7 @@ class Worker:
             return
         log.info("job.retry_scheduled", queue=self.queue.name, job_id=job.id,
                  attempt=job.attempt, delay=round(delay, 3), error=error)
-        await self.hooks.emit(
-            WorkerEvent("retrying", self.queue.name, job.id, job.attempt, error, delay)
-        )
+        await self.hooks.emit(self._event("retrying", job, error=error, delay=delay))
 
     async def _dead(self, job: Job, error: str, attempts_made: int | None = None) -> None:
         q = self.queue
@@ -385,8 +392,14 @@ class Worker:
             return
         log.warning("job.dead_lettered", queue=q.name, job_id=job.id, attempt=job.attempt,
                     error=error)
-        await self.hooks.emit(WorkerEvent("dead", q.name, job.id, job.attempt, error,
-                                          stalls=job.stalls))
+        await self.hooks.emit(self._event("dead", job, error=error))
+
+    def _event(self, name: EventName, job: Job, **extra: Any) -> WorkerEvent:
+        return WorkerEvent(
+            name, self.queue.name, job.id, job.attempt, stalls=job.stalls,
+            job_type=job.type_name if job.data is not None else None,
+            wait_s=job.wait_s, run_s=job.run_s, **extra,
+        )
 
     async def _call_retrying(self, name: str, keys: list[str], args: list[Any]) -> Any:
         """Run a fenced transition, retrying while Redis is unreachable (it is safe to
@@ -431,9 +444,7 @@ class Worker:
                     log.warning("job.lost_claim", queue=q.name, job_id=job.id,
                                 attempt=job.attempt, transition="complete")
                 elif self.hooks.wants("completed"):
-                    await self.hooks.emit(
-                        WorkerEvent("completed", q.name, job.id, job.attempt, result=result)
-                    )
+                    await self.hooks.emit(self._event("completed", job, result=result))
 
     async def _heartbeat_loop(self) -> None:
         k = self.queue.keys

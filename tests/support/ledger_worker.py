@@ -11,12 +11,14 @@ it gracefully; a second signal stops it at once.
 from __future__ import annotations
 
 import argparse
+import logging
 import random
 import signal
 import sys
 from typing import Any
 
 import anyio
+import structlog
 
 from streamq import Job, Queue, Worker
 from tests.support.ledger import LedgerWriter
@@ -37,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grace", type=float, default=30.0)
     p.add_argument("--max-stalled", type=int, default=3)
     a = p.parse_args(argv)
+    # logs to stderr (a file the test chose), warnings and up: stdout carries only "ready"
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
     ledger = LedgerWriter(a.ledger)
 
     async def handler(job: Job) -> None:

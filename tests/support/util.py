@@ -47,14 +47,18 @@ async def running(worker: Worker) -> AsyncIterator[Worker]:
 def spawn_ledger_worker(redis_url: str, queue: str, ledger: Path, *args: str
                         ) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.ledger_worker", "--redis-url", redis_url,
-         "--queue", queue, "--ledger", str(ledger), *args],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    errlog = Path(ledger) / f"worker-{time.monotonic_ns()}.err"
+    with open(errlog, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.ledger_worker", "--redis-url", redis_url,
+             "--queue", queue, "--ledger", str(ledger), *args],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err, text=True,
+        )
     assert proc.stdout is not None
     line = proc.stdout.readline()
+    proc.stdout.close()
     if line.strip() != "ready":
         proc.kill()
-        raise AssertionError(f"worker did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}")
+        proc.wait()
+        raise AssertionError(f"worker did not start: {line!r} {errlog.read_text()}")
     return proc

@@ -1,0 +1,63 @@
+"""structlog set-up for the command lines: JSON in production, console in development.
+
+The library itself never configures logging; ``python -m streamq.worker`` and
+``python -m streamq`` call ``configure_logging``. The last processor before rendering
+masks phone-like digit runs in every string value and drops keys that may hold
+secrets or message text (OTP codes live in message text).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any, Literal, TextIO
+
+import structlog
+
+from .redact import redact_text
+
+LogFormat = Literal["json", "console"]
+
+DROPPED_KEYS = frozenset(
+    {"body", "message", "text", "code", "otp", "api_key", "apikey", "password",
+     "authorization", "token", "secret"}
+)
+
+
+def redact_event(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    for key in list(event_dict):
+        if key.lower() in DROPPED_KEYS:
+            event_dict[key] = "***"
+            continue
+        value = event_dict[key]
+        if isinstance(value, str):
+            event_dict[key] = redact_text(value)
+    return event_dict
+
+
+def configure_logging(
+    fmt: LogFormat = "console", level: str = "info", stream: TextIO | None = None
+) -> None:
+    renderer: Any
+    if fmt == "json":
+        renderer = structlog.processors.JSONRenderer()
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=False)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            redact_event,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+        ),
+        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        cache_logger_on_first_use=False,
+    )

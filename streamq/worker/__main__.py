@@ -1,0 +1,209 @@
+"""``python -m streamq.worker``: run a worker (the SMS notification worker by default).
+
+Every option has an environment twin (flag wins). This is the one place that wires
+the engine to the SMS domain: with ``--handler module:function`` it runs any other
+queue's handler instead.
+
+Redis: ``REDIS_URL`` (or ``REDIS_HOST``/``PORT``/``PASSWORD``/``DB``). With none set,
+the default local setup applies: Redis at 127.0.0.1:6379, and when nothing answers
+there and ``redis-server`` is installed, a local one is started (and said so). When a
+location is configured and nothing answers, the worker exits at once with one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+
+from ..devredis import RedisProcess, redis_server_binary, start_redis_server
+from ..errors import ConfigError, StreamqError
+from ..logs import configure_logging
+from ..queue import Queue
+from ..redact import redact_url
+from ..settings import DEFAULT_REDIS_URL, env_is_default_local, redis_url_from_env
+from .core import Handler, Worker
+
+log = structlog.get_logger("streamq.worker")
+
+LOCAL_PORT = 6379
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, "").strip() or default
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m streamq.worker",
+        description="Run a streamq worker. Each option falls back to the environment "
+        "variable shown, then to the default.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--queue", default=_env("STREAMQ_QUEUE", "sms"),
+                   help="queue to work (env STREAMQ_QUEUE)")
+    p.add_argument("--concurrency", type=int, default=int(_env("STREAMQ_CONCURRENCY", "5")),
+                   help="jobs in flight in this process (env STREAMQ_CONCURRENCY)")
+    p.add_argument("--rate-limit", type=float,
+                   default=float(_env("STREAMQ_RATE_LIMIT", "10")),
+                   help="jobs/s across all workers of the queue, 0 = unlimited "
+                   "(env STREAMQ_RATE_LIMIT)")
+    p.add_argument("--provider", choices=("mock", "salum"),
+                   default=_env("STREAMQ_PROVIDER", "mock"),
+                   help="SMS provider (env STREAMQ_PROVIDER); salum reads SALUM_API_URL, "
+                   "SALUM_API_KEY, SALUM_PARTNER_ID, SALUM_SHORTCODE")
+    p.add_argument("--handler", default=_env("STREAMQ_HANDLER", ""),
+                   help="run 'module:function' instead of the SMS dispatcher; with it, "
+                   "--queue names any queue (env STREAMQ_HANDLER)")
+    p.add_argument("--metrics-port", type=int,
+                   default=int(_env("STREAMQ_METRICS_PORT", "0")) or None,
+                   help="serve /metrics and /healthz on this port; none unless given "
+                   "(env STREAMQ_METRICS_PORT)")
+    p.add_argument("--metrics-host", default=_env("STREAMQ_METRICS_HOST", "127.0.0.1"),
+                   help="address of the metrics server (env STREAMQ_METRICS_HOST)")
+    p.add_argument("--log-format", choices=("json", "console"),
+                   default=_env("STREAMQ_LOG_FORMAT", "console"),
+                   help="json for production, console for development (env STREAMQ_LOG_FORMAT)")
+    p.add_argument("--log-level", default=_env("STREAMQ_LOG_LEVEL", "info"),
+                   help="debug, info, warning or error (env STREAMQ_LOG_LEVEL)")
+    p.add_argument("--visibility-timeout", type=float,
+                   default=float(_env("STREAMQ_VISIBILITY_TIMEOUT", "30")),
+                   help="seconds a silent worker keeps its jobs before they are reclaimed "
+                   "(env STREAMQ_VISIBILITY_TIMEOUT)")
+    p.add_argument("--shutdown-grace", type=float,
+                   default=float(_env("STREAMQ_SHUTDOWN_GRACE", "30")),
+                   help="seconds running jobs get to finish on SIGTERM (env STREAMQ_SHUTDOWN_GRACE)")
+    p.add_argument("--max-stalled", type=int, default=int(_env("STREAMQ_MAX_STALLED", "3")),
+                   help="worker crashes a job survives before it is dead-lettered "
+                   "(env STREAMQ_MAX_STALLED)")
+    p.add_argument("--redis-url", default=None,
+                   help="Redis location (env REDIS_URL, or REDIS_HOST/REDIS_PORT/"
+                   f"REDIS_PASSWORD/REDIS_DB; default {DEFAULT_REDIS_URL})")
+    return p
+
+
+def load_handler(spec: str) -> Handler:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"--handler must look like 'package.module:function', got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"--handler module {module_name!r} cannot be imported: {exc}") from None
+    handler = getattr(module, attr, None)
+    if not callable(handler):
+        raise ConfigError(f"--handler {spec!r} is not a callable")
+    return handler  # type: ignore[no-any-return]
+
+
+def ensure_local_redis(url: str, explicit: bool) -> RedisProcess | None:
+    """The default local setup: start redis-server on 6379 when nothing answers there."""
+    if explicit or url != DEFAULT_REDIS_URL:
+        return None
+    probe = RedisProcess(port=LOCAL_PORT, directory=Path("."), args=[])
+    if probe.ping():
+        return None
+    if redis_server_binary() is None:
+        return None  # the connect check below reports "unreachable" with the URL
+    data = Path(os.environ.get("STREAMQ_LOCAL_REDIS_DIR", Path.home() / ".cache/streamq/redis"))
+    proc = start_redis_server(LOCAL_PORT, data, appendonly=True, appendfsync="everysec")
+    print(f"streamq: no Redis answered at {url}; started a local redis-server on "
+          f"127.0.0.1:{LOCAL_PORT} (pid {proc.proc.pid if proc.proc else '?'}, AOF in {data}); "
+          "it stops with this worker", file=sys.stderr, flush=True)
+    return proc
+
+
+def make_handler(args: argparse.Namespace) -> tuple[Handler, Any, Callable[[], Any] | None]:
+    """The handler, the queue's job type and an async close function for its resources."""
+    if args.handler:
+        return load_handler(args.handler), None, None
+    from ..sms import SMSJob, make_sms_handler, provider_from_settings
+
+    provider = provider_from_settings(args.provider)
+    return make_sms_handler(provider), SMSJob, provider.aclose
+
+
+async def run(args: argparse.Namespace, url: str) -> None:
+    handler, job_type, close_handler = make_handler(args)
+    queue = Queue(args.queue, redis_url=url, job_type=job_type)
+    worker = Worker(
+        queue, handler,
+        concurrency=args.concurrency,
+        rate_limit=args.rate_limit or None,
+        visibility_timeout=args.visibility_timeout,
+        shutdown_grace=args.shutdown_grace,
+        max_stalled=args.max_stalled,
+    )
+    await queue.connect()  # fail fast, one line, before anything else starts
+    signals = 0
+
+    async def watch_signals() -> None:
+        nonlocal signals
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
+            async for sig in received:
+                signals += 1
+                log.info("worker.signal", signal=signal.Signals(sig).name,
+                         immediate=signals > 1)
+                worker.stop(immediate=signals > 1)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch_signals)
+            if args.metrics_port:
+                from ..metrics import serve_metrics
+
+                await tg.start(serve_metrics, worker, args.metrics_host, args.metrics_port)
+            await worker.run()
+            tg.cancel_scope.cancel()
+    finally:
+        if close_handler is not None:
+            await close_handler()
+        await queue.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except ValueError as exc:  # a malformed env twin (e.g. STREAMQ_CONCURRENCY=abc)
+        print(f"streamq worker: invalid setting: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(args.log_format, args.log_level)
+    local: RedisProcess | None = None
+    try:
+        explicit = args.redis_url is not None or not env_is_default_local()
+        url = args.redis_url or redis_url_from_env()
+        if args.concurrency < 1:
+            raise ConfigError("--concurrency must be >= 1")
+        if args.rate_limit < 0:
+            raise ConfigError("--rate-limit must be >= 0 (0 = unlimited)")
+        local = ensure_local_redis(url, explicit)
+        try:
+            import uvloop  # noqa: F401
+
+            backend_options = {"use_uvloop": True}
+        except ImportError:
+            backend_options = {}
+        anyio.run(run, args, url, backend_options=backend_options)
+        return 0
+    except StreamqError as exc:
+        print(f"streamq worker: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if local is not None:
+            local.stop()
+            print(f"streamq: stopped the local redis-server ({redact_url(local.url)})",
+                  file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
