@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import signal
+import subprocess
+import sys
 import time
 
 import aiohttp
+import anyio
 import pytest
 import structlog
+from anyio.streams.text import TextReceiveStream
 
 from streamq.errors import ConfigError
 from streamq.sms.providers import (
@@ -216,8 +222,6 @@ async def test_standin_wait_times_out(standin: SalumStandin) -> None:
 
 
 async def test_standin_records_concurrency(standin: SalumStandin) -> None:
-    import anyio
-
     standin.set_mode(Behaviour.slow(0.2))
     async with anyio.create_task_group() as tg:
         for _ in range(3):
@@ -253,3 +257,39 @@ def test_standin_cli_rejects_a_bad_mode(capsys: pytest.CaptureFixture[str]) -> N
         main(["--mode", "fax"])
     assert info.value.code == 2
     assert "unknown stand-in mode" in capsys.readouterr().err
+
+
+async def test_standin_command_serves_and_stops_on_sigterm() -> None:
+    """``python -m streamq.sms.standin`` as documented: serves, masks, exits 0 on SIGTERM."""
+    proc = await anyio.open_process(
+        [sys.executable, "-m", "streamq.sms.standin", "--port", "0", "--api-key", API_KEY],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = TextReceiveStream(proc.stdout)
+        buffer = ""
+        with anyio.fail_after(10):
+            while "export SALUM_API_URL=" not in buffer:
+                buffer += await lines.receive()
+        url = re.search(r"export SALUM_API_URL=(\S+)", buffer)
+        assert url is not None
+        provider = SalumSMSProvider(url.group(1), API_KEY, "4711", "SQ", timeout_total=2.0)
+        try:
+            result = await provider.send(TO, "Your code is 554433", idempotency_key="job-9")
+        finally:
+            await provider.aclose()
+        assert result.status == "Success"
+        with anyio.fail_after(10):
+            while "clientsmsid=job-9" not in buffer:
+                buffer += await lines.receive()
+        assert "+254712345678" not in buffer and "254712345678" not in buffer
+        assert "554433" not in buffer and API_KEY not in buffer  # no --show-text
+        proc.send_signal(signal.SIGTERM)
+        with anyio.fail_after(10):
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await proc.aclose()
