@@ -20,6 +20,7 @@ from datetime import timedelta
 from typing import Final, Literal, TypeAlias
 
 from streamq import JobOptions, JobRef, Queue
+from streamq.errors import PayloadError
 
 from .phone import normalize_phone
 from .templates import render_sms
@@ -94,7 +95,7 @@ async def _enqueue(
     job = validate_job(job)
     render_sms(job)  # raises TemplateError/MessageTooLong before anything is written
     options = JobOptions(priority=priority, delay=delay, job_id=job_id, attempts=attempts)
-    return await (queue or get_sms_queue()).add(job, options)
+    return await (queue if queue is not None else get_sms_queue()).add(job, options)
 
 
 async def create_welcome_sms_job(
@@ -131,6 +132,12 @@ async def create_otp_sms_job(
 
     The worker does not send it once ``expiry_minutes`` have passed since creation.
     """
+    delay_s = delay.total_seconds() if isinstance(delay, timedelta) else float(delay or 0)
+    if isinstance(expiry_minutes, int) and delay_s >= expiry_minutes * 60:
+        # The worker would only find it expired: refuse a code that can never be sent.
+        raise PayloadError(
+            f"OTP delay {delay_s:g}s is not shorter than its expiry ({expiry_minutes} min)"
+        )
     job = OTPSMS(
         id=_new_id(),
         timestamp=_now_ms(),

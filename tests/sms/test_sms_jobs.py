@@ -90,6 +90,15 @@ async def test_bad_fields_fail_before_redis(
         assert str(code) not in str(info.value).replace("4,10", "")
 
 
+@pytest.mark.parametrize("delay", [600, timedelta(minutes=11)])
+async def test_otp_delayed_past_its_expiry_is_refused(
+    offline: Queue, delay: float | timedelta
+) -> None:
+    with pytest.raises(PayloadError, match="expiry"):
+        await create_otp_sms_job(recipient="0712345678", code="1234", expiry_minutes=10,
+                                 delay=delay, queue=offline)
+
+
 async def test_too_long_is_its_own_error(offline: Queue) -> None:
     with pytest.raises(MessageTooLong):
         await create_notification_sms_job(recipient="0712345678", message="a" * 1531,

@@ -81,7 +81,7 @@ async def test_mock_latency() -> None:
     mock = MockSMSProvider(latency=0.05, echo=False)
     start = time.monotonic()
     await mock.send(TO, "x", idempotency_key="k")
-    assert time.monotonic() - start >= 0.05
+    assert time.monotonic() - start >= 0.045  # (timers may fire a clock tick early)
 
 
 def test_mock_rejects_bad_knobs() -> None:

@@ -66,9 +66,6 @@ class SMSProvider(Protocol):
     a provider passes it on where its API has a field for it.
     """
 
-    @property
-    def name(self) -> str: ...
-
     async def send(self, to: str, message: str, *, idempotency_key: str) -> SendResult: ...
 
     async def aclose(self) -> None: ...
