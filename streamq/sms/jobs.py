@@ -133,7 +133,7 @@ async def create_otp_sms_job(
     The worker does not send it once ``expiry_minutes`` have passed since creation.
     """
     delay_s = delay.total_seconds() if isinstance(delay, timedelta) else float(delay or 0)
-    if isinstance(expiry_minutes, int) and delay_s >= expiry_minutes * 60:
+    if isinstance(expiry_minutes, int) and 0 < expiry_minutes * 60 <= delay_s:
         # The worker would only find it expired: refuse a code that can never be sent.
         raise PayloadError(
             f"OTP delay {delay_s:g}s is not shorter than its expiry ({expiry_minutes} min)"
