@@ -10,8 +10,8 @@
   KEYS[5] stats   HASH  completed counter
   KEYS[5 + i] job record of the i-th job   HASH
   ARGV[1] group   ARGV[2] consumer   ARGV[3] record ttl (ms; 0 = keep no record)
-  ARGV[4] N, then per job 6 values: lane, entry_id, job_id, attempt (1-based), created (ms),
-    max attempts
+  ARGV[4] N, then per job one string 'lane|entry_id|attempt|created ms|max attempts|job_id'
+    (packed: one argument per job keeps the client's encoding work small)
   Returns: array of the 1-based positions of the jobs whose claim was lost (not recorded).
 ]]
 local index, stats = KEYS[4], KEYS[5]
@@ -22,9 +22,9 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local lost = {}
 local done = 0
 for i = 1, n do
-  local base = 5 + (i - 1) * 6
-  local lane = KEYS[1 + tonumber(ARGV[base])]
-  local id, job_id = ARGV[base + 1], ARGV[base + 2]
+  local lane_no, id, attempt, created, max_attempts, job_id =
+    string.match(ARGV[4 + i], '^(%d)|([^|]+)|(%d+)|(%d+)|(%d+)|(.+)$')
+  local lane = KEYS[1 + tonumber(lane_no)]
   local p = redis.call('XPENDING', lane, group, id, id, 1)
   if p[1] and p[1][2] == consumer then
     redis.call('XACK', lane, group, id)
@@ -33,8 +33,8 @@ for i = 1, n do
     if ttl > 0 then
       local rec = KEYS[5 + i]
       redis.call('DEL', rec)
-      redis.call('HSET', rec, 'st', 'completed', 'n', ARGV[base + 3], 't', ARGV[base + 4],
-        'a', ARGV[base + 5], 'f', now)
+      redis.call('HSET', rec, 'st', 'completed', 'n', attempt, 't', created,
+        'a', max_attempts, 'f', now)
       redis.call('PEXPIRE', rec, ttl)
     end
     done = done + 1

@@ -24,6 +24,7 @@ from streamq import (
 )
 from streamq.keys import GROUP
 from tests.support.util import running, wait_until
+from tests.support.util import running as running_worker
 
 
 async def redis_ms(q: Queue) -> float:
@@ -367,7 +368,7 @@ async def test_late_completion_from_lost_claim_does_not_overwrite(
         # the zombie wakes up and reports success for its old entry: rejected
         lost = await q.scripts(
             "complete", [*k.lanes, k.index, k.stats, k.job(ref.job_id)],
-            [GROUP, "zombie", 60000, 1, 1, old_entry, ref.job_id, 1, 0, 1])
+            [GROUP, "zombie", 60000, 1, f"1|{old_entry.decode()}|1|0|1|{ref.job_id}"])
         assert lost == [1]
         info = await q.get_job(ref.job_id)
         assert info is not None and info.state is JobState.FAILED and info.error == "real outcome"
@@ -456,3 +457,25 @@ async def test_fetches_no_more_than_free_slots(
             gate.set()
             await wait_until(lambda: _counts_equal(q, "completed", 40))
         assert peak == concurrency
+
+
+async def test_same_entry_id_in_two_lanes_runs_concurrently(redis_url: str, queue_name: str) -> None:
+    """Entry ids are per stream: jobs of different lanes can share one (same millisecond)."""
+    async with Queue(queue_name, redis_url=redis_url) as q:
+        await q.ensure_groups()
+        for lane in q.keys.lanes:
+            await q.redis.xadd(lane, {"j": lane[-4:], "d": msgspec.msgpack.encode({}), "a": 1,
+                                      "n": 0, "s": 0, "t": 0, "b": "2000"}, id="1-1")
+        running = 0
+        peak = 0
+
+        async def handler(job: Job) -> None:
+            nonlocal running, peak
+            running += 1
+            peak = max(peak, running)
+            await anyio.sleep(0.1)
+            running -= 1
+
+        async with running_worker(Worker(q, handler, concurrency=3, rate_limit=None)):
+            await wait_until(lambda: _counts_equal(q, "completed", 3))
+        assert peak == 3

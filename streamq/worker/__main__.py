@@ -48,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
         "variable shown, then to the default.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--queue", default=_env("STREAMQ_QUEUE", "sms"),
-                   help="queue to work (env STREAMQ_QUEUE)")
+    p.add_argument("--queue", default=_env("STREAMQ_QUEUE", _env("STREAMQ_SMS_QUEUE", "sms")),
+                   help="queue to work (env STREAMQ_QUEUE, else STREAMQ_SMS_QUEUE, which the "
+                   "SMS job creators read too)")
     p.add_argument("--concurrency", type=int, default=int(_env("STREAMQ_CONCURRENCY", "5")),
                    help="jobs in flight in this process (env STREAMQ_CONCURRENCY)")
     p.add_argument("--rate-limit", type=float,

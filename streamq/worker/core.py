@@ -15,6 +15,8 @@ heartbeats; entries of dead workers are put back by the reclaim sweep.
 from __future__ import annotations
 
 import math
+from collections import deque
+from functools import lru_cache
 import os
 import secrets
 import socket
@@ -51,6 +53,11 @@ def _one_line(exc: BaseException) -> str:
         text or name
     )
     return redact_text(msg)[:MAX_ERROR_CHARS]
+
+
+@lru_cache(maxsize=64)
+def _backoff(spec: bytes) -> Backoff:
+    return Backoff.decode(spec.decode())
 
 
 def _text(v: Any) -> str:
@@ -100,11 +107,13 @@ class Worker:
 
         self._free = concurrency
         self._slot_freed = anyio.Event()
-        self._running: dict[str, Job] = {}
+        self._ready: deque[Job] = deque()
+        self._ready_event = anyio.Event()
+        # keyed by the Job object: entry ids repeat across the three lanes
+        self._running: dict[int, Job] = {}
         self._done: list[tuple[Job, Any]] = []
         self._done_event = anyio.Event()
-        self._unacked: dict[str, Job] = {}
-        self._unstarted: list[Job] = []
+        self._unacked: dict[int, Job] = {}
         self._interrupted: list[Job] = []
         self._stopping = False
         self._stop_event = anyio.Event()
@@ -149,21 +158,19 @@ class Worker:
             self.healthy = True
             log.info("worker.started", queue=self.queue.name, consumer=self.consumer,
                      concurrency=self.concurrency, rate_limit=self.rate_limit)
-            send, recv = anyio.create_memory_object_stream[Job](self.concurrency)
             async with anyio.create_task_group() as upkeep:
                 upkeep.start_soon(self._flush_loop)
                 upkeep.start_soon(self._heartbeat_loop)
                 upkeep.start_soon(self._reclaim_loop)
                 async with anyio.create_task_group() as runners:
                     for _ in range(self.concurrency):
-                        runners.start_soon(self._runner, recv.clone())
-                    recv.close()
+                        runners.start_soon(self._runner)
                     async with anyio.create_task_group() as fetch:
-                        fetch.start_soon(self._fetch_loop, send)
+                        fetch.start_soon(self._fetch_loop)
                         await self._stop_event.wait()
                         fetch.cancel_scope.cancel()
-                    await self._shutdown(send, runners)
-                await self._release(self._unstarted + self._interrupted, "shutdown")
+                    await self._shutdown(runners)
+                await self._release(self._take_unstarted() + self._interrupted, "shutdown")
                 await self._flush_now()
                 upkeep.cancel_scope.cancel()
         finally:
@@ -172,30 +179,31 @@ class Worker:
             log.info("worker.stopped", queue=self.queue.name, consumer=self.consumer,
                      processed=self.processed)
 
-    async def _shutdown(self, send: Any, runners: TaskGroup) -> None:
+    async def _shutdown(self, runners: TaskGroup) -> None:
         """Stop fetching (done), hand back unstarted jobs at once, let running jobs finish
         within the grace period, then cut the rest (handed back too)."""
-        send.close()
-        # jobs that runners had not taken yet stay in the channel; they are drained by the
-        # runners themselves, which see _stopping and divert them to _unstarted.
-        await anyio.lowlevel.checkpoint()
-        if self._unstarted:
-            batch, self._unstarted = self._unstarted, []
-            await self._release(batch, "unstarted")
+        self._wake_runners()  # idle runners see _stopping and leave
+        await self._release(self._take_unstarted(), "unstarted")
         grace = self.shutdown_grace if self._grace_override is None else self._grace_override
         with anyio.move_on_after(grace):
             while self._running:
                 self._slot_freed = anyio.Event()
-                with anyio.move_on_after(0.05):
-                    await self._slot_freed.wait()
-                if self._unstarted:
-                    batch, self._unstarted = self._unstarted, []
-                    await self._release(batch, "unstarted")
+                await self._slot_freed.wait()
         if self._running:
             log.warning("worker.grace_expired", queue=self.queue.name, cut=len(self._running))
         runners.cancel_scope.cancel()
 
-    async def _fetch_loop(self, send: Any) -> None:
+    def _take_unstarted(self) -> list[Job]:
+        jobs = list(self._ready)
+        self._ready.clear()
+        self._free += len(jobs)
+        return jobs
+
+    def _wake_runners(self) -> None:
+        self._ready_event.set()
+        self._ready_event = anyio.Event()
+
+    async def _fetch_loop(self) -> None:
         q = self.queue
         k = q.keys
         keys = [*k.lanes, k.index, k.delayed, k.delayed_data, k.paused, k.limiter, k.control]
@@ -217,7 +225,8 @@ class Worker:
                     )
                 status = int(reply[0])
                 if status == 1:
-                    self._accept(reply, send)
+                    self._accept(reply)
+                    self._wake_runners()
                 elif status == 0:
                     await self._idle_wait(reply)
                 elif status == -1:
@@ -243,36 +252,33 @@ class Worker:
                 await anyio.sleep(error_backoff)
                 error_backoff = min(error_backoff * 2, 5.0)
 
-    def _accept(self, reply: list[Any], send: Any) -> None:
+    def _accept(self, reply: list[Any]) -> None:
         qname = self.queue.name
+        ready = self._ready
         for i in range(1, len(reply), 3):
             lane = int(reply[i])
-            entry_id = _text(reply[i + 1])
+            entry_id = reply[i + 1].decode()
             raw = reply[i + 2]
-            f = dict(zip(raw[::2], raw[1::2], strict=False))
             try:
-                n = int(f.get(b"n", 0))
-                job = Job(
-                    id=f[b"j"].decode(),
-                    data=f.get(b"d", b""),
-                    attempt=n + 1,
-                    max_attempts=int(f.get(b"a", 1)),
-                    queue_name=qname,
-                    priority=PRIORITIES[lane],  # type: ignore[arg-type]
-                    created_ms=int(f.get(b"t", 0)),
-                    enqueued_ms=int(entry_id.split("-", 1)[0]),
-                    backoff=Backoff.decode(f.get(b"b", b"").decode()),
-                    lane=lane,
-                    entry_id=entry_id,
-                    stalls=int(f.get(b"s", 0)),
-                )
-            except (KeyError, ValueError, UnicodeDecodeError):
-                job = Job(id=_text(f.get(b"j", b"?malformed")), data=None, attempt=1, max_attempts=1,
-                          queue_name=qname, priority=PRIORITIES[lane],  # type: ignore[arg-type]
+                if raw[0] == b"j" and raw[2] == b"d" and raw[12] == b"b":
+                    # the field order every transition writes: j d a n s t b [e]
+                    job_id, data, a, n, st, t, b = raw[1], raw[3], raw[5], raw[7], raw[9], raw[11], raw[13]
+                else:
+                    f = dict(zip(raw[::2], raw[1::2], strict=False))
+                    job_id, data, a, n, st, t, b = (f[b"j"], f[b"d"], f[b"a"], f[b"n"], f[b"s"],
+                                                    f[b"t"], f[b"b"])
+                attempt = int(n) + 1
+                job = Job(job_id.decode(), data, attempt, int(a), qname, PRIORITIES[lane],  # type: ignore[arg-type]
+                          int(t), int(entry_id.partition("-")[0]), _backoff(b), lane, entry_id,
+                          int(st))
+            except (KeyError, ValueError, IndexError, UnicodeDecodeError):
+                f = dict(zip(raw[::2], raw[1::2], strict=False))
+                job = Job(id=_text(f.get(b"j", b"?malformed")), data=_MalformedEntry(), attempt=1,
+                          max_attempts=1, queue_name=qname,
+                          priority=PRIORITIES[lane],  # type: ignore[arg-type]
                           created_ms=0, enqueued_ms=0, lane=lane, entry_id=entry_id)
-                job.data = _MalformedEntry()
             self._free -= 1
-            send.send_nowait(job)
+            ready.append(job)
 
     async def _idle_wait(self, reply: list[Any]) -> None:
         next_due = int(reply[1])
@@ -293,29 +299,38 @@ class Worker:
         await self.queue.redis.xread({self.queue.keys.control: "$"}, count=1, block=MAX_BLOCK_MS)
 
     # -- running jobs ------------------------------------------------------------------------
-    async def _runner(self, recv: Any) -> None:
+    async def _runner(self) -> None:
         cancelled = anyio.get_cancelled_exc_class()
-        async with recv:
-            async for job in recv:
-                if self._stopping:
-                    self._unstarted.append(job)
-                    self._free += 1
-                    continue
-                self._running[job.entry_id] = job
-                try:
-                    await self._process(job)
-                except cancelled:
-                    self._interrupted.append(job)
-                    raise
-                except Exception as exc:
-                    # our own bookkeeping failed (not the handler): the entry stays pending
-                    # and is reclaimed after the visibility timeout; the runner goes on
-                    log.error("worker.internal_error", queue=self.queue.name, job_id=job.id,
-                              error=_one_line(exc))
-                finally:
-                    del self._running[job.entry_id]
-                    self._free += 1
-                    self._slot_freed.set()
+        ready = self._ready
+        streak = 0
+        while True:
+            if self._stopping:
+                return
+            if not ready:
+                streak = 0
+                await self._ready_event.wait()
+                continue
+            job = ready.popleft()
+            self._running[id(job)] = job
+            try:
+                await self._process(job)
+            except cancelled:
+                self._interrupted.append(job)
+                raise
+            except Exception as exc:
+                # our own bookkeeping failed (not the handler): the entry stays pending
+                # and is reclaimed after the visibility timeout; the runner goes on
+                log.error("worker.internal_error", queue=self.queue.name, job_id=job.id,
+                          error=_one_line(exc))
+            finally:
+                del self._running[id(job)]
+                self._free += 1
+                self._slot_freed.set()
+            streak += 1
+            if streak >= 64:
+                # handlers that never suspend would otherwise starve the fetch and flush loops
+                streak = 0
+                await anyio.lowlevel.checkpoint()
 
     async def _process(self, job: Job) -> None:
         if isinstance(job.data, _MalformedEntry):
@@ -346,7 +361,7 @@ class Worker:
         else:
             job.run_s = time.perf_counter() - t0
             self.processed += 1
-            self._unacked[job.entry_id] = job
+            self._unacked[id(job)] = job
             self._done.append((job, result))
             self._done_event.set()
 
@@ -433,13 +448,16 @@ class Worker:
             args: list[Any] = [GROUP, self.consumer, round(q.defaults.completed_ttl_s * 1000),
                                len(batch)]
             keys = [*k.lanes, k.index, k.stats]
+            prefix = k.prefix + "job:"
             for job, _ in batch:
-                args += [job.lane, job.entry_id, job.id, job.attempt, job.created_ms, job.max_attempts]
-                keys.append(k.job(job.id))
+                # one packed argument per job: redis-py packs each argument in Python
+                args.append(f"{job.lane}|{job.entry_id}|{job.attempt}|{job.created_ms}|"
+                            f"{job.max_attempts}|{job.id}")
+                keys.append(prefix + job.id)
             lost = await self._call_retrying("complete", keys, args)
             lost_pos = {int(i) for i in lost}
             for pos, (job, result) in enumerate(batch, 1):
-                self._unacked.pop(job.entry_id, None)
+                self._unacked.pop(id(job), None)
                 if pos in lost_pos:
                     log.warning("job.lost_claim", queue=q.name, job_id=job.id,
                                 attempt=job.attempt, transition="complete")
