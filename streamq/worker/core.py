@@ -15,13 +15,13 @@ heartbeats; entries of dead workers are put back by the reclaim sweep.
 from __future__ import annotations
 
 import math
-from collections import deque
-from functools import lru_cache
 import os
 import secrets
 import socket
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
+from functools import lru_cache
 from typing import Any
 
 import anyio
