@@ -29,7 +29,8 @@ import anyio
 import structlog
 from aiohttp import web
 from anyio.abc import TaskStatus
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from redis.exceptions import RedisError
 
@@ -173,10 +174,12 @@ class Metrics:
             else:
                 self._counts[q.name] = counts
 
-    async def scrape(self) -> bytes:
-        """The Prometheus text exposition, with fresh queue counts."""
+    async def scrape(self, accept: str = "") -> tuple[bytes, str]:
+        """The exposition (Prometheus text, or OpenMetrics when ``accept`` asks for it)
+        with fresh queue counts, and its content type."""
         await self.refresh()
-        return generate_latest(self.registry)
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
 
     async def health(self, worker: Worker) -> Health:
         """Healthy while the worker has Redis, its fetch loop turns, and PING answers in 1 s."""
@@ -310,9 +313,9 @@ def record_provider_send(provider: str, outcome: ProviderOutcome, seconds: float
 def metrics_app(metrics: Metrics, worker: Worker) -> web.Application:
     """An aiohttp app with ``/metrics`` and ``/healthz``, to serve or to mount in your own."""
 
-    async def get_metrics(_request: web.Request) -> web.Response:
-        body = await metrics.scrape()
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    async def get_metrics(request: web.Request) -> web.Response:
+        body, content_type = await metrics.scrape(request.headers.get("Accept", ""))
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def get_healthz(_request: web.Request) -> web.Response:
         h = await metrics.health(worker)
