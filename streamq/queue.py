@@ -252,7 +252,7 @@ class Queue:
         if job_id is not None and job_id != "all":
             check_job_id(job_id)
             with translate_redis_errors(self.redis_url):
-                dead_id = await self.redis.hget(self.keys.job(job_id), "x")
+                dead_id = await self.redis.hget(self.keys.job(job_id), "x")  # type: ignore[misc]
             ids = [_text(dead_id)] if dead_id else await self._find_dead(job_id)
             return sum([await self._replay_one(i, job_id) for i in ids])
         replayed = 0

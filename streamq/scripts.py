@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
@@ -88,6 +88,8 @@ class ScriptRunner:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._scripts = scripts()
+        # execute_command is untyped in redis-py; EVALSHA's typed wrapper is too narrow
+        self._exec = cast(Callable[..., Awaitable[Any]], redis.execute_command)
 
     async def load_all(self) -> None:
         for s in self._scripts.values():
@@ -96,17 +98,17 @@ class ScriptRunner:
     async def __call__(self, name: str, keys: Sequence[KeyT], args: Sequence[ArgT]) -> Any:
         s = self._scripts[name]
         try:
-            return await self._redis.evalsha(s.sha, len(keys), *keys, *args)
+            return await self._exec("EVALSHA", s.sha, len(keys), *keys, *args)
         except NoScriptError:
             await self._redis.script_load(s.source)
-            return await self._redis.evalsha(s.sha, len(keys), *keys, *args)
+            return await self._exec("EVALSHA", s.sha, len(keys), *keys, *args)
 
     def queue_call(
         self, pipe: Pipeline, name: str, keys: Sequence[KeyT], args: Sequence[ArgT]
     ) -> None:
         """Add a call to a pipeline; the caller handles NOSCRIPT in the results (see ``run_pipeline``)."""
         s = self._scripts[name]
-        pipe.evalsha(s.sha, len(keys), *keys, *args)
+        pipe.execute_command("EVALSHA", s.sha, len(keys), *keys, *args)
 
     async def run_pipeline(self, pipe: Pipeline) -> list[Any]:
         """Execute a pipeline of script calls; on NOSCRIPT, load every script and run it again.
