@@ -3,26 +3,29 @@
   A job already delivered to a worker (in the PEL) is active and cannot be cancelled.
 
   KEYS[1..3] lanes high, normal, low   STREAM
-  KEYS[4] index          HASH
+  KEYS[4] events         STREAM (capped at ARGV[4]; 0 = no events)
   KEYS[5] delayed        ZSET
   KEYS[6] delayed data   HASH
   KEYS[7] stats          HASH  cancelled counter
-  KEYS[8] job record     HASH
-  ARGV[1] group  ARGV[2] job_id  ARGV[3] record ttl (ms)
+  KEYS[8] moves          HASH
+  KEYS[9] index bucket of the job   HASH
+  KEYS[10] job record    HASH
+  ARGV[1] group  ARGV[2] job_id  ARGV[3] record ttl (ms)  ARGV[4] events max length
   Returns: 1 cancelled; 0 unknown or already finished; -1 active (running now).
 ]]
-local index, delayed, ddata, stats, rec = KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local events, delayed, ddata, stats = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local moves, bucket, rec = KEYS[8], KEYS[9], KEYS[10]
 local group, job_id = ARGV[1], ARGV[2]
-local loc = redis.call('HGET', index, job_id)
+local loc = redis.call('HGET', moves, job_id) or redis.call('HGET', bucket, job_id)
 if not loc then
   return 0
 end
-local attempts, created, made = '', '', 0
+local attempts, created, made, jtype = '', '', 0, ''
 if loc == 'd' then
   local packed = redis.call('HGET', ddata, job_id)
   if packed then
     local e = cmsgpack.unpack(packed)
-    attempts, made, created = e[3], e[4], e[6]
+    attempts, made, created, jtype = e[3], e[4], e[6], e[10] or ''
   end
   redis.call('ZREM', delayed, job_id)
   redis.call('HDEL', ddata, job_id)
@@ -36,19 +39,27 @@ else
   local r = redis.call('XRANGE', lane, id, id)
   if r[1] then
     local raw = r[1][2]
+    local delta = 0
     for i = 1, #raw, 2 do
       if raw[i] == 'a' then attempts = raw[i + 1] end
       if raw[i] == 'n' then made = raw[i + 1] end
-      if raw[i] == 't' then created = raw[i + 1] end
+      if raw[i] == 't' then delta = tonumber(raw[i + 1]) or 0 end
+      if raw[i] == 'y' then jtype = raw[i + 1] end
     end
+    created = tonumber(string.match(id, '^(%d+)')) - delta
   end
   redis.call('XDEL', lane, id)
 end
-redis.call('HDEL', index, job_id)
+redis.call('HDEL', bucket, job_id)
+redis.call('HDEL', moves, job_id)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('DEL', rec)
 redis.call('HSET', rec, 'st', 'cancelled', 'n', made, 'a', attempts, 't', created, 'f', now)
 redis.call('PEXPIRE', rec, tonumber(ARGV[3]))
 redis.call('HINCRBY', stats, 'cancelled', 1)
+if tonumber(ARGV[4]) > 0 then
+  redis.call('XADD', events, 'MAXLEN', '~', tonumber(ARGV[4]), '*', 'ev', 'cancelled',
+    'j', job_id, 'y', jtype, 'a', made)
+end
 return 1

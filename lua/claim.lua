@@ -5,26 +5,28 @@
   after, ms until the next due job). allow-oom: workers must drain a full Redis.
 
   KEYS[1..3] lanes high, normal, low   STREAM (consumer group ARGV[1])
-  KEYS[4] index          HASH
+  KEYS[4] events         STREAM (capped at ARGV[7]; 0 = no events)
   KEYS[5] delayed        ZSET
   KEYS[6] delayed data   HASH
   KEYS[7] paused         STRING (exists = paused)
   KEYS[8] limiter        HASH  tk (tokens), ts (ms)
   KEYS[9] control        STREAM
+  KEYS[10] moves         HASH  job_id -> location, for jobs moved since they were added
   ARGV[1] group   ARGV[2] consumer   ARGV[3] count (>= 1)
   ARGV[4] rate (jobs/s; 0 = unlimited)   ARGV[5] burst (tokens)
-  ARGV[6] max jobs to promote in this call
+  ARGV[6] max jobs to promote in this call   ARGV[7] events max length
   Returns one of:
     {1, lane, entry_id, {field, value, ...}, lane, entry_id, {...}, ...}  claimed
     {0, ms_until_next_due (-1 none), id_high, id_normal, id_low, id_control}  nothing waiting
     {-1, ms_until_next_due}  queue paused
     {-2, wait_ms}  rate limited: no token for wait_ms
 ]]
-local index, delayed, ddata = KEYS[4], KEYS[5], KEYS[6]
-local paused, limiter, control = KEYS[7], KEYS[8], KEYS[9]
+local events, delayed, ddata = KEYS[4], KEYS[5], KEYS[6]
+local paused, limiter, control, moves = KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local group, consumer = ARGV[1], ARGV[2]
 local count = tonumber(ARGV[3])
 local rate, burst = tonumber(ARGV[4]), tonumber(ARGV[5])
+local evmax = tonumber(ARGV[7])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
@@ -35,13 +37,15 @@ for _, job_id in ipairs(due) do
   if packed then
     local e = cmsgpack.unpack(packed)
     local lane = tonumber(e[8])
-    local fields = {'j', e[1], 'd', e[2], 'a', e[3], 'n', e[4], 's', e[5], 't', e[6], 'b', e[7]}
+    local fields = {'j', e[1], 'd', e[2], 'a', e[3], 'n', e[4], 's', e[5],
+      't', math.max(0, now - tonumber(e[6])), 'b', e[7], 'y', e[10] or ''}
     if e[9] ~= '' then
       fields[#fields + 1] = 'e'
       fields[#fields + 1] = e[9]
     end
     local id = redis.call('XADD', KEYS[1 + lane], '*', unpack(fields))
-    redis.call('HSET', index, job_id, lane .. ':' .. id)
+    -- the index bucket still says 'd'; the moves hash says where the job is now
+    redis.call('HSET', moves, job_id, lane .. ':' .. id)
     redis.call('HDEL', ddata, job_id)
   end
   redis.call('ZREM', delayed, job_id)
@@ -88,6 +92,13 @@ for lane = 0, 2 do
       out[#out + 1] = entry[1]
       out[#out + 1] = entry[2]
       got = got + 1
+      if evmax > 0 then
+        local raw = entry[2]
+        local f = {}
+        for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
+        redis.call('XADD', events, 'MAXLEN', '~', evmax, '*', 'ev', 'active', 'j', f['j'] or '',
+          'y', f['y'] or '', 'a', (tonumber(f['n']) or 0) + 1)
+      end
     end
   end
 end

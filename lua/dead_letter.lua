@@ -5,26 +5,31 @@
   TTL and bumps the failed counter. allow-oom: it frees the lane entry.
 
   KEYS[1..3] lanes high, normal, low   STREAM
-  KEYS[4] index   HASH
-  KEYS[5] dead    STREAM (capped, MAXLEN ~ ARGV[9])
-  KEYS[6] stats   HASH
-  KEYS[7] job record   HASH
+  KEYS[4] events   STREAM (capped at ARGV[10]; 0 = no events)
+  KEYS[5] dead     STREAM (capped, MAXLEN ~ ARGV[9])
+  KEYS[6] stats    HASH
+  KEYS[7] moves    HASH
+  KEYS[8] index bucket of the job   HASH
+  KEYS[9] job record   HASH
   ARGV[1] group  ARGV[2] consumer  ARGV[3] lane  ARGV[4] entry_id  ARGV[5] job_id
   ARGV[6] error (one line, already redacted)  ARGV[7] record ttl (ms)
   ARGV[8] attempts made (recorded)  ARGV[9] dead stream max length
+  ARGV[10] events max length  ARGV[11] 1 if a handler attempt failed (emit 'failed' first)
   Returns: the dead-letter entry id; 0 if the claim was lost; -1 if the entry is gone.
 ]]
-local index, dead, stats, rec = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local events, dead, stats, moves, bucket, rec = KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local group, consumer = ARGV[1], ARGV[2]
 local lane_no = tonumber(ARGV[3])
 local lane, id, job_id, err = KEYS[1 + lane_no], ARGV[4], ARGV[5], ARGV[6]
+local evmax = tonumber(ARGV[10])
 local p = redis.call('XPENDING', lane, group, id, id, 1)
 if not (p[1] and p[1][2] == consumer) then
   return 0
 end
 local r = redis.call('XRANGE', lane, id, id)
 redis.call('XACK', lane, group, id)
-redis.call('HDEL', index, job_id)
+redis.call('HDEL', bucket, job_id)
+redis.call('HDEL', moves, job_id)
 if not r[1] then
   return -1
 end
@@ -33,14 +38,24 @@ local raw = r[1][2]
 for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('XDEL', lane, id)
 -- a malformed entry may lack any field: dead-letter what there is
-local attempts, created = f['a'] or '1', f['t'] or '0'
+local attempts = f['a'] or '1'
+local created = tonumber(string.match(id, '^(%d+)')) - (tonumber(f['t']) or 0)
+local jtype = f['y'] or ''
+redis.call('XDEL', lane, id)
 local dead_id = redis.call('XADD', dead, 'MAXLEN', '~', tonumber(ARGV[9]), '*',
   'j', job_id, 'd', f['d'] or '', 'a', attempts, 'n', ARGV[8], 's', f['s'] or '0',
-  't', created, 'b', f['b'] or '', 'l', lane_no, 'e', err, 'f', now)
+  't', created, 'b', f['b'] or '', 'y', jtype, 'l', lane_no, 'e', err, 'f', now)
 redis.call('HSET', rec, 'st', 'failed', 'n', ARGV[8], 'a', attempts, 't', created, 'f', now,
   'e', err, 'x', dead_id)
 redis.call('PEXPIRE', rec, tonumber(ARGV[7]))
 redis.call('HINCRBY', stats, 'failed', 1)
+if evmax > 0 then
+  if ARGV[11] == '1' then
+    redis.call('XADD', events, 'MAXLEN', '~', evmax, '*', 'ev', 'failed', 'j', job_id,
+      'y', jtype, 'a', ARGV[8], 'e', err)
+  end
+  redis.call('XADD', events, 'MAXLEN', '~', evmax, '*', 'ev', 'dead', 'j', job_id,
+    'y', jtype, 'a', ARGV[8], 'e', err)
+end
 return dead_id

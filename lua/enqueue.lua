@@ -1,54 +1,62 @@
 #!lua
 --[[ enqueue: add N jobs to a queue, each either to its priority lane or to the delayed set.
-  A job whose id is already live (in the index) is not added again: a retried or
+  A job whose id is already live (in its index bucket) is not added again: a retried or
   duplicate add returns the existing job. Due times use the Redis clock.
   Not allow-oom: under maxmemory the add is refused (the caller raises QueueFull).
 
-  KEYS[1] index         HASH   job_id -> location
-  KEYS[2] lane high     STREAM
-  KEYS[3] lane normal   STREAM
-  KEYS[4] lane low      STREAM
-  KEYS[5] delayed       ZSET   job_id scored by due ms
-  KEYS[6] delayed data  HASH   job_id -> cmsgpack entry
-  KEYS[7] control       STREAM wakes idle workers (capped)
-  ARGV[1] number of jobs N
-  then per job, 6 values:
+  KEYS[1..3] lanes high, normal, low   STREAM
+  KEYS[4] events         STREAM (capped at ARGV[2]; 0 = no events)
+  KEYS[5] delayed        ZSET   job_id scored by due ms
+  KEYS[6] delayed data   HASH   job_id -> cmsgpack entry
+  KEYS[7] control        STREAM wakes idle workers (capped)
+  KEYS[7 + i] index bucket of the i-th job   HASH job_id -> location at add time
+  ARGV[1] number of jobs N   ARGV[2] events max length
+  then per job, 7 values:
     job_id, payload (bytes), lane (0 high | 1 normal | 2 low), attempts (max),
-    delay (ms, 0 = now), backoff spec (string, opaque here)
+    delay (ms, 0 = now), backoff spec (opaque here), type (for events; may be '')
+  Lane entries hold, in this order: j job_id, d payload, a attempts, n failed attempts,
+  s stalls, t ms between creation and this entry's id, b backoff, y type [, e last error].
   Returns: array of N integers, 1 = added, 0 = already live (deduplicated).
 ]]
-local index, delayed, ddata, control = KEYS[1], KEYS[5], KEYS[6], KEYS[7]
+local events, delayed, ddata, control = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local n = tonumber(ARGV[1])
+local n, evmax = tonumber(ARGV[1]), tonumber(ARGV[2])
 local out = {}
 local earliest = nil
 for i = 0, n - 1 do
-  local base = 2 + i * 6
+  local base = 3 + i * 7
+  local bucket = KEYS[8 + i]
   local job_id, payload, lane = ARGV[base], ARGV[base + 1], tonumber(ARGV[base + 2])
   local attempts, delay, backoff = ARGV[base + 3], tonumber(ARGV[base + 4]), ARGV[base + 5]
-  if redis.call('HEXISTS', index, job_id) == 1 then
+  local jtype = ARGV[base + 6]
+  if redis.call('HEXISTS', bucket, job_id) == 1 then
     out[#out + 1] = 0
-  elseif delay > 0 then
-    local due = now + delay
-    if earliest == nil then
-      local first = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
-      earliest = first[2] and tonumber(first[2]) or math.huge
-    end
-    redis.call('ZADD', delayed, due, job_id)
-    redis.call('HSET', ddata, job_id,
-      cmsgpack.pack({job_id, payload, attempts, 0, 0, now, backoff, lane, ''}))
-    redis.call('HSET', index, job_id, 'd')
-    if due < earliest then
-      -- an idle worker may be sleeping until a later due time: wake it
-      earliest = due
-      redis.call('XADD', control, 'MAXLEN', '~', 64, '*', 'due', due)
-    end
-    out[#out + 1] = 1
   else
-    local id = redis.call('XADD', KEYS[2 + lane], '*', 'j', job_id, 'd', payload,
-      'a', attempts, 'n', 0, 's', 0, 't', now, 'b', backoff)
-    redis.call('HSET', index, job_id, lane .. ':' .. id)
+    if delay > 0 then
+      local due = now + delay
+      if earliest == nil then
+        local first = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
+        earliest = first[2] and tonumber(first[2]) or math.huge
+      end
+      redis.call('ZADD', delayed, due, job_id)
+      redis.call('HSET', ddata, job_id,
+        cmsgpack.pack({job_id, payload, attempts, 0, 0, now, backoff, lane, '', jtype}))
+      redis.call('HSET', bucket, job_id, 'd')
+      if due < earliest then
+        -- an idle worker may be sleeping until a later due time: wake it
+        earliest = due
+        redis.call('XADD', control, 'MAXLEN', '~', 64, '*', 'due', due)
+      end
+    else
+      local id = redis.call('XADD', KEYS[1 + lane], '*', 'j', job_id, 'd', payload,
+        'a', attempts, 'n', 0, 's', 0, 't', 0, 'b', backoff, 'y', jtype)
+      redis.call('HSET', bucket, job_id, lane .. ':' .. id)
+    end
+    if evmax > 0 then
+      redis.call('XADD', events, 'MAXLEN', '~', evmax, '*', 'ev', 'added', 'j', job_id, 'y', jtype,
+        'a', 1)
+    end
     out[#out + 1] = 1
   end
 end

@@ -2,18 +2,19 @@
 --[[ get_job: read one job's state and facts wherever it lives.
 
   KEYS[1..3] lanes high, normal, low   STREAM
-  KEYS[4] index          HASH
+  KEYS[4] moves          HASH
   KEYS[5] delayed        ZSET
   KEYS[6] delayed data   HASH
-  KEYS[7] job record     HASH
+  KEYS[7] index bucket of the job   HASH
+  KEYS[8] job record     HASH
   ARGV[1] group  ARGV[2] job_id
   Returns: {} if unknown or expired, else {state, field, value, ...} with fields
     a (max attempts), n (failed attempts), s (stalls), t (created ms), e (last error),
-    f (finished ms), due (ms), x (dead entry id), lane, id (entry id), dc (deliveries)
+    f (finished ms), due (ms), x (dead entry id), lane, id (entry id), dc (deliveries), y (type)
 ]]
-local index, delayed, ddata, rec = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local moves, delayed, ddata, bucket, rec = KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local group, job_id = ARGV[1], ARGV[2]
-local loc = redis.call('HGET', index, job_id)
+local loc = redis.call('HGET', moves, job_id) or redis.call('HGET', bucket, job_id)
 if not loc then
   local r = redis.call('HGETALL', rec)
   if not r[1] then return {} end
@@ -33,9 +34,11 @@ if loc == 'd' then
   local out = {'delayed', 'due', redis.call('ZSCORE', delayed, job_id) or ''}
   if packed then
     local e = cmsgpack.unpack(packed)
-    for _, kv in ipairs({{'a', e[3]}, {'n', e[4]}, {'s', e[5]}, {'t', e[6]}, {'e', e[9]}, {'lane', e[8]}}) do
-      out[#out + 1] = kv[1]
-      out[#out + 1] = tostring(kv[2])
+    local kv = {{'a', e[3]}, {'n', e[4]}, {'s', e[5]}, {'t', e[6]}, {'e', e[9]}, {'lane', e[8]},
+      {'y', e[10] or ''}}
+    for _, pair in ipairs(kv) do
+      out[#out + 1] = pair[1]
+      out[#out + 1] = tostring(pair[2])
     end
   end
   return out
@@ -53,7 +56,10 @@ local r = redis.call('XRANGE', lane, id, id)
 if r[1] then
   local raw = r[1][2]
   for i = 1, #raw, 2 do
-    if raw[i] ~= 'd' and raw[i] ~= 'j' then
+    if raw[i] == 't' then
+      out[#out + 1] = 't'
+      out[#out + 1] = tonumber(string.match(id, '^(%d+)')) - (tonumber(raw[i + 1]) or 0)
+    elseif raw[i] ~= 'd' and raw[i] ~= 'j' then
       out[#out + 1] = raw[i]
       out[#out + 1] = raw[i + 1]
     end

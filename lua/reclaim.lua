@@ -5,26 +5,33 @@
   tail of their lane with their stall count bumped, so any worker with a free slot
   takes them; an entry that has now stalled max_stalled times is instead claimed by
   the sweeper (XCLAIM with the idle guard) and returned for the caller to dead-letter.
-  A pending entry whose data was deleted is acknowledged away and reported.
-  allow-oom: recovery must work on a full Redis.
+  A pending entry whose data was deleted is acknowledged away and reported. Consumers
+  with nothing pending and idle longer than ARGV[8] are removed (never one with
+  pending entries: DELCONSUMER would drop them). allow-oom: recovery must work on a
+  full Redis.
 
   KEYS[1..3] lanes high, normal, low   STREAM
-  KEYS[4] index   HASH
-  KEYS[5] lock    STRING
+  KEYS[4] events   STREAM (capped at ARGV[7]; 0 = no events)
+  KEYS[5] moves    HASH
+  KEYS[6] lock     STRING
   ARGV[1] group  ARGV[2] sweeper consumer  ARGV[3] min idle (ms)  ARGV[4] max_stalled
   ARGV[5] lock period (ms)  ARGV[6] max entries per lane per sweep
+  ARGV[7] events max length  ARGV[8] idle time (ms) after which an empty consumer is removed
   Returns: {-1} if another worker holds the sweep lock, else
     {requeued, {job_id, stalls, previous owner, ...}, {lane, entry_id, job_id, stalls, ...} to dead-letter,
-     orphaned count}
+     orphaned count, consumers removed}
 ]]
-local index, lock = KEYS[4], KEYS[5]
+local events, moves, lock = KEYS[4], KEYS[5], KEYS[6]
 local group, sweeper = ARGV[1], ARGV[2]
 local min_idle, max_stalled = tonumber(ARGV[3]), tonumber(ARGV[4])
+local evmax, prune_idle = tonumber(ARGV[7]), tonumber(ARGV[8])
 if not redis.call('SET', lock, sweeper, 'NX', 'PX', tonumber(ARGV[5])) then
   return {-1}
 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local requeued, to_dead = {}, {}
-local orphaned = 0
+local orphaned, pruned = 0, 0
 for lane_no = 0, 2 do
   local lane = KEYS[1 + lane_no]
   local pend = redis.pcall('XPENDING', lane, group, 'IDLE', min_idle, '-', '+', tonumber(ARGV[6]))
@@ -40,26 +47,46 @@ for lane_no = 0, 2 do
         local f = {}
         for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
         local stalls = (tonumber(f['s']) or 0) + 1
-        if stalls >= max_stalled then
+        local job_id = f['j'] or ''
+        if evmax > 0 then
+          redis.call('XADD', events, 'MAXLEN', '~', evmax, '*', 'ev', 'stalled', 'j', job_id,
+            'y', f['y'] or '', 'a', (tonumber(f['n']) or 0) + 1, 'stalls', stalls)
+        end
+        if stalls >= max_stalled or not f['j'] then
           redis.call('XCLAIM', lane, group, sweeper, min_idle, id, 'JUSTID')
           to_dead[#to_dead + 1] = lane_no
           to_dead[#to_dead + 1] = id
-          to_dead[#to_dead + 1] = f['j']
+          to_dead[#to_dead + 1] = job_id
           to_dead[#to_dead + 1] = stalls
         else
+          local created = tonumber(string.match(id, '^(%d+)')) - (tonumber(f['t']) or 0)
           for i = 1, #raw, 2 do
             if raw[i] == 's' then raw[i + 1] = stalls end
+            if raw[i] == 't' then raw[i + 1] = math.max(0, now - created) end
           end
           local new_id = redis.call('XADD', lane, '*', unpack(raw))
-          redis.call('HSET', index, f['j'], lane_no .. ':' .. new_id)
+          redis.call('HSET', moves, job_id, lane_no .. ':' .. new_id)
           redis.call('XACK', lane, group, id)
           redis.call('XDEL', lane, id)
-          requeued[#requeued + 1] = f['j']
+          requeued[#requeued + 1] = job_id
           requeued[#requeued + 1] = stalls
           requeued[#requeued + 1] = owner
         end
       end
     end
   end
+  if prune_idle > 0 then
+    local consumers = redis.pcall('XINFO', 'CONSUMERS', lane, group)
+    if not consumers.err then
+      for _, c in ipairs(consumers) do
+        local info = {}
+        for i = 1, #c, 2 do info[c[i]] = c[i + 1] end
+        if info['pending'] == 0 and info['idle'] > prune_idle and info['name'] ~= sweeper then
+          redis.call('XGROUP', 'DELCONSUMER', lane, group, info['name'])
+          pruned = pruned + 1
+        end
+      end
+    end
+  end
 end
-return {#requeued / 3, requeued, to_dead, orphaned}
+return {#requeued / 3, requeued, to_dead, orphaned, pruned}

@@ -1,17 +1,19 @@
 #!lua
 --[[ replay: put a dead-lettered job back to work with a fresh set of attempts.
-  Skipped when the same job id is live again (the index has it). Not allow-oom: it
-  adds work.
+  Skipped when the same job id is live again (its index bucket has it). Not
+  allow-oom: it adds work.
 
   KEYS[1..3] lanes high, normal, low   STREAM
-  KEYS[4] index   HASH
-  KEYS[5] dead    STREAM
-  KEYS[6] stats   HASH  failed counter
-  KEYS[7] job record   HASH (of the job id held by the dead entry)
-  ARGV[1] dead entry id
+  KEYS[4] events   STREAM (capped at ARGV[2]; 0 = no events)
+  KEYS[5] dead     STREAM
+  KEYS[6] stats    HASH  failed counter
+  KEYS[7] moves    HASH
+  KEYS[8] index bucket of the job held by the dead entry   HASH
+  KEYS[9] job record   HASH
+  ARGV[1] dead entry id  ARGV[2] events max length
   Returns: 1 replayed; 0 no such dead entry; -1 the job id is live already.
 ]]
-local index, dead, stats, rec = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local events, dead, stats, moves, bucket, rec = KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local r = redis.call('XRANGE', dead, ARGV[1], ARGV[1])
 if not r[1] then
   return 0
@@ -19,14 +21,21 @@ end
 local raw = r[1][2]
 local f = {}
 for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
-if redis.call('HEXISTS', index, f['j']) == 1 then
+if redis.call('HEXISTS', bucket, f['j']) == 1 then
   return -1
 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local lane_no = tonumber(f['l'])
 local id = redis.call('XADD', KEYS[1 + lane_no], '*', 'j', f['j'], 'd', f['d'], 'a', f['a'],
-  'n', 0, 's', 0, 't', f['t'], 'b', f['b'])
-redis.call('HSET', index, f['j'], lane_no .. ':' .. id)
+  'n', 0, 's', 0, 't', math.max(0, now - (tonumber(f['t']) or now)), 'b', f['b'], 'y', f['y'] or '')
+redis.call('HSET', bucket, f['j'], lane_no .. ':' .. id)
+redis.call('HDEL', moves, f['j'])
 redis.call('XDEL', dead, ARGV[1])
 redis.call('DEL', rec)
 redis.call('HINCRBY', stats, 'failed', -1)
+if tonumber(ARGV[2]) > 0 then
+  redis.call('XADD', events, 'MAXLEN', '~', tonumber(ARGV[2]), '*', 'ev', 'replayed',
+    'j', f['j'], 'y', f['y'] or '', 'a', 1)
+end
 return 1

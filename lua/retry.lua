@@ -5,18 +5,22 @@
   promotes it back to the same lane when due. allow-oom: it moves, not grows, data.
 
   KEYS[1..3] lanes high, normal, low   STREAM
-  KEYS[4] index          HASH
+  KEYS[4] events         STREAM (capped at ARGV[8]; 0 = no events)
   KEYS[5] delayed        ZSET
   KEYS[6] delayed data   HASH
   KEYS[7] control        STREAM
+  KEYS[8] moves          HASH
+  KEYS[9] index bucket of the job   HASH
   ARGV[1] group  ARGV[2] consumer  ARGV[3] lane  ARGV[4] entry_id  ARGV[5] job_id
-  ARGV[6] delay (ms)  ARGV[7] error (one line, already redacted)
+  ARGV[6] delay (ms)  ARGV[7] error (one line, already redacted)  ARGV[8] events max length
   Returns: due time (ms, Redis clock) on success; 0 if the claim was lost; -1 if the entry is gone.
 ]]
-local index, delayed, ddata, control = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local events, delayed, ddata, control = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local moves, bucket = KEYS[8], KEYS[9]
 local group, consumer = ARGV[1], ARGV[2]
 local lane_no = tonumber(ARGV[3])
 local lane, id, job_id = KEYS[1 + lane_no], ARGV[4], ARGV[5]
+local evmax = tonumber(ARGV[8])
 local p = redis.call('XPENDING', lane, group, id, id, 1)
 if not (p[1] and p[1][2] == consumer) then
   return 0
@@ -32,13 +36,22 @@ for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local due = now + tonumber(ARGV[6])
+local created = tonumber(string.match(id, '^(%d+)')) - (tonumber(f['t']) or 0)
+local failed = (tonumber(f['n']) or 0) + 1
 redis.call('XDEL', lane, id)
-redis.call('HSET', ddata, job_id, cmsgpack.pack({job_id, f['d'], f['a'],
-  tonumber(f['n']) + 1, f['s'], f['t'], f['b'], lane_no, ARGV[7]}))
+redis.call('HSET', ddata, job_id, cmsgpack.pack({job_id, f['d'], f['a'], failed, f['s'] or 0,
+  created, f['b'], lane_no, ARGV[7], f['y'] or ''}))
 local first = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
 redis.call('ZADD', delayed, due, job_id)
-redis.call('HSET', index, job_id, 'd')
+redis.call('HSET', bucket, job_id, 'd')
+redis.call('HDEL', moves, job_id)
 if not first[2] or due < tonumber(first[2]) then
   redis.call('XADD', control, 'MAXLEN', '~', 64, '*', 'due', due)
+end
+if evmax > 0 then
+  redis.call('XADD', events, 'MAXLEN', '~', evmax, '*', 'ev', 'failed', 'j', job_id,
+    'y', f['y'] or '', 'a', failed, 'e', ARGV[7])
+  redis.call('XADD', events, 'MAXLEN', '~', evmax, '*', 'ev', 'retrying', 'j', job_id,
+    'y', f['y'] or '', 'a', failed, 'delay', ARGV[6])
 end
 return due

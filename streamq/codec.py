@@ -15,6 +15,15 @@ import msgspec
 from .errors import PayloadError
 
 
+def type_tag(data: Any) -> str:
+    """A payload's type for events and metrics: its msgspec tag, else its Struct's name."""
+    cfg = getattr(type(data), "__struct_config__", None)
+    if cfg is None:
+        return ""
+    tag = cfg.tag if cfg.tag is not None else type(data).__name__
+    return str(tag).replace("|", "/")
+
+
 class Codec:
     __slots__ = ("_decoder", "_encoder", "job_type", "max_bytes")
 

@@ -65,3 +65,37 @@ class Hooks:
             except Exception as exc:  # a hook must never take the worker down
                 log.warning("hook.failed", event=event.name, queue=event.queue,
                             job_id=event.job_id, error=f"{type(exc).__name__}: {exc}")
+
+
+@dataclass(frozen=True, slots=True)
+class QueueEvent:
+    """One entry of a queue's events stream (``Queue.read_events``): what monitors follow.
+
+    ``name`` is added, active, completed, failed, retrying, dead, stalled, cancelled or
+    replayed. No payload data and no phone numbers: job id, type, attempt, error.
+    """
+
+    id: str
+    name: str
+    job_id: str
+    job_type: str | None
+    attempt: int
+    error: str | None = None
+    fields: dict[str, str] | None = None
+
+
+def parse_events(reply: Any) -> list[QueueEvent]:
+    out: list[QueueEvent] = []
+    for _stream, entries in reply or []:
+        for entry_id, raw in entries:
+            f = {k.decode(): v.decode("utf-8", "replace") for k, v in raw.items()}
+            out.append(QueueEvent(
+                id=entry_id.decode(),
+                name=f.pop("ev", ""),
+                job_id=f.pop("j", ""),
+                job_type=f.pop("y", "") or None,
+                attempt=int(f.pop("a", "0") or 0),
+                error=f.pop("e", None),
+                fields=f or None,
+            ))
+    return out

@@ -97,6 +97,7 @@ class JobInfo:
     due_at: datetime | None = None
     priority: Priority | None = None
     stalls: int = 0
+    job_type: str | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -116,19 +117,12 @@ class Job:
     lane: int = 1
     entry_id: str = ""
     stalls: int = 0
+    type_name: str | None = None
+    """The payload's type tag as added (a tagged msgspec Struct's tag), or None."""
     wait_s: float = 0.0
     """Seconds from becoming waiting to the handler's start (wall clocks of Redis and worker)."""
     run_s: float = 0.0
     """Seconds the handler ran (set when it returns or raises)."""
-
-    @property
-    def type_name(self) -> str | None:
-        """The payload's tag when it is a tagged msgspec Struct, else its class name for a
-        Struct, else None (plain data has no type)."""
-        cfg = getattr(type(self.data), "__struct_config__", None)
-        if cfg is None:
-            return None
-        return str(cfg.tag) if cfg.tag is not None else type(self.data).__name__
 
     @property
     def created_at(self) -> datetime:

@@ -9,7 +9,8 @@ never appears in a key name.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, field
 
 from .errors import ConfigError, JobIdError
 
@@ -38,25 +39,38 @@ def check_job_id(job_id: str) -> str:
     return job_id
 
 
+INDEX_BUCKETS = 2048
+
+
 @dataclass(frozen=True, slots=True)
 class QueueKeys:
     """Key names of one queue. ``lanes`` is ordered high, normal, low."""
 
     name: str
+    buckets: int = INDEX_BUCKETS
+    prefix: str = field(init=False)
+    lanes: tuple[str, str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        p = f"streamq:{{{self.name}}}:"
+        object.__setattr__(self, "prefix", p)
+        object.__setattr__(self, "lanes", (p + "lane:high", p + "lane:normal", p + "lane:low"))
+
+    def bucket(self, job_id: str) -> str:
+        """The index bucket of a job: HASH job_id -> location at add time
+        (``<lane digit>:<entry id>``, or ``d`` while delayed).
+
+        The index is split into small hashes because Redis stores a hash of up to 128
+        fields as a compact listpack: about 40 bytes per job instead of about 117 in one
+        big hash. The bucket is a function of the id alone, so it never changes.
+        """
+        return f"{self.prefix}idx:{zlib.crc32(job_id.encode()) % self.buckets}"
 
     @property
-    def prefix(self) -> str:
-        return f"streamq:{{{self.name}}}:"
-
-    @property
-    def lanes(self) -> tuple[str, str, str]:
-        p = self.prefix
-        return (p + "lane:high", p + "lane:normal", p + "lane:low")
-
-    @property
-    def index(self) -> str:
-        """HASH job_id -> location: ``<lane digit><entry id>`` while in a lane, ``d`` while delayed."""
-        return self.prefix + "index"
+    def moves(self) -> str:
+        """HASH job_id -> current location, for jobs moved since added (promoted, reclaimed),
+        where the transition that moved them could not name the job's bucket."""
+        return self.prefix + "moves"
 
     @property
     def delayed(self) -> str:
@@ -108,7 +122,7 @@ class QueueKeys:
     def all_fixed(self) -> list[str]:
         return [
             *self.lanes,
-            self.index,
+            self.moves,
             self.delayed,
             self.delayed_data,
             self.dead,

@@ -7,20 +7,21 @@ multi-key change is one Lua transition from ``lua/`` (see ``scripts.py``).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Iterable, Sequence
+from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from .codec import Codec
+from .codec import Codec, type_tag
 from .connection import translate_redis_errors
 from .dead import DeadLetter, parse_dead_entries
 from .errors import ConfigError, PayloadError
+from .events import QueueEvent, parse_events
 from .job import Backoff, JobInfo, JobOptions, JobRef, JobState, Priority, ms_to_dt
 from .keys import GROUP, LANE_INDEX, PRIORITIES, QueueKeys, check_job_id, check_queue_name
 from .scripts import ArgT, ScriptRunner
-from .settings import QueueDefaults, make_redis, redis_url_from_env, seconds
+from .settings import MAX_BLOCK_MS, QueueDefaults, make_redis, redis_url_from_env, seconds
 
 _ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz"
 BULK_CHUNK = 500
@@ -127,13 +128,15 @@ class Queue:
         else:
             backoff = Backoff(base=float(opts.backoff)).encode()
         payload = self.codec.encode(data)
-        return job_id, [job_id, payload, lane, attempts, round(delay * 1000), backoff]
+        return job_id, [job_id, payload, lane, attempts, round(delay * 1000), backoff,
+                        type_tag(data)]
 
     async def add(self, data: Any, options: JobOptions | None = None) -> JobRef:
         """Add one job. Once this returns, the job is in Redis. A live custom ``job_id`` is
         not added twice: the existing job's reference is returned."""
         job_id, args = self._job_args(data, options)
-        await self._run("enqueue", self._enqueue_keys(), [1, *args])
+        await self._run("enqueue", [*self._enqueue_keys(), self.keys.bucket(job_id)],
+                        [1, self.defaults.events_max, *args])
         return JobRef(job_id, self.name)
 
     async def add_bulk(
@@ -151,23 +154,26 @@ class Queue:
                 prepared.append(self._job_args(item[0], item[1]))
             else:
                 prepared.append(self._job_args(item, None))
-        keys = self._enqueue_keys()
+        fixed = self._enqueue_keys()
+        bucket = self.keys.bucket
         with translate_redis_errors(self.redis_url):
             for start in range(0, len(prepared), BULK_CHUNK * 8):
                 pipe = self.redis.pipeline(transaction=False)
                 block = prepared[start : start + BULK_CHUNK * 8]
                 for c in range(0, len(block), BULK_CHUNK):
                     chunk = block[c : c + BULK_CHUNK]
-                    args: list[ArgT] = [len(chunk)]
-                    for _, a in chunk:
+                    args: list[ArgT] = [len(chunk), self.defaults.events_max]
+                    keys = list(fixed)
+                    for job_id, a in chunk:
                         args.extend(a)
+                        keys.append(bucket(job_id))
                     self.scripts.queue_call(pipe, "enqueue", keys, args)
                 await self.scripts.run_pipeline(pipe)
         return [JobRef(job_id, self.name) for job_id, _ in prepared]
 
     def _enqueue_keys(self) -> list[str]:
         k = self.keys
-        return [k.index, *k.lanes, k.delayed, k.delayed_data, k.control]
+        return [*k.lanes, k.events, k.delayed, k.delayed_data, k.control]
 
     # -- questions and operations -----------------------------------------------------
     async def get_job(self, job_id: str) -> JobInfo | None:
@@ -176,7 +182,7 @@ class Queue:
         k = self.keys
         reply = await self._run(
             "get_job",
-            [*k.lanes, k.index, k.delayed, k.delayed_data, k.job(job_id)],
+            [*k.lanes, k.moves, k.delayed, k.delayed_data, k.bucket(job_id), k.job(job_id)],
             [GROUP, job_id],
         )
         if not reply:
@@ -202,6 +208,7 @@ class Queue:
             due_at=ms_to_dt(f.get("due", "").split(".")[0]),
             priority=priority,
             stalls=int(f.get("s") or 0),
+            job_type=f.get("y") or None,
         )
 
     async def counts(self) -> dict[str, int]:
@@ -223,8 +230,9 @@ class Queue:
         k = self.keys
         r = await self._run(
             "cancel",
-            [*k.lanes, k.index, k.delayed, k.delayed_data, k.stats, k.job(job_id)],
-            [GROUP, job_id, round(self.defaults.failed_ttl_s * 1000)],
+            [*k.lanes, k.events, k.delayed, k.delayed_data, k.stats, k.moves, k.bucket(job_id),
+             k.job(job_id)],
+            [GROUP, job_id, round(self.defaults.failed_ttl_s * 1000), self.defaults.events_max],
         )
         return int(r) == 1
 
@@ -252,7 +260,7 @@ class Queue:
         if job_id is not None and job_id != "all":
             check_job_id(job_id)
             with translate_redis_errors(self.redis_url):
-                dead_id = await self.redis.hget(self.keys.job(job_id), "x")  # type: ignore[misc]
+                dead_id = await cast(Awaitable[Any], self.redis.hget(self.keys.job(job_id), "x"))
             ids = [_text(dead_id)] if dead_id else await self._find_dead(job_id)
             return sum([await self._replay_one(i, job_id) for i in ids])
         replayed = 0
@@ -278,9 +286,22 @@ class Queue:
     async def _replay_one(self, entry_id: str, job_id: str) -> int:
         k = self.keys
         r = await self._run(
-            "replay", [*k.lanes, k.index, k.dead, k.stats, k.job(job_id)], [entry_id]
+            "replay",
+            [*k.lanes, k.events, k.dead, k.stats, k.moves, k.bucket(job_id), k.job(job_id)],
+            [entry_id, self.defaults.events_max],
         )
         return 1 if int(r) == 1 else 0
+
+    async def read_events(
+        self, after: str = "0-0", count: int = 100, block: float | None = None
+    ) -> list[QueueEvent]:
+        """Events after the stream id ``after`` ("$" for only new ones); waits up to
+        ``block`` seconds for the first (below the client's socket timeout)."""
+        block_ms = None if block is None else max(1, min(round(block * 1000), MAX_BLOCK_MS))
+        with translate_redis_errors(self.redis_url):
+            reply = await self.redis.xread({self.keys.events: after}, count=count,
+                                           block=block_ms)
+        return parse_events(reply)
 
     async def purge_dead(self) -> int:
         """Drop every dead letter (their failed records expire on their own)."""

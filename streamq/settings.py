@@ -43,6 +43,8 @@ class QueueDefaults(msgspec.Struct, frozen=True, kw_only=True):
     failed_ttl_s: float = 7 * 24 * 3600.0
     max_payload_bytes: int = 64 * 1024
     dead_letter_max: int = 100_000
+    events_max: int = 10_000
+    """Length (approximate) of the queue's events stream; 0 turns events off."""
 
 
 def seconds(value: float | int | timedelta | None) -> float:

@@ -315,13 +315,10 @@ async def test_heartbeat_keeps_a_long_job_claimed(redis_url: str, queue_name: st
 
 
 async def test_stalled_max_times_is_dead_lettered(redis_url: str, queue_name: str) -> None:
-    """A job whose workers keep dying: simulated by a consumer that claims and vanishes."""
+    """A job whose workers keep dying: played by consumers that claim and vanish."""
     async with Queue(queue_name, redis_url=redis_url) as q:
         await q.ensure_groups()
         ref = await q.add({"poison": True})
-        k = q.keys
-        claim_keys = [*k.lanes, k.index, k.delayed, k.delayed_data, k.paused, k.limiter,
-                      k.control]
         sweeper = Worker(q, _never, rate_limit=None, visibility_timeout=0.05, max_stalled=3,
                          reclaim_interval=0.05)
         stalled: list[int] = []
@@ -329,16 +326,20 @@ async def test_stalled_max_times_is_dead_lettered(redis_url: str, queue_name: st
         sweeper.on("stalled", lambda e: stalled.append(e.stalls))
         sweeper.on("dead", lambda e: dead.append(e.error or ""))
         for round_ in range(3):
-            reply = await q.scripts("claim", claim_keys, [GROUP, f"ghost{round_}", 1, 0, 1, 10])
-            assert int(reply[0]) == 1
+            ghost = Worker(q, _never, rate_limit=None, name=f"ghost{round_}")
+            assert [j.id for j in await ghost.claim_now(1)] == [ref.job_id]
             await anyio.sleep(0.06)
-            await q.redis.delete(k.reclaim_lock)
+            await q.redis.delete(q.keys.reclaim_lock)
             assert await sweeper.reclaim_once() == 1
         assert stalled == [1, 2, 3]
         assert dead == ["stalled 3 times"]
         info = await q.get_job(ref.job_id)
         assert info is not None and info.state is JobState.FAILED
         assert info.error == "stalled 3 times"
+        events = [(e.name, e.job_id) for e in await q.read_events()]
+        assert events == [("added", ref.job_id)] + [("active", ref.job_id),
+                                                    ("stalled", ref.job_id)] * 3 + [
+            ("dead", ref.job_id)]
 
 
 async def _never(job: Job) -> None:
@@ -351,31 +352,29 @@ async def test_late_completion_from_lost_claim_does_not_overwrite(
     async with Queue(queue_name, redis_url=redis_url) as q:
         await q.ensure_groups()
         ref = await q.add({"x": 1}, JobOptions(attempts=1))
-        k = q.keys
-        claim_keys = [*k.lanes, k.index, k.delayed, k.delayed_data, k.paused, k.limiter,
-                      k.control]
-        a = await q.scripts("claim", claim_keys, [GROUP, "zombie", 1, 0, 1, 10])
-        old_entry = a[2]
+        zombie = Worker(q, _never, rate_limit=None, name="zombie")
+        [old] = await zombie.claim_now(1)
         await anyio.sleep(0.03)
         # the zombie's entry is reclaimed and re-queued; a live worker takes it and fails it
         sweeper = Worker(q, _never, rate_limit=None, visibility_timeout=0.02)
         assert await sweeper.reclaim_once() == 1
-        b = await q.scripts("claim", claim_keys, [GROUP, "alive", 1, 0, 1, 10])
-        dead_id = await q.scripts(
-            "dead_letter", [*k.lanes, k.index, k.dead, k.stats, k.job(ref.job_id)],
-            [GROUP, "alive", 1, b[2], ref.job_id, "real outcome", 60000, 1, 100])
-        assert dead_id not in (0, b"0")
+        alive = Worker(q, _never, rate_limit=None, name="alive")
+        [new] = await alive.claim_now(1)
+        await alive._dead(new, "real outcome")
         # the zombie wakes up and reports success for its old entry: rejected
-        lost = await q.scripts(
-            "complete", [*k.lanes, k.index, k.stats, k.job(ref.job_id)],
-            [GROUP, "zombie", 60000, 1, f"1|{old_entry.decode()}|1|0|1|{ref.job_id}"])
-        assert lost == [1]
+        completed: list[str] = []
+        zombie.on("completed", lambda e: completed.append(e.job_id))
+        zombie._done.append((old, None))
+        await zombie._flush_now()
+        assert completed == []
         info = await q.get_job(ref.job_id)
         assert info is not None and info.state is JobState.FAILED and info.error == "real outcome"
         c = await q.counts()
         assert (c["completed"], c["failed"]) == (0, 1)
         # and the zombie's heartbeat cannot steal the new entry
-        assert await q.scripts("extend", list(k.lanes), [GROUP, "zombie", 1, 1, b[2]]) == [1]
+        k = q.keys
+        assert await q.scripts("extend", list(k.lanes),
+                               [GROUP, "zombie", 1, new.lane, new.entry_id]) == [1]
 
 
 async def test_script_flush_mid_run_is_survived(redis_url: str, queue_name: str) -> None:

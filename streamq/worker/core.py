@@ -56,6 +56,11 @@ def _one_line(exc: BaseException) -> str:
 
 
 @lru_cache(maxsize=64)
+def _type_name(raw: bytes) -> str | None:
+    return raw.decode("utf-8", "replace") or None
+
+
+@lru_cache(maxsize=64)
 def _backoff(spec: bytes) -> Backoff:
     return Backoff.decode(spec.decode())
 
@@ -81,6 +86,7 @@ class Worker:
         max_stalled: int = 3,
         shutdown_grace: float = 30.0,
         max_retry_delay: float = 3600.0,
+        consumer_prune_after: float = 3600.0,
         name: str | None = None,
     ) -> None:
         if concurrency < 1:
@@ -102,6 +108,7 @@ class Worker:
         self.max_stalled = max_stalled
         self.shutdown_grace = shutdown_grace
         self.max_retry_delay = max_retry_delay
+        self.consumer_prune_after = consumer_prune_after
         self.consumer = name or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.hooks = Hooks()
 
@@ -205,9 +212,7 @@ class Worker:
 
     async def _fetch_loop(self) -> None:
         q = self.queue
-        k = q.keys
-        keys = [*k.lanes, k.index, k.delayed, k.delayed_data, k.paused, k.limiter, k.control]
-        rate = self.rate_limit or 0
+        keys = self.claim_keys()
         error_backoff = 0.05
         while not self._stopping:
             self.last_loop_at = time.monotonic()
@@ -219,10 +224,7 @@ class Worker:
             try:
                 with anyio.CancelScope(shield=True):
                     # shielded: a claim cut off mid-reply would strand entries in our PEL
-                    reply = await q.scripts(
-                        "claim", keys,
-                        [GROUP, self.consumer, self._free, rate, self.burst, 100],
-                    )
+                    reply = await q.scripts("claim", keys, self.claim_args(self._free))
                 status = int(reply[0])
                 if status == 1:
                     self._accept(reply)
@@ -252,6 +254,24 @@ class Worker:
                 await anyio.sleep(error_backoff)
                 error_backoff = min(error_backoff * 2, 5.0)
 
+    def claim_keys(self) -> list[str]:
+        k = self.queue.keys
+        return [*k.lanes, k.events, k.delayed, k.delayed_data, k.paused, k.limiter, k.control,
+                k.moves]
+
+    def claim_args(self, count: int) -> list[Any]:
+        return [GROUP, self.consumer, count, self.rate_limit or 0, self.burst, 100,
+                self.queue.defaults.events_max]
+
+    async def claim_now(self, count: int) -> list[Job]:
+        """Claim up to ``count`` waiting jobs for this worker's consumer without running
+        them (operators and tests: e.g. to play a worker that then dies)."""
+        reply = await self.queue.scripts("claim", self.claim_keys(), self.claim_args(count))
+        if int(reply[0]) != 1:
+            return []
+        self._accept(reply)
+        return self._take_unstarted()
+
     def _accept(self, reply: list[Any]) -> None:
         qname = self.queue.name
         ready = self._ready
@@ -260,17 +280,20 @@ class Worker:
             entry_id = reply[i + 1].decode()
             raw = reply[i + 2]
             try:
-                if raw[0] == b"j" and raw[2] == b"d" and raw[12] == b"b":
-                    # the field order every transition writes: j d a n s t b [e]
-                    job_id, data, a, n, st, t, b = raw[1], raw[3], raw[5], raw[7], raw[9], raw[11], raw[13]
+                if len(raw) >= 16 and raw[0] == b"j" and raw[2] == b"d" and raw[14] == b"y":
+                    # the field order every transition writes: j d a n s t b y [e]
+                    job_id, data, a, n, st, t, b, y = (raw[1], raw[3], raw[5], raw[7], raw[9],
+                                                       raw[11], raw[13], raw[15])
                 else:
                     f = dict(zip(raw[::2], raw[1::2], strict=False))
                     job_id, data, a, n, st, t, b = (f[b"j"], f[b"d"], f[b"a"], f[b"n"], f[b"s"],
                                                     f[b"t"], f[b"b"])
-                attempt = int(n) + 1
-                job = Job(job_id.decode(), data, attempt, int(a), qname, PRIORITIES[lane],  # type: ignore[arg-type]
-                          int(t), int(entry_id.partition("-")[0]), _backoff(b), lane, entry_id,
-                          int(st))
+                    y = f.get(b"y", b"")
+                enqueued = int(entry_id.partition("-")[0])
+                job = Job(job_id.decode(), data, int(n) + 1, int(a), qname,
+                          PRIORITIES[lane],  # type: ignore[arg-type]
+                          enqueued - int(t), enqueued, _backoff(b), lane, entry_id, int(st),
+                          _type_name(y))
             except (KeyError, ValueError, IndexError, UnicodeDecodeError):
                 f = dict(zip(raw[::2], raw[1::2], strict=False))
                 job = Job(id=_text(f.get(b"j", b"?malformed")), data=_MalformedEntry(), attempt=1,
@@ -372,7 +395,7 @@ class Worker:
         self.processed += 1
         await self.hooks.emit(self._event("failed", job, error=error))
         if not retry or job.attempt >= job.max_attempts:
-            await self._dead(job, error)
+            await self._dead(job, error, attempt_failed=True)
             return
         if delay is None:
             delay = job.backoff.delay(job.attempt)
@@ -380,8 +403,9 @@ class Worker:
         k = self.queue.keys
         r = await self._call_retrying(
             "retry",
-            [*k.lanes, k.index, k.delayed, k.delayed_data, k.control],
-            [GROUP, self.consumer, job.lane, job.entry_id, job.id, math.ceil(delay * 1000), error],
+            [*k.lanes, k.events, k.delayed, k.delayed_data, k.control, k.moves, k.bucket(job.id)],
+            [GROUP, self.consumer, job.lane, job.entry_id, job.id, math.ceil(delay * 1000), error,
+             self.queue.defaults.events_max],
         )
         if int(r) <= 0:
             log.warning("job.lost_claim", queue=self.queue.name, job_id=job.id,
@@ -391,15 +415,18 @@ class Worker:
                  attempt=job.attempt, delay=round(delay, 3), error=error)
         await self.hooks.emit(self._event("retrying", job, error=error, delay=delay))
 
-    async def _dead(self, job: Job, error: str, attempts_made: int | None = None) -> None:
+    async def _dead(
+        self, job: Job, error: str, attempts_made: int | None = None, *, attempt_failed: bool = False
+    ) -> None:
         q = self.queue
         k = q.keys
         made = job.attempt if attempts_made is None else attempts_made
         r = await self._call_retrying(
             "dead_letter",
-            [*k.lanes, k.index, k.dead, k.stats, k.job(job.id)],
+            [*k.lanes, k.events, k.dead, k.stats, k.moves, k.bucket(job.id), k.job(job.id)],
             [GROUP, self.consumer, job.lane, job.entry_id, job.id, error,
-             round(q.defaults.failed_ttl_s * 1000), made, q.defaults.dead_letter_max],
+             round(q.defaults.failed_ttl_s * 1000), made, q.defaults.dead_letter_max,
+             q.defaults.events_max, 1 if attempt_failed else 0],
         )
         if r == 0 or r == b"0":
             log.warning("job.lost_claim", queue=q.name, job_id=job.id, attempt=job.attempt,
@@ -412,7 +439,7 @@ class Worker:
     def _event(self, name: EventName, job: Job, **extra: Any) -> WorkerEvent:
         return WorkerEvent(
             name, self.queue.name, job.id, job.attempt, stalls=job.stalls,
-            job_type=job.type_name if job.data is not None else None,
+            job_type=job.type_name,
             wait_s=job.wait_s, run_s=job.run_s, **extra,
         )
 
@@ -446,13 +473,15 @@ class Worker:
             q = self.queue
             k = q.keys
             args: list[Any] = [GROUP, self.consumer, round(q.defaults.completed_ttl_s * 1000),
-                               len(batch)]
-            keys = [*k.lanes, k.index, k.stats]
+                               len(batch), q.defaults.events_max]
+            keys = [*k.lanes, k.events, k.stats, k.moves]
             prefix = k.prefix + "job:"
+            bucket = k.bucket
             for job, _ in batch:
-                # one packed argument per job: redis-py packs each argument in Python
+                # one packed argument per job: the client encodes each argument separately
                 args.append(f"{job.lane}|{job.entry_id}|{job.attempt}|{job.created_ms}|"
-                            f"{job.max_attempts}|{job.id}")
+                            f"{job.max_attempts}|{job.type_name or ''}|{job.id}")
+                keys.append(bucket(job.id))
                 keys.append(prefix + job.id)
             lost = await self._call_retrying("complete", keys, args)
             lost_pos = {int(i) for i in lost}
@@ -488,7 +517,7 @@ class Worker:
     async def _reclaim_loop(self) -> None:
         q = self.queue
         k = q.keys
-        keys = [*k.lanes, k.index, k.reclaim_lock]
+        keys = [*k.lanes, k.events, k.moves, k.reclaim_lock]
         while True:
             try:
                 await self.reclaim_once(keys)
@@ -500,11 +529,12 @@ class Worker:
         """One reclaim sweep (if no other worker holds the sweep lock). Returns jobs recovered."""
         q = self.queue
         k = q.keys
-        keys = keys or [*k.lanes, k.index, k.reclaim_lock]
+        keys = keys or [*k.lanes, k.events, k.moves, k.reclaim_lock]
         r = await q.scripts(
             "reclaim", keys,
             [GROUP, self.consumer, round(self.visibility_timeout * 1000), self.max_stalled,
-             max(1, round(self.reclaim_interval * 1000) - 50), 1000],
+             max(1, round(self.reclaim_interval * 1000) - 50), 1000, q.defaults.events_max,
+             round(self.consumer_prune_after * 1000)],
         )
         if int(r[0]) < 0:
             return 0
@@ -516,7 +546,8 @@ class Worker:
             await self.hooks.emit(WorkerEvent("stalled", q.name, job_id, stalls=stalls))
         for i in range(0, len(to_dead), 4):
             lane, entry_id, job_id, stalls = (int(to_dead[i]), _text(to_dead[i + 1]),
-                                              _text(to_dead[i + 2]), int(to_dead[i + 3]))
+                                              _text(to_dead[i + 2]) or "?malformed",
+                                              int(to_dead[i + 3]))
             job = Job(id=job_id, data=None, attempt=0, max_attempts=0, queue_name=q.name,
                       priority=PRIORITIES[lane],  # type: ignore[arg-type]
                       created_ms=0, enqueued_ms=0, lane=lane, entry_id=entry_id, stalls=stalls)
@@ -527,12 +558,15 @@ class Worker:
     async def _release(self, jobs: list[Job], why: str) -> None:
         if not jobs:
             return
+        k = self.queue.keys
         args: list[Any] = [GROUP, self.consumer, len(jobs)]
+        keys = [*k.lanes, k.moves]
         for job in jobs:
             args += [job.lane, job.entry_id]
+            keys.append(k.bucket(job.id))
         try:
             with anyio.CancelScope(shield=True):
-                n = await self.queue.scripts("release", list(self.queue.keys.lanes), args)
+                n = await self.queue.scripts("release", keys, args)
         except (RedisError, OSError) as exc:
             log.error("worker.release_failed", queue=self.queue.name, jobs=len(jobs),
                       error=redact_text(str(exc)), note="they will be reclaimed after the "

@@ -1,0 +1,151 @@
+"""``python -m streamq``: the operator CLI for queues and dead letters.
+
+    python -m streamq stats --queue sms --watch
+    python -m streamq dead --queue sms
+    python -m streamq replay --queue sms --all --yes
+
+Exit codes: 0 done; 1 nothing matched, or the operator declined; 2 an error (one line
+on stderr: Redis unreachable, bad arguments, a refusal to destroy data without --yes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+import anyio
+from redis.exceptions import RedisError
+
+from ..errors import StreamqError
+from ..logs import configure_logging
+from ..queue import Queue
+from ..redact import redact_text, redact_url
+from ..settings import DEFAULT_REDIS_URL, redis_url_from_env
+from .commands import COMMANDS
+from .output import CliError, Console
+
+PROG = "python -m streamq"
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS: an option given before the command is not reset by the command's default
+    parser.add_argument("--queue", default=argparse.SUPPRESS,
+                        help="queue name (env STREAMQ_QUEUE, default sms)")
+    parser.add_argument("--redis-url", default=argparse.SUPPRESS,
+                        help="Redis location (env REDIS_URL, or REDIS_HOST/REDIS_PORT/"
+                        f"REDIS_PASSWORD/REDIS_DB; default {DEFAULT_REDIS_URL})")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "queue", None) is None:
+        args.queue = os.environ.get("STREAMQ_QUEUE", "").strip() or "sms"
+    if getattr(args, "redis_url", None) is None:
+        args.redis_url = None
+    return args
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    _add_common(common)
+    confirm = argparse.ArgumentParser(add_help=False)
+    confirm.add_argument("-y", "--yes", action="store_true",
+                         help="do not ask for confirmation (needed when stdin is not a terminal)")
+
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Inspect and operate streamq queues: counts, jobs, dead letters.",
+        epilog="Exit codes: 0 done; 1 nothing matched or declined; 2 error. "
+        f"'{PROG} COMMAND --help' shows a command's options.",
+    )
+    _add_common(p)  # accepted before the command too: `python -m streamq --queue sms stats`
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    s = sub.add_parser("stats", parents=[common], help="jobs per state, and the busy workers",
+                       description="Jobs per state (waiting, active, delayed, failed, dead letters, "
+                       "completed and cancelled totals), whether the queue is paused, and the "
+                       "workers holding jobs or busy in the last minute.")
+    s.add_argument("--watch", nargs="?", type=float, const=2.0, default=None, metavar="SECONDS",
+                   help="refresh every SECONDS (default 2) with the change since the last "
+                   "refresh, until Ctrl-C")
+
+    j = sub.add_parser("job", parents=[common], help="one job's state, attempts, error, times",
+                       description="Show every recorded fact of one job. Finished jobs are kept "
+                       "24 h (completed) or 7 days (failed).")
+    j.add_argument("job_id", metavar="JOB_ID")
+
+    d = sub.add_parser("dead", parents=[common], help="list dead letters, or show one in full",
+                       description="List the oldest dead letters (entry id, job id, failed at, "
+                       "attempts, error), or show one with its full error and its payload "
+                       "(phone numbers masked, message texts and codes hidden).")
+    d.add_argument("--limit", type=int, default=20, help="how many to list (default 20)")
+    d.add_argument("--after", metavar="ENTRY_ID", help="list those after this entry id (paging)")
+    d.add_argument("--show", metavar="ID", help="show the dead letter of this job id (or entry id)")
+
+    r = sub.add_parser("replay", parents=[common, confirm],
+                       help="put dead-lettered jobs back to work",
+                       description="Replay one dead-lettered job, or all of them (--all, asks "
+                       "first), with fresh attempts. --all works in batches and shows progress; "
+                       "letters added while it runs are left for the next replay.")
+    r.add_argument("job_id", nargs="?", metavar="JOB_ID", help="the job to replay")
+    r.add_argument("--all", action="store_true", help="replay every dead letter of the queue")
+    r.add_argument("--batch", type=int, default=500, help="dead letters per batch (default 500)")
+
+    c = sub.add_parser("cancel", parents=[common, confirm], help="cancel a waiting or delayed job",
+                       description="Cancel a waiting or delayed job so that it never runs "
+                       "(asks first). A running job cannot be cancelled.")
+    c.add_argument("job_id", metavar="JOB_ID")
+
+    sub.add_parser("pause", parents=[common], help="stop workers taking new jobs",
+                   description="Pause the queue: workers finish running jobs and take no new ones.")
+    sub.add_parser("resume", parents=[common], help="let workers take jobs again",
+                   description="Resume a paused queue; idle workers wake at once.")
+    sub.add_parser("purge", parents=[common, confirm], help="drop every dead letter",
+                   description="Drop every dead letter of the queue (asks first); they can no "
+                   "longer be listed or replayed. Job records are not touched: completed records "
+                   "expire after 24 h and failed ones after 7 days on their own.")
+    return p
+
+
+async def _run(args: argparse.Namespace, url: str, con: Console) -> int:
+    async with Queue(args.queue, redis_url=url) as q:
+        await q.connect()  # one clear line naming the URL when Redis is not there
+        return await COMMANDS[args.command](args, q, con)
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The first real error inside (nested) exception groups from task groups."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def main(argv: Sequence[str] | None = None, console: Console | None = None) -> int:
+    if console is None:
+        # a real process: library warnings go to stderr, stdout stays the command's output
+        configure_logging("console", "warning")
+        console = Console()
+    args = parse_args(argv)
+    url = "?"
+    try:
+        url = args.redis_url or redis_url_from_env()
+        return anyio.run(_run, args, url, console)
+    except KeyboardInterrupt:
+        return 0 if getattr(args, "watch", None) else 130
+    except BaseException as exc:
+        err = _leaf(exc)
+        if isinstance(err, StreamqError | CliError):
+            console.note(f"streamq: {err}")
+            return 2
+        if isinstance(err, RedisError):
+            console.note(f"streamq: Redis error at {redact_url(url)}: {redact_text(str(err))}")
+            return 2
+        if isinstance(err, KeyboardInterrupt):
+            return 0 if getattr(args, "watch", None) else 130
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
