@@ -165,8 +165,9 @@ class Bench:
         await self.admin.flushall()
 
     async def used_memory(self) -> int:
+        """Redis memory less the clients' buffers (a producer's connection count is not data)."""
         info = await self.admin.info("memory")
-        return int(info["used_memory"])
+        return int(info["used_memory"]) - int(info.get("mem_clients_normal", 0))
 
     # -- the run ----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -216,7 +217,7 @@ class Bench:
         system = cls(self.url)
         tag = f"{title} round {rnd}/{self.cfg.rounds} {cls.name}"
         try:
-            await system.open()
+            await system.start()
             values = await asyncio.wait_for(fn(system), self.cfg.cap_s * 3 + 180)
         except Exception as exc:
             why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -228,7 +229,7 @@ class Bench:
             return
         finally:
             try:
-                await system.close()
+                await system.stop()
             except Exception as exc:  # a peer's close must not hide its figures
                 self.progress(f"{tag}: close failed: {exc}")
         self.record(cls.name, values)
@@ -259,9 +260,9 @@ class Bench:
     async def wl_enqueue(self, system: System) -> dict[str, float]:
         n1 = self.cfg.enqueue_one_jobs
         one = await system.enqueue_timed(payloads(n1), bulk=False)
-        await system.close()
+        await system.stop()
         await self.flush()
-        await system.open()
+        await system.start()
         nb = self.cfg.jobs
         bulk = await system.enqueue_timed(payloads(nb), bulk=True)
         return {"enqueue_one": n1 / one, "enqueue_bulk": nb / bulk}
@@ -272,6 +273,8 @@ class Bench:
             jobs = payloads(n)
             before = await self.used_memory()
             await system.fill(jobs)
+            await system.stop()  # its connections' buffers are not data
+            await asyncio.sleep(0.1)
             per_job = (await self.used_memory() - before) / n
             r = await self.run_worker(system, "noop", concurrency, n)
             self._note_capped(system, f"drain_c{concurrency}", r)

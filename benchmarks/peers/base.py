@@ -31,6 +31,7 @@ class System:
     def __init__(self, url: str, queue: str = "bench") -> None:
         self.url = url
         self.queue = queue
+        self.is_open = False
 
     @classmethod
     def check(cls) -> None:
@@ -45,6 +46,15 @@ class System:
 
     async def close(self) -> None:
         pass
+
+    async def start(self) -> None:
+        await self.open()
+        self.is_open = True
+
+    async def stop(self) -> None:
+        if self.is_open:
+            self.is_open = False
+            await self.close()
 
     # -- producing ------------------------------------------------------------------------
     async def add(self, payload: dict[str, Any]) -> None:
