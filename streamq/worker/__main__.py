@@ -105,19 +105,28 @@ def load_handler(spec: str) -> Handler:
     return handler  # type: ignore[no-any-return]
 
 
+def local_port() -> int:
+    """The port of the default local setup (6379; ``STREAMQ_LOCAL_REDIS_PORT`` moves it)."""
+    raw = os.environ.get("STREAMQ_LOCAL_REDIS_PORT", "").strip()
+    if raw and not raw.isdigit():
+        raise ConfigError("STREAMQ_LOCAL_REDIS_PORT must be a port number")
+    return int(raw) if raw else LOCAL_PORT
+
+
 def ensure_local_redis(url: str, explicit: bool) -> RedisProcess | None:
     """The default local setup: start redis-server on 6379 when nothing answers there."""
-    if explicit or url != DEFAULT_REDIS_URL:
+    if explicit:
         return None
-    probe = RedisProcess(port=LOCAL_PORT, directory=Path("."), args=[])
+    port = local_port()
+    probe = RedisProcess(port=port, directory=Path("."), args=[])
     if probe.ping():
         return None
     if redis_server_binary() is None:
         return None  # the connect check below reports "unreachable" with the URL
     data = Path(os.environ.get("STREAMQ_LOCAL_REDIS_DIR", Path.home() / ".cache/streamq/redis"))
-    proc = start_redis_server(LOCAL_PORT, data, appendonly=True, appendfsync="everysec")
+    proc = start_redis_server(port, data, appendonly=True, appendfsync="everysec")
     print(f"streamq: no Redis answered at {url}; started a local redis-server on "
-          f"127.0.0.1:{LOCAL_PORT} (pid {proc.proc.pid if proc.proc else '?'}, AOF in {data}); "
+          f"127.0.0.1:{port} (pid {proc.proc.pid if proc.proc else '?'}, AOF in {data}); "
           "it stops with this worker", file=sys.stderr, flush=True)
     return proc
 
@@ -129,6 +138,8 @@ def make_handler(args: argparse.Namespace) -> tuple[Handler, Any, Callable[[], A
     from ..sms import SMSJob, make_sms_handler, provider_from_settings
 
     provider = provider_from_settings(args.provider)
+    if args.log_format == "json" and hasattr(provider, "echo"):
+        provider.echo = False  # the mock's development print-out would break JSON log lines
     return make_sms_handler(provider), SMSJob, provider.aclose
 
 
@@ -181,6 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         explicit = args.redis_url is not None or not env_is_default_local()
         url = args.redis_url or redis_url_from_env()
+        if not explicit:
+            url = f"redis://127.0.0.1:{local_port()}/0"
         if args.concurrency < 1:
             raise ConfigError("--concurrency must be >= 1")
         if args.rate_limit < 0:
