@@ -478,3 +478,62 @@ async def test_same_entry_id_in_two_lanes_runs_concurrently(redis_url: str, queu
         async with running_worker(Worker(q, handler, concurrency=3, rate_limit=None)):
             await wait_until(lambda: _counts_equal(q, "completed", 3))
         assert peak == 3
+
+
+async def test_events_stream_carries_each_transition_once(redis_url: str, queue_name: str) -> None:
+    async with Queue(queue_name, redis_url=redis_url) as q:
+        ok = await q.add({"ok": True})
+        bad = await q.add({"ok": False}, JobOptions(attempts=2, backoff=0.05))
+        gone = await q.add({"ok": True}, JobOptions(delay=60))
+        assert await q.cancel(gone.job_id)
+
+        async def handler(job: Job) -> None:
+            if not job.data["ok"]:
+                raise ValueError("no +254712345678 here")
+
+        async with running(Worker(q, handler, rate_limit=None)):
+            await wait_until(lambda: _counts_equal(q, "failed", 1))
+            await wait_until(lambda: _counts_equal(q, "completed", 1))
+        events = await q.read_events(count=1000)
+        by_job: dict[str, list[str]] = {}
+        for e in events:
+            by_job.setdefault(e.job_id, []).append(e.name)
+        assert by_job[ok.job_id] == ["added", "active", "completed"]
+        assert by_job[bad.job_id] == ["added", "active", "failed", "retrying", "active", "failed",
+                                      "dead"]
+        assert by_job[gone.job_id] == ["added", "cancelled"]
+        errors = [e.error for e in events if e.error]
+        assert errors and all("712345678" not in err for err in errors)  # masked
+        assert [e.attempt for e in events if e.job_id == bad.job_id and e.name == "active"] == [1, 2]
+        # following from the end sees only new events
+        tail = events[-1].id
+        assert await q.read_events(after=tail, block=0.05) == []
+        await q.add({"ok": True})
+        assert [e.name for e in await q.read_events(after=tail)] == ["added"]
+
+
+async def test_events_can_be_turned_off(redis_url: str, queue_name: str) -> None:
+    async with Queue(queue_name, redis_url=redis_url, defaults=QueueDefaults(events_max=0)) as q:
+        await q.add({})
+        assert await q.read_events() == []
+        assert not await q.redis.exists(q.keys.events)
+
+
+async def test_idle_consumers_without_pending_are_pruned(redis_url: str, queue_name: str) -> None:
+    async with Queue(queue_name, redis_url=redis_url) as q:
+        await q.ensure_groups()
+        await q.add({})
+        holder = Worker(q, _never, rate_limit=None, name="crashed-with-work")
+        assert len(await holder.claim_now(1)) == 1
+        for name in ("old-1", "old-2"):
+            await Worker(q, _never, rate_limit=None, name=name).claim_now(1)  # nothing left
+        await anyio.sleep(0.15)
+        sweeper = Worker(q, _never, rate_limit=None, consumer_prune_after=0.1,
+                         visibility_timeout=60)
+        await sweeper.reclaim_once()
+        names = set()
+        for lane in q.keys.lanes:
+            names |= {c["name"].decode() for c in await q.redis.xinfo_consumers(lane, GROUP)}
+        # the consumer holding an entry stays: deleting it would drop the entry
+        assert "crashed-with-work" in names
+        assert not names & {"old-1", "old-2"}
