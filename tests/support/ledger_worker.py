@@ -3,24 +3,38 @@
     python -m tests.support.ledger_worker --redis-url URL --queue NAME --ledger DIR
         [--sleep 0.2] [--sleep-max 0] [--concurrency 5] [--rate-limit 0] [--vt 30]
         [--grace 30] [--max-stalled 3]
+        [--consumer NAME] [--events] [--ack-first] [--block] [--exit-on-payload]
 
 Payloads are ``{"sleep": seconds}`` maps (optional) or anything. SIGTERM/SIGINT stop
 it gracefully; a second signal stops it at once.
+
+Options for the chaos suite (tests/chaos), all off by default:
+``--consumer`` names the consumer (to read its PEL); ``--events`` writes completed,
+stalled and dead hooks to an ``events-*.log`` file (tests/support/chaos_ledger.py);
+``--ack-first`` is a deliberately broken handler for negative controls: it acknowledges
+and deletes its own stream entry *before* the work, so a crash mid-job loses the job;
+``--block`` sleeps with ``time.sleep`` (the event loop, and so the heartbeat, stalls);
+``--exit-on-payload`` makes a payload ``{"exit": true}`` kill the process (``os._exit``)
+after its ``S`` line.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import random
 import signal
 import sys
+import time
 from typing import Any
 
 import anyio
 import structlog
 
 from streamq import Job, Queue, Worker
+from streamq.keys import GROUP
+from tests.support.chaos_ledger import EventWriter
 from tests.support.ledger import LedgerWriter
 
 
@@ -38,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reclaim-interval", type=float, default=None)
     p.add_argument("--grace", type=float, default=30.0)
     p.add_argument("--max-stalled", type=int, default=3)
+    p.add_argument("--consumer", default=None)
+    p.add_argument("--events", action="store_true")
+    p.add_argument("--ack-first", action="store_true")
+    p.add_argument("--block", action="store_true")
+    p.add_argument("--exit-on-payload", action="store_true")
     a = p.parse_args(argv)
     # logs to stderr (a file the test chose), warnings and up: stdout carries only "ready"
     structlog.configure(
@@ -45,25 +64,40 @@ def main(argv: list[str] | None = None) -> int:
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
     )
     ledger = LedgerWriter(a.ledger)
+    events = EventWriter(a.ledger) if a.events else None
+    queue = Queue(a.queue, redis_url=a.redis_url)
 
     async def handler(job: Job) -> None:
+        if a.ack_first:
+            # negative control only: the job leaves Redis before its work is done
+            lane = queue.keys.lanes[job.lane]
+            await queue.redis.xack(lane, GROUP, job.entry_id)
+            await queue.redis.xdel(lane, job.entry_id)
         ledger.start(job.id, job.attempt)
         data: Any = job.data
+        if a.exit_on_payload and isinstance(data, dict) and data.get("exit"):
+            os._exit(3)
         delay = a.sleep
         if a.sleep_max > a.sleep:
             delay = random.uniform(a.sleep, a.sleep_max)
         if isinstance(data, dict) and "sleep" in data:
             delay = float(data["sleep"])
         if delay:
-            await anyio.sleep(delay)
+            if a.block:
+                time.sleep(delay)
+            else:
+                await anyio.sleep(delay)
         ledger.end(job.id)
 
     async def run() -> None:
-        queue = Queue(a.queue, redis_url=a.redis_url)
         worker = Worker(queue, handler, concurrency=a.concurrency,
                         rate_limit=a.rate_limit or None, burst=a.burst,
                         visibility_timeout=a.vt, reclaim_interval=a.reclaim_interval,
-                        shutdown_grace=a.grace, max_stalled=a.max_stalled)
+                        shutdown_grace=a.grace, max_stalled=a.max_stalled, name=a.consumer)
+        if events is not None:
+            worker.on("completed", lambda e: events.completed(e.job_id))
+            worker.on("stalled", lambda e: events.stalled(e.job_id, e.stalls))
+            worker.on("dead", lambda e: events.dead(e.job_id))
         signals = 0
 
         async def watch() -> None:
@@ -82,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
 
     anyio.run(run)
     ledger.close()
+    if events is not None:
+        events.close()
     return 0
 
 
