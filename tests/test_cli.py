@@ -319,6 +319,10 @@ def test_options_before_the_command_and_env(redis_url: str, queue_name: str) -> 
     assert p.returncode == 0 and f"queue {queue_name} paused" in p.stdout
     p = run_process("resume", env={"REDIS_URL": redis_url, "STREAMQ_QUEUE": queue_name})
     assert p.returncode == 0 and p.stdout.strip() == f"queue {queue_name} resumed"
+    # the worker's default queue when STREAMQ_QUEUE is not set
+    p = run_process("pause", env={"REDIS_URL": redis_url, "STREAMQ_QUEUE": "",
+                                  "STREAMQ_SMS_QUEUE": queue_name})
+    assert p.returncode == 0 and f"queue {queue_name} paused" in p.stdout
 
 
 def test_help_documents_every_command() -> None:

@@ -32,7 +32,8 @@ PROG = "python -m streamq"
 def _add_common(parser: argparse.ArgumentParser) -> None:
     # SUPPRESS: an option given before the command is not reset by the command's default
     parser.add_argument("--queue", default=argparse.SUPPRESS,
-                        help="queue name (env STREAMQ_QUEUE, default sms)")
+                        help="queue name (env STREAMQ_QUEUE, else STREAMQ_SMS_QUEUE, else sms: "
+                        "the worker's default)")
     parser.add_argument("--redis-url", default=argparse.SUPPRESS,
                         help="Redis location (env REDIS_URL, or REDIS_HOST/REDIS_PORT/"
                         f"REDIS_PASSWORD/REDIS_DB; default {DEFAULT_REDIS_URL})")
@@ -41,7 +42,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     if getattr(args, "queue", None) is None:
-        args.queue = os.environ.get("STREAMQ_QUEUE", "").strip() or "sms"
+        env = os.environ
+        args.queue = (env.get("STREAMQ_QUEUE", "").strip()
+                      or env.get("STREAMQ_SMS_QUEUE", "").strip() or "sms")
     if getattr(args, "redis_url", None) is None:
         args.redis_url = None
     return args

@@ -202,17 +202,17 @@ async def cmd_dead(args: argparse.Namespace, q: Queue, con: Console) -> int:
     if args.limit < 1:
         raise CliError("--limit must be >= 1")
     after = "(" + args.after if args.after else "-"
-    letters = await q.dead_letters(args.limit, after=after)
+    found = await q.dead_letters(args.limit, after=after)
     total = (await q.counts())["dead"]
-    if not letters:
+    if not found:
         con.print(f"queue {q.name}: no dead letters" + (" after that entry" if args.after else ""))
         return 0
     rows = [[d.entry_id, d.job_id, fmt_dt(d.failed_at), d.attempts, shorten(d.error, ERROR_WIDTH)]
-            for d in letters]
+            for d in found]
     con.print(table(["entry id", "job id", "failed at", "attempts", "error"], rows, right=[3]))
-    con.print(f"\n{len(letters)} shown of {total} dead letters in queue {q.name}")
-    if len(letters) == args.limit:
-        con.print(f"next page: --after {letters[-1].entry_id}; one in full: --show JOB_ID")
+    con.print(f"\n{len(found)} shown of {letters(total)} in queue {q.name}")
+    if len(found) == args.limit:
+        con.print(f"next page: --after {found[-1].entry_id}; one in full: --show JOB_ID")
     return 0
 
 
@@ -248,6 +248,10 @@ async def _show_dead(wanted: str, q: Queue, con: Console) -> int:
     return 0
 
 
+def letters(n: int) -> str:
+    return f"{n} dead letter" + ("" if n == 1 else "s")
+
+
 def _id_key(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
@@ -275,12 +279,12 @@ async def cmd_replay(args: argparse.Namespace, q: Queue, con: Console) -> int:
     # is dead-lettered after it, and must not be replayed in a loop.
     end = _id_key(last[0][0].decode())
     total = (await q.counts())["dead"]
-    if not await con.confirm(f"Replay all {total} dead letters of queue {q.name}? Each job runs "
+    if not await con.confirm(f"Replay all {letters(total)} of queue {q.name}? Each job runs "
                              "again with fresh attempts.", yes=args.yes, action="replay all"):
         con.note("nothing replayed")
         return 1
     replayed, skipped = await _replay_all(q, con, total, end, args.batch)
-    con.print(f"replayed {replayed} dead letters of queue {q.name}"
+    con.print(f"replayed {letters(replayed)} of queue {q.name}"
               + (f"; {skipped} skipped (job id live again, or gone)" if skipped else ""))
     return 0
 
@@ -330,14 +334,14 @@ async def cmd_purge(args: argparse.Namespace, q: Queue, con: Console) -> int:
         con.print(f"queue {q.name} has no dead letters: nothing to purge")
         return 0
     if not await con.confirm(
-        f"Drop all {n} dead letters of queue {q.name}? They can no longer be listed or replayed. "
+        f"Drop all {letters(n)} of queue {q.name}? They can no longer be listed or replayed. "
         "(Job records are not touched: completed ones expire after 24 h, failed after 7 days.)",
         yes=args.yes, action="purge dead letters",
     ):
         con.note("nothing purged")
         return 1
     dropped = await q.purge_dead()
-    con.print(f"purged {dropped} dead letters of queue {q.name}")
+    con.print(f"purged {letters(dropped)} of queue {q.name}")
     return 0
 
 
