@@ -9,10 +9,22 @@
   KEYS[7] stats          HASH  cancelled counter
   KEYS[8] moves          HASH
   KEYS[9] index bucket of the job   HASH
-  KEYS[10] job record    HASH
+  KEYS[10] job record    STRING 'cancelled|attempts made|max|created|finished||'
   ARGV[1] group  ARGV[2] job_id  ARGV[3] record ttl (ms)  ARGV[4] events max length
   Returns: 1 cancelled; 0 unknown or already finished; -1 active (running now).
 ]]
+-- An entry's fields: j job_id, d payload, m 'attempts|failed|stalls|ms since creation|
+-- backoff|type' [, e last error]. Entries written by hand with separate a/n/s/t/b/y fields
+-- are read too.
+local function fields_of(raw)
+  local f = {}
+  for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
+  if f['m'] then
+    f['a'], f['n'], f['s'], f['t'], f['b'], f['y'] =
+      string.match(f['m'], '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
+  end
+  return f
+end
 local events, delayed, ddata, stats = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local moves, bucket, rec = KEYS[8], KEYS[9], KEYS[10]
 local group, job_id = ARGV[1], ARGV[2]
@@ -38,15 +50,9 @@ else
   end
   local r = redis.call('XRANGE', lane, id, id)
   if r[1] then
-    local raw = r[1][2]
-    local delta = 0
-    for i = 1, #raw, 2 do
-      if raw[i] == 'a' then attempts = raw[i + 1] end
-      if raw[i] == 'n' then made = raw[i + 1] end
-      if raw[i] == 't' then delta = tonumber(raw[i + 1]) or 0 end
-      if raw[i] == 'y' then jtype = raw[i + 1] end
-    end
-    created = tonumber(string.match(id, '^(%d+)')) - delta
+    local f = fields_of(r[1][2])
+    attempts, made, jtype = f['a'] or '', f['n'] or 0, f['y'] or ''
+    created = tonumber(string.match(id, '^(%d+)')) - (tonumber(f['t']) or 0)
   end
   redis.call('XDEL', lane, id)
 end
@@ -54,9 +60,8 @@ redis.call('HDEL', bucket, job_id)
 redis.call('HDEL', moves, job_id)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('DEL', rec)
-redis.call('HSET', rec, 'st', 'cancelled', 'n', made, 'a', attempts, 't', created, 'f', now)
-redis.call('PEXPIRE', rec, tonumber(ARGV[3]))
+redis.call('SET', rec, 'cancelled|' .. made .. '|' .. attempts .. '|' .. created .. '|' .. now ..
+  '||', 'PX', tonumber(ARGV[3]))
 redis.call('HINCRBY', stats, 'cancelled', 1)
 if tonumber(ARGV[4]) > 0 then
   redis.call('XADD', events, 'MAXLEN', '~', tonumber(ARGV[4]), '*', 'ev', 'cancelled',

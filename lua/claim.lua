@@ -5,7 +5,8 @@
   after, ms until the next due job). allow-oom: workers must drain a full Redis.
 
   KEYS[1..3] lanes high, normal, low   STREAM (consumer group ARGV[1])
-  KEYS[4] events         STREAM (capped at ARGV[7]; 0 = no events)
+  KEYS[4] events         STREAM (capped at ARGV[7]; 0 = no events): one 'active' entry per
+                         call, j/y/a holding space-separated job ids, types, attempts
   KEYS[5] delayed        ZSET
   KEYS[6] delayed data   HASH
   KEYS[7] paused         STRING (exists = paused)
@@ -26,7 +27,8 @@ local paused, limiter, control, moves = KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local group, consumer = ARGV[1], ARGV[2]
 local count = tonumber(ARGV[3])
 local rate, burst = tonumber(ARGV[4]), tonumber(ARGV[5])
-local evmax = tonumber(ARGV[7])
+local evmax = ARGV[7]
+local ev_ids, ev_types, ev_att = {}, {}, {}
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
@@ -37,8 +39,8 @@ for _, job_id in ipairs(due) do
   if packed then
     local e = cmsgpack.unpack(packed)
     local lane = tonumber(e[8])
-    local fields = {'j', e[1], 'd', e[2], 'a', e[3], 'n', e[4], 's', e[5],
-      't', math.max(0, now - tonumber(e[6])), 'b', e[7], 'y', e[10] or ''}
+    local fields = {'j', e[1], 'd', e[2], 'm', e[3] .. '|' .. e[4] .. '|' .. e[5] .. '|' ..
+      math.max(0, now - tonumber(e[6])) .. '|' .. e[7] .. '|' .. (e[10] or '')}
     if e[9] ~= '' then
       fields[#fields + 1] = 'e'
       fields[#fields + 1] = e[9]
@@ -92,12 +94,20 @@ for lane = 0, 2 do
       out[#out + 1] = entry[1]
       out[#out + 1] = entry[2]
       got = got + 1
-      if evmax > 0 then
+      if evmax ~= '0' then
         local raw = entry[2]
-        local f = {}
-        for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
-        redis.call('XADD', events, 'MAXLEN', '~', evmax, '*', 'ev', 'active', 'j', f['j'] or '',
-          'y', f['y'] or '', 'a', (tonumber(f['n']) or 0) + 1)
+        local jid, failed, jtype
+        if raw[1] == 'j' and raw[5] == 'm' then  -- the order every transition writes
+          jid = raw[2]
+          failed, jtype = string.match(raw[6], '^[^|]*|([^|]*)|[^|]*|[^|]*|[^|]*|(.*)$')
+        else
+          local f = {}
+          for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
+          jid, failed, jtype = f['j'] or '', f['n'], f['y']
+        end
+        ev_ids[#ev_ids + 1] = jid
+        ev_types[#ev_types + 1] = jtype or ''
+        ev_att[#ev_att + 1] = (tonumber(failed) or 0) + 1
       end
     end
   end
@@ -109,6 +119,10 @@ if tokens ~= nil then
 end
 
 if got > 0 then
+  if #ev_ids > 0 then
+    redis.call('XADD', events, 'MAXLEN', '~', evmax, '*', 'ev', 'active', 'j',
+      table.concat(ev_ids, ' '), 'y', table.concat(ev_types, ' '), 'a', table.concat(ev_att, ' '))
+  end
   return out
 end
 

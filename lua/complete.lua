@@ -1,56 +1,86 @@
 #!lua flags=allow-oom
 --[[ complete: record the success of a batch of jobs, fenced by ownership.
-  For each entry: only if this consumer still owns it in the group's PEL (a reclaimed
-  entry belongs to someone else: their outcome stands), XACK + XDEL it, drop it from
-  the index, bump the counter and, when ttl > 0, write the completed record.
-  allow-oom: completing frees memory.
+  Only entries this consumer still owns in the group's PEL are completed (a reclaimed
+  entry belongs to someone else: their outcome stands): XACK + XDEL, dropped from the
+  index, counted, and, when ttl > 0, a completed record written. Ownership is read
+  once per lane (the consumer's own PEL), and acks and deletes go one call per lane:
+  Redis time per job is what bounds a worker's drain rate. allow-oom: frees memory.
 
   KEYS[1..3] lanes high, normal, low   STREAM
-  KEYS[4] events   STREAM (capped at ARGV[5]; 0 = no events)
+  KEYS[4] events   STREAM (capped at ARGV[5]; 0 = no events): one 'completed' entry per
+                   call, j/y/a holding space-separated job ids, types, attempts
   KEYS[5] stats    HASH  completed counter
   KEYS[6] moves    HASH
   KEYS[5 + 2i] index bucket of the i-th job   HASH
-  KEYS[6 + 2i] record of the i-th job         HASH
+  KEYS[6 + 2i] record of the i-th job         STRING 'completed|attempt|max|created|finished|'
   ARGV[1] group   ARGV[2] consumer   ARGV[3] record ttl (ms; 0 = keep no record)
-  ARGV[4] N   ARGV[5] events max length
+  ARGV[4] N   ARGV[5] events max length   ARGV[6] bound on this consumer's pending entries
   then per job one string 'lane|entry_id|attempt|created ms|max attempts|type|job_id'
     (packed: one argument per job keeps the client's encoding work small)
   Returns: array of the 1-based positions of the jobs whose claim was lost (not recorded).
 ]]
 local events, stats, moves = KEYS[4], KEYS[5], KEYS[6]
-local group, consumer, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local n, evmax = tonumber(ARGV[4]), tonumber(ARGV[5])
+local group, consumer, ttl, ttl_s = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[3]
+local n, evmax, bound = tonumber(ARGV[4]), ARGV[5], ARGV[6]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local lost = {}
-local done = 0
+local jobs = {}
+local by_lane = {{}, {}, {}}
 for i = 1, n do
   local lane_no, id, attempt, created, max_attempts, jtype, job_id =
-    string.match(ARGV[5 + i], '^(%d)|([^|]+)|(%d+)|(%d+)|(%d+)|([^|]*)|(.+)$')
-  local lane = KEYS[1 + tonumber(lane_no)]
-  local p = redis.call('XPENDING', lane, group, id, id, 1)
-  if p[1] and p[1][2] == consumer then
-    redis.call('XACK', lane, group, id)
-    redis.call('XDEL', lane, id)
-    redis.call('HDEL', KEYS[5 + 2 * i], job_id)
-    redis.call('HDEL', moves, job_id)
+    string.match(ARGV[6 + i], '^(%d)|([^|]+)|(%d+)|(%d+)|(%d+)|([^|]*)|(.+)$')
+  local lane_i = tonumber(lane_no) + 1
+  jobs[i] = {lane_i, id, attempt, created, max_attempts, jtype, job_id}
+  by_lane[lane_i][#by_lane[lane_i] + 1] = i
+end
+local owned = {}
+for lane_i = 1, 3 do
+  if #by_lane[lane_i] > 0 then
+    local mine = {}
+    for _, p in ipairs(redis.call('XPENDING', KEYS[lane_i], group, '-', '+', bound, consumer)) do
+      mine[p[1]] = true
+    end
+    local ids = {}
+    for _, i in ipairs(by_lane[lane_i]) do
+      if mine[jobs[i][2]] then
+        owned[i] = true
+        ids[#ids + 1] = jobs[i][2]
+      end
+    end
+    if #ids > 0 then
+      redis.call('XACK', KEYS[lane_i], group, unpack(ids))
+      -- newest first: deleting a stream's first entry makes Redis scan for the next
+      -- live one, and deleting oldest-first would pay that scan for every id
+      local desc = {}
+      for k = #ids, 1, -1 do desc[#desc + 1] = ids[k] end
+      redis.call('XDEL', KEYS[lane_i], unpack(desc))
+    end
+  end
+end
+local lost = {}
+local done_ids, ev_types, ev_att = {}, {}, {}
+local now_s = tostring(now)
+for i = 1, n do
+  local j = jobs[i]
+  if owned[i] then
+    done_ids[#done_ids + 1] = j[7]
+    redis.call('HDEL', KEYS[5 + 2 * i], j[7])
     if ttl > 0 then
-      local rec = KEYS[6 + 2 * i]
-      redis.call('DEL', rec)
-      redis.call('HSET', rec, 'st', 'completed', 'n', attempt, 't', created,
-        'a', max_attempts, 'f', now)
-      redis.call('PEXPIRE', rec, ttl)
+      redis.call('SET', KEYS[6 + 2 * i],
+        'completed|' .. j[3] .. '|' .. j[5] .. '|' .. j[4] .. '|' .. now_s .. '||', 'PX', ttl_s)
     end
-    if evmax > 0 then
-      redis.call('XADD', events, 'MAXLEN', '~', evmax, '*', 'ev', 'completed', 'j', job_id,
-        'y', jtype, 'a', attempt)
-    end
-    done = done + 1
+    ev_types[#ev_types + 1] = j[6]
+    ev_att[#ev_att + 1] = j[3]
   else
     lost[#lost + 1] = i
   end
 end
-if done > 0 then
-  redis.call('HINCRBY', stats, 'completed', done)
+if #done_ids > 0 then
+  if evmax ~= '0' then
+    redis.call('XADD', events, 'MAXLEN', '~', evmax, '*', 'ev', 'completed', 'j',
+      table.concat(done_ids, ' '), 'y', table.concat(ev_types, ' '), 'a', table.concat(ev_att, ' '))
+  end
+  redis.call('HDEL', moves, unpack(done_ids))
+  redis.call('HINCRBY', stats, 'completed', #done_ids)
 end
 return lost

@@ -10,13 +10,25 @@
   KEYS[6] stats    HASH
   KEYS[7] moves    HASH
   KEYS[8] index bucket of the job   HASH
-  KEYS[9] job record   HASH
+  KEYS[9] job record   STRING 'failed|attempts made|max|created|finished|dead id|error'
   ARGV[1] group  ARGV[2] consumer  ARGV[3] lane  ARGV[4] entry_id  ARGV[5] job_id
   ARGV[6] error (one line, already redacted)  ARGV[7] record ttl (ms)
   ARGV[8] attempts made (recorded)  ARGV[9] dead stream max length
   ARGV[10] events max length  ARGV[11] 1 if a handler attempt failed (emit 'failed' first)
   Returns: the dead-letter entry id; 0 if the claim was lost; -1 if the entry is gone.
 ]]
+-- An entry's fields: j job_id, d payload, m 'attempts|failed|stalls|ms since creation|
+-- backoff|type' [, e last error]. Entries written by hand with separate a/n/s/t/b/y fields
+-- are read too.
+local function fields_of(raw)
+  local f = {}
+  for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
+  if f['m'] then
+    f['a'], f['n'], f['s'], f['t'], f['b'], f['y'] =
+      string.match(f['m'], '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
+  end
+  return f
+end
 local events, dead, stats, moves, bucket, rec = KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local group, consumer = ARGV[1], ARGV[2]
 local lane_no = tonumber(ARGV[3])
@@ -33,9 +45,7 @@ redis.call('HDEL', moves, job_id)
 if not r[1] then
   return -1
 end
-local f = {}
-local raw = r[1][2]
-for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
+local f = fields_of(r[1][2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 -- a malformed entry may lack any field: dead-letter what there is
@@ -46,9 +56,8 @@ redis.call('XDEL', lane, id)
 local dead_id = redis.call('XADD', dead, 'MAXLEN', '~', tonumber(ARGV[9]), '*',
   'j', job_id, 'd', f['d'] or '', 'a', attempts, 'n', ARGV[8], 's', f['s'] or '0',
   't', created, 'b', f['b'] or '', 'y', jtype, 'l', lane_no, 'e', err, 'f', now)
-redis.call('HSET', rec, 'st', 'failed', 'n', ARGV[8], 'a', attempts, 't', created, 'f', now,
-  'e', err, 'x', dead_id)
-redis.call('PEXPIRE', rec, tonumber(ARGV[7]))
+redis.call('SET', rec, 'failed|' .. ARGV[8] .. '|' .. attempts .. '|' .. created .. '|' .. now ..
+  '|' .. dead_id .. '|' .. err, 'PX', tonumber(ARGV[7]))
 redis.call('HINCRBY', stats, 'failed', 1)
 if evmax > 0 then
   if ARGV[11] == '1' then

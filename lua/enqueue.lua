@@ -5,7 +5,8 @@
   Not allow-oom: under maxmemory the add is refused (the caller raises QueueFull).
 
   KEYS[1..3] lanes high, normal, low   STREAM
-  KEYS[4] events         STREAM (capped at ARGV[2]; 0 = no events)
+  KEYS[4] events         STREAM (capped at ARGV[2]; 0 = no events): one 'added' entry per
+                         call, j/y/a holding space-separated job ids, types, attempts
   KEYS[5] delayed        ZSET   job_id scored by due ms
   KEYS[6] delayed data   HASH   job_id -> cmsgpack entry
   KEYS[7] control        STREAM wakes idle workers (capped)
@@ -14,15 +15,17 @@
   then per job, 7 values:
     job_id, payload (bytes), lane (0 high | 1 normal | 2 low), attempts (max),
     delay (ms, 0 = now), backoff spec (opaque here), type (for events; may be '')
-  Lane entries hold, in this order: j job_id, d payload, a attempts, n failed attempts,
-  s stalls, t ms between creation and this entry's id, b backoff, y type [, e last error].
+  Lane entries hold, in this order: j job_id, d payload, m 'attempts|failed attempts|
+  stalls|ms between creation and this entry's id|backoff|type' [, e last error]: few
+  fields, because every field is a string to convert when a script reads the entry.
   Returns: array of N integers, 1 = added, 0 = already live (deduplicated).
 ]]
 local events, delayed, ddata, control = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local n, evmax = tonumber(ARGV[1]), tonumber(ARGV[2])
+local n, evmax = tonumber(ARGV[1]), ARGV[2]
 local out = {}
+local ev_ids, ev_types, ev_att = {}, {}, {}
 local earliest = nil
 for i = 0, n - 1 do
   local base = 3 + i * 7
@@ -50,14 +53,17 @@ for i = 0, n - 1 do
       end
     else
       local id = redis.call('XADD', KEYS[1 + lane], '*', 'j', job_id, 'd', payload,
-        'a', attempts, 'n', 0, 's', 0, 't', 0, 'b', backoff, 'y', jtype)
+        'm', attempts .. '|0|0|0|' .. backoff .. '|' .. jtype)
       redis.call('HSET', bucket, job_id, lane .. ':' .. id)
     end
-    if evmax > 0 then
-      redis.call('XADD', events, 'MAXLEN', '~', evmax, '*', 'ev', 'added', 'j', job_id, 'y', jtype,
-        'a', 1)
-    end
+    ev_ids[#ev_ids + 1] = job_id
+    ev_types[#ev_types + 1] = jtype
+    ev_att[#ev_att + 1] = '1'
     out[#out + 1] = 1
   end
+end
+if evmax ~= '0' and #ev_ids > 0 then
+  redis.call('XADD', events, 'MAXLEN', '~', evmax, '*', 'ev', 'added', 'j', table.concat(ev_ids, ' '),
+    'y', table.concat(ev_types, ' '), 'a', table.concat(ev_att, ' '))
 end
 return out

@@ -6,28 +6,34 @@
   KEYS[5] delayed        ZSET
   KEYS[6] delayed data   HASH
   KEYS[7] index bucket of the job   HASH
-  KEYS[8] job record     HASH
+  KEYS[8] job record     STRING 'state|attempts made|max|created|finished|dead id|error'
   ARGV[1] group  ARGV[2] job_id
   Returns: {} if unknown or expired, else {state, field, value, ...} with fields
     a (max attempts), n (failed attempts), s (stalls), t (created ms), e (last error),
     f (finished ms), due (ms), x (dead entry id), lane, id (entry id), dc (deliveries), y (type)
 ]]
+-- An entry's fields: j job_id, d payload, m 'attempts|failed|stalls|ms since creation|
+-- backoff|type' [, e last error]. Entries written by hand with separate a/n/s/t/b/y fields
+-- are read too.
+local function fields_of(raw)
+  local f = {}
+  for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
+  if f['m'] then
+    f['a'], f['n'], f['s'], f['t'], f['b'], f['y'] =
+      string.match(f['m'], '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
+  end
+  return f
+end
 local moves, delayed, ddata, bucket, rec = KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local group, job_id = ARGV[1], ARGV[2]
 local loc = redis.call('HGET', moves, job_id) or redis.call('HGET', bucket, job_id)
 if not loc then
-  local r = redis.call('HGETALL', rec)
-  if not r[1] then return {} end
-  local st = 'unknown'
-  local out = {''}
-  for i = 1, #r, 2 do
-    if r[i] == 'st' then st = r[i + 1] else
-      out[#out + 1] = r[i]
-      out[#out + 1] = r[i + 1]
-    end
-  end
-  out[1] = st
-  return out
+  local r = redis.call('GET', rec)
+  if not r then return {} end
+  local st, made, max_attempts, created, finished, dead_id, err =
+    string.match(r, '^(%a+)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
+  if not st then return {} end
+  return {st, 'n', made, 'a', max_attempts, 't', created, 'f', finished, 'x', dead_id, 'e', err}
 end
 if loc == 'd' then
   local packed = redis.call('HGET', ddata, job_id)
@@ -54,14 +60,12 @@ if not p.err and p[1] then
 end
 local r = redis.call('XRANGE', lane, id, id)
 if r[1] then
-  local raw = r[1][2]
-  for i = 1, #raw, 2 do
-    if raw[i] == 't' then
-      out[#out + 1] = 't'
-      out[#out + 1] = tonumber(string.match(id, '^(%d+)')) - (tonumber(raw[i + 1]) or 0)
-    elseif raw[i] ~= 'd' and raw[i] ~= 'j' then
-      out[#out + 1] = raw[i]
-      out[#out + 1] = raw[i + 1]
+  local f = fields_of(r[1][2])
+  f['t'] = tonumber(string.match(id, '^(%d+)')) - (tonumber(f['t']) or 0)
+  for _, k in ipairs({'a', 'n', 's', 't', 'b', 'y', 'e'}) do
+    if f[k] then
+      out[#out + 1] = k
+      out[#out + 1] = f[k]
     end
   end
 end

@@ -21,6 +21,22 @@
     {requeued, {job_id, stalls, previous owner, ...}, {lane, entry_id, job_id, stalls, ...} to dead-letter,
      orphaned count, consumers removed}
 ]]
+-- An entry's fields: j job_id, d payload, m 'attempts|failed|stalls|ms since creation|
+-- backoff|type' [, e last error]. Entries written by hand with separate a/n/s/t/b/y fields
+-- are read too.
+local function fields_of(raw)
+  local f = {}
+  for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
+  if f['m'] then
+    f['a'], f['n'], f['s'], f['t'], f['b'], f['y'] =
+      string.match(f['m'], '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
+  end
+  return f
+end
+local function meta_of(f)
+  return (f['a'] or '1') .. '|' .. (f['n'] or '0') .. '|' .. (f['s'] or '0') .. '|' ..
+    (f['t'] or '0') .. '|' .. (f['b'] or '') .. '|' .. (f['y'] or '')
+end
 local events, moves, lock = KEYS[4], KEYS[5], KEYS[6]
 local group, sweeper = ARGV[1], ARGV[2]
 local min_idle, max_stalled = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -43,16 +59,14 @@ for lane_no = 0, 2 do
         redis.call('XACK', lane, group, id)
         orphaned = orphaned + 1
       else
-        local raw = r[1][2]
-        local f = {}
-        for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
+        local f = fields_of(r[1][2])
         local stalls = (tonumber(f['s']) or 0) + 1
         local job_id = f['j'] or ''
         if evmax > 0 then
           redis.call('XADD', events, 'MAXLEN', '~', evmax, '*', 'ev', 'stalled', 'j', job_id,
             'y', f['y'] or '', 'a', (tonumber(f['n']) or 0) + 1, 'stalls', stalls)
         end
-        if stalls >= max_stalled or not f['j'] then
+        if stalls >= max_stalled or not f['j'] or not f['d'] then
           redis.call('XCLAIM', lane, group, sweeper, min_idle, id, 'JUSTID')
           to_dead[#to_dead + 1] = lane_no
           to_dead[#to_dead + 1] = id
@@ -60,11 +74,14 @@ for lane_no = 0, 2 do
           to_dead[#to_dead + 1] = stalls
         else
           local created = tonumber(string.match(id, '^(%d+)')) - (tonumber(f['t']) or 0)
-          for i = 1, #raw, 2 do
-            if raw[i] == 's' then raw[i + 1] = stalls end
-            if raw[i] == 't' then raw[i + 1] = math.max(0, now - created) end
+          f['s'] = stalls
+          f['t'] = math.max(0, now - created)
+          local new_id
+          if f['e'] then
+            new_id = redis.call('XADD', lane, '*', 'j', job_id, 'd', f['d'], 'm', meta_of(f), 'e', f['e'])
+          else
+            new_id = redis.call('XADD', lane, '*', 'j', job_id, 'd', f['d'], 'm', meta_of(f))
           end
-          local new_id = redis.call('XADD', lane, '*', unpack(raw))
           redis.call('HSET', moves, job_id, lane_no .. ':' .. new_id)
           redis.call('XACK', lane, group, id)
           redis.call('XDEL', lane, id)

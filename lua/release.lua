@@ -10,6 +10,22 @@
   ARGV[1] group  ARGV[2] consumer  ARGV[3] N, then per entry: lane, entry_id
   Returns: number of entries handed back.
 ]]
+-- An entry's fields: j job_id, d payload, m 'attempts|failed|stalls|ms since creation|
+-- backoff|type' [, e last error]. Entries written by hand with separate a/n/s/t/b/y fields
+-- are read too.
+local function fields_of(raw)
+  local f = {}
+  for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
+  if f['m'] then
+    f['a'], f['n'], f['s'], f['t'], f['b'], f['y'] =
+      string.match(f['m'], '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
+  end
+  return f
+end
+local function meta_of(f)
+  return (f['a'] or '1') .. '|' .. (f['n'] or '0') .. '|' .. (f['s'] or '0') .. '|' ..
+    (f['t'] or '0') .. '|' .. (f['b'] or '') .. '|' .. (f['y'] or '')
+end
 local moves = KEYS[4]
 local group, consumer = ARGV[1], ARGV[2]
 local t = redis.call('TIME')
@@ -23,17 +39,17 @@ for i = 1, tonumber(ARGV[3]) do
     local r = redis.call('XRANGE', lane, id, id)
     redis.call('XACK', lane, group, id)
     if r[1] then
-      local raw = r[1][2]
-      local job_id, delta = nil, 0
-      for j = 1, #raw, 2 do
-        if raw[j] == 'j' then job_id = raw[j + 1] end
-        if raw[j] == 't' then delta = tonumber(raw[j + 1]) or 0 end
+      local f = fields_of(r[1][2])
+      local job_id = f['j']
+      local created = tonumber(string.match(id, '^(%d+)')) - (tonumber(f['t']) or 0)
+      f['t'] = math.max(0, now - created)
+      local new_id
+      if f['e'] then
+        new_id = redis.call('XADD', lane, '*', 'j', job_id or '', 'd', f['d'] or '', 'm', meta_of(f),
+          'e', f['e'])
+      else
+        new_id = redis.call('XADD', lane, '*', 'j', job_id or '', 'd', f['d'] or '', 'm', meta_of(f))
       end
-      local created = tonumber(string.match(id, '^(%d+)')) - delta
-      for j = 1, #raw, 2 do
-        if raw[j] == 't' then raw[j + 1] = math.max(0, now - created) end
-      end
-      local new_id = redis.call('XADD', lane, '*', unpack(raw))
       redis.call('XDEL', lane, id)
       if job_id then
         redis.call('HSET', KEYS[4 + i], job_id, lane_no .. ':' .. new_id)

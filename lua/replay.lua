@@ -9,7 +9,7 @@
   KEYS[6] stats    HASH  failed counter
   KEYS[7] moves    HASH
   KEYS[8] index bucket of the job held by the dead entry   HASH
-  KEYS[9] job record   HASH
+  KEYS[9] job record   STRING (dropped: the job is live again)
   ARGV[1] dead entry id  ARGV[2] events max length
   Returns: 1 replayed; 0 no such dead entry; -1 the job id is live already.
 ]]
@@ -27,8 +27,9 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local lane_no = tonumber(f['l'])
-local id = redis.call('XADD', KEYS[1 + lane_no], '*', 'j', f['j'], 'd', f['d'], 'a', f['a'],
-  'n', 0, 's', 0, 't', math.max(0, now - (tonumber(f['t']) or now)), 'b', f['b'], 'y', f['y'] or '')
+local id = redis.call('XADD', KEYS[1 + lane_no], '*', 'j', f['j'], 'd', f['d'],
+  'm', (f['a'] or '1') .. '|0|0|' .. math.max(0, now - (tonumber(f['t']) or now)) .. '|' ..
+  (f['b'] or '') .. '|' .. (f['y'] or ''))
 redis.call('HSET', bucket, f['j'], lane_no .. ':' .. id)
 redis.call('HDEL', moves, f['j'])
 redis.call('XDEL', dead, ARGV[1])

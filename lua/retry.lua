@@ -15,6 +15,18 @@
   ARGV[6] delay (ms)  ARGV[7] error (one line, already redacted)  ARGV[8] events max length
   Returns: due time (ms, Redis clock) on success; 0 if the claim was lost; -1 if the entry is gone.
 ]]
+-- An entry's fields: j job_id, d payload, m 'attempts|failed|stalls|ms since creation|
+-- backoff|type' [, e last error]. Entries written by hand with separate a/n/s/t/b/y fields
+-- are read too.
+local function fields_of(raw)
+  local f = {}
+  for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
+  if f['m'] then
+    f['a'], f['n'], f['s'], f['t'], f['b'], f['y'] =
+      string.match(f['m'], '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
+  end
+  return f
+end
 local events, delayed, ddata, control = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local moves, bucket = KEYS[8], KEYS[9]
 local group, consumer = ARGV[1], ARGV[2]
@@ -30,17 +42,15 @@ redis.call('XACK', lane, group, id)
 if not r[1] then
   return -1
 end
-local f = {}
-local raw = r[1][2]
-for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
+local f = fields_of(r[1][2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local due = now + tonumber(ARGV[6])
 local created = tonumber(string.match(id, '^(%d+)')) - (tonumber(f['t']) or 0)
 local failed = (tonumber(f['n']) or 0) + 1
 redis.call('XDEL', lane, id)
-redis.call('HSET', ddata, job_id, cmsgpack.pack({job_id, f['d'], f['a'], failed, f['s'] or 0,
-  created, f['b'], lane_no, ARGV[7], f['y'] or ''}))
+redis.call('HSET', ddata, job_id, cmsgpack.pack({job_id, f['d'] or '', f['a'] or '1', failed,
+  f['s'] or 0, created, f['b'] or '', lane_no, ARGV[7], f['y'] or ''}))
 local first = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
 redis.call('ZADD', delayed, due, job_id)
 redis.call('HSET', bucket, job_id, 'd')

@@ -85,17 +85,25 @@ class QueueEvent:
 
 
 def parse_events(reply: Any) -> list[QueueEvent]:
+    """Expand stream entries into per-job events: the batch transitions (added, active,
+    completed) write one entry per call with space-separated ids, types and attempts."""
     out: list[QueueEvent] = []
     for _stream, entries in reply or []:
         for entry_id, raw in entries:
             f = {k.decode(): v.decode("utf-8", "replace") for k, v in raw.items()}
-            out.append(QueueEvent(
-                id=entry_id.decode(),
-                name=f.pop("ev", ""),
-                job_id=f.pop("j", ""),
-                job_type=f.pop("y", "") or None,
-                attempt=int(f.pop("a", "0") or 0),
-                error=f.pop("e", None),
-                fields=f or None,
-            ))
+            name = f.pop("ev", "")
+            ids = f.pop("j", "").split(" ")
+            types = f.pop("y", "").split(" ")
+            attempts = f.pop("a", "").split(" ")
+            error = f.pop("e", None)
+            for i, job_id in enumerate(ids):
+                out.append(QueueEvent(
+                    id=entry_id.decode(),
+                    name=name,
+                    job_id=job_id,
+                    job_type=(types[i] if i < len(types) else "") or None,
+                    attempt=int(attempts[i]) if i < len(attempts) and attempts[i] else 0,
+                    error=error,
+                    fields=f or None,
+                ))
     return out

@@ -260,8 +260,11 @@ class Queue:
         if job_id is not None and job_id != "all":
             check_job_id(job_id)
             with translate_redis_errors(self.redis_url):
-                dead_id = await cast(Awaitable[Any], self.redis.hget(self.keys.job(job_id), "x"))
-            ids = [_text(dead_id)] if dead_id else await self._find_dead(job_id)
+                record = await cast(Awaitable[Any], self.redis.get(self.keys.job(job_id)))
+            # a failed record is 'failed|n|a|t|f|<dead entry id>|error'
+            parts = _text(record).split("|", 6) if record else []
+            dead_id = parts[5] if len(parts) == 7 and parts[0] == "failed" else ""
+            ids = [dead_id] if dead_id else await self._find_dead(job_id)
             return sum([await self._replay_one(i, job_id) for i in ids])
         replayed = 0
         after = "-"

@@ -280,15 +280,18 @@ class Worker:
             entry_id = reply[i + 1].decode()
             raw = reply[i + 2]
             try:
-                if len(raw) >= 16 and raw[0] == b"j" and raw[2] == b"d" and raw[14] == b"y":
-                    # the field order every transition writes: j d a n s t b y [e]
-                    job_id, data, a, n, st, t, b, y = (raw[1], raw[3], raw[5], raw[7], raw[9],
-                                                       raw[11], raw[13], raw[15])
+                if len(raw) >= 6 and raw[0] == b"j" and raw[2] == b"d" and raw[4] == b"m":
+                    # the order every transition writes: j, d, m 'a|n|s|t|b|y' [, e]
+                    job_id, data = raw[1], raw[3]
+                    a, n, st, t, b, y = raw[5].split(b"|", 5)
                 else:
                     f = dict(zip(raw[::2], raw[1::2], strict=False))
-                    job_id, data, a, n, st, t, b = (f[b"j"], f[b"d"], f[b"a"], f[b"n"], f[b"s"],
-                                                    f[b"t"], f[b"b"])
-                    y = f.get(b"y", b"")
+                    job_id, data = f[b"j"], f[b"d"]
+                    if b"m" in f:
+                        a, n, st, t, b, y = f[b"m"].split(b"|", 5)
+                    else:  # written by hand with separate fields
+                        a, n, st, t, b = f[b"a"], f[b"n"], f[b"s"], f[b"t"], f[b"b"]
+                        y = f.get(b"y", b"")
                 enqueued = int(entry_id.partition("-")[0])
                 job = Job(job_id.decode(), data, int(n) + 1, int(a), qname,
                           PRIORITIES[lane],  # type: ignore[arg-type]
@@ -473,7 +476,8 @@ class Worker:
             q = self.queue
             k = q.keys
             args: list[Any] = [GROUP, self.consumer, round(q.defaults.completed_ttl_s * 1000),
-                               len(batch), q.defaults.events_max]
+                               len(batch), q.defaults.events_max,
+                               2 * self.concurrency + 2 * FLUSH_BATCH]
             keys = [*k.lanes, k.events, k.stats, k.moves]
             prefix = k.prefix + "job:"
             bucket = k.bucket
