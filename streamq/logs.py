@@ -19,6 +19,11 @@ from .redact import redact_text
 
 LogFormat = Literal["json", "console"]
 
+# values we write ourselves and that hold no personal data, but long digit runs
+# (timestamps, pids in consumer names, entry ids) that the phone masker would mangle
+TRUSTED_KEYS = frozenset({"timestamp", "consumer", "previous_owner", "queue",
+                          "level", "logger", "transition"})
+
 DROPPED_KEYS = frozenset(
     {"body", "message", "text", "code", "otp", "api_key", "apikey", "password",
      "authorization", "token", "secret"}
@@ -33,7 +38,7 @@ def redact_event(
             event_dict[key] = "***"
             continue
         value = event_dict[key]
-        if isinstance(value, str):
+        if isinstance(value, str) and key not in TRUSTED_KEYS:
             event_dict[key] = redact_text(value)
     return event_dict
 

@@ -268,8 +268,17 @@ class Queue:
             return sum([await self._replay_one(i, job_id) for i in ids])
         replayed = 0
         after = "-"
+        with translate_redis_errors(self.redis_url):
+            newest = await self.redis.xrevrange(self.keys.dead, count=1)
+        if not newest:
+            return 0
+        # stop at the newest letter present now: jobs that fail again meanwhile are new
+        # letters, and replaying them in the same sweep could loop for ever
+        end = _text(newest[0][0])
         while True:
-            batch = await self.dead_letters(500, after=after)
+            with translate_redis_errors(self.redis_url):
+                entries = await self.redis.xrange(self.keys.dead, min=after, max=end, count=500)
+            batch = parse_dead_entries(entries or [], self.codec)
             if not batch:
                 return replayed
             for d in batch:

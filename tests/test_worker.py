@@ -291,8 +291,10 @@ async def test_rate_limit_in_process(redis_url: str, queue_name: str) -> None:
         async def handler(job: Job) -> None:
             times.append(time.monotonic())
 
-        async with running(Worker(q, handler, concurrency=10, rate_limit=20.0, burst=5)):
+        w = Worker(q, handler, concurrency=10, rate_limit=20.0, burst=5)
+        async with running(w):
             await wait_until(lambda: len(times) == 30, timeout=10)
+        assert w.rate_limited_waits > 0 and 0.5 < w.rate_limited_s < 2.0
         # burst of 5 at once, then 25 more at 20/s: about 1.25 s
         span = times[-1] - times[0]
         assert 1.1 <= span <= 1.6, span
@@ -537,3 +539,22 @@ async def test_idle_consumers_without_pending_are_pruned(redis_url: str, queue_n
         # the consumer holding an entry stays: deleting it would drop the entry
         assert "crashed-with-work" in names
         assert not names & {"old-1", "old-2"}
+
+
+async def test_replay_all_replays_each_letter_once_even_if_they_fail_again(
+    redis_url: str, queue_name: str
+) -> None:
+    async with Queue(queue_name, redis_url=redis_url) as q:
+        await q.add_bulk([({"i": i}, JobOptions(attempts=1)) for i in range(30)])
+        runs = 0
+
+        async def always_fails(job: Job) -> None:
+            nonlocal runs
+            runs += 1
+            raise PermanentError("still broken")
+
+        async with running(Worker(q, always_fails, rate_limit=None, concurrency=10)):
+            await wait_until(lambda: _counts_equal(q, "failed", 30))
+            assert await q.replay_dead() == 30  # letters written meanwhile are not replayed
+            await wait_until(lambda: runs == 60 and _counts_equal(q, "failed", 30))
+        assert (await q.counts())["dead"] == 30

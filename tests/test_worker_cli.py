@@ -139,3 +139,20 @@ async def test_default_local_setup_starts_its_own_redis_and_says_so(
     assert f"started a local redis-server on 127.0.0.1:{port}" in out
     assert "stopped the local redis-server" in out
     assert (tmp_path / "r" / "appendonlydir").exists()
+
+
+def test_taken_metrics_port_is_a_one_line_error(redis_url: str) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        env = dict(os.environ, REDIS_URL=redis_url)
+        r = _run("--metrics-port", str(port), "--handler", "tests.test_worker_cli:noop", env=env)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and str(port) in r.stderr.strip().splitlines()[-1]
+
+
+async def noop(job: object) -> None:
+    return None

@@ -26,6 +26,7 @@ import msgspec
 import structlog
 
 from streamq import Job, PermanentError, RetryAfter
+from streamq.metrics import record_provider_send
 from streamq.redact import mask_phone, redact_text
 
 from .phone import DEFAULT_REGION, InvalidPhoneNumber, normalize_phone
@@ -97,20 +98,32 @@ def make_sms_handler(
             bound.warning("sms.render_failed", error=str(exc))
             raise PermanentError(str(exc)) from None
 
+        fallback_name = type(provider).__name__.removesuffix("SMSProvider").lower() or "provider"
+        t0 = time.perf_counter()
         try:
             result = await provider.send(to, rendered.message, idempotency_key=job.id)
         except ProviderPermanentError as exc:
+            record_provider_send(exc.provider, "permanent_error", time.perf_counter() - t0,
+                                 queue=job.queue_name)
             reason = redact_text(str(exc))
             bound.warning("sms.send_failed", provider=exc.provider, code=exc.code,
                           error=reason, permanent=True)
             raise PermanentError(reason) from exc
         except ProviderTransientError as exc:
+            record_provider_send(exc.provider, "transient_error", time.perf_counter() - t0,
+                                 queue=job.queue_name)
             reason = redact_text(str(exc))
             bound.warning("sms.send_failed", provider=exc.provider, code=exc.code,
                           error=reason, permanent=False, retry_after=exc.retry_after)
             if exc.retry_after is not None:
                 raise RetryAfter(exc.retry_after, reason) from exc
             raise
+        except Exception:
+            record_provider_send(fallback_name, "error", time.perf_counter() - t0,
+                                 queue=job.queue_name)
+            raise
+        record_provider_send(result.provider, "sent", time.perf_counter() - t0,
+                             queue=job.queue_name)
 
         bound.info(
             "sms.sent",

@@ -181,6 +181,13 @@ async def run(args: argparse.Namespace, url: str) -> None:
         await queue.close()
 
 
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for e in group.exceptions:
+        out.extend(_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -210,6 +217,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StreamqError as exc:
         print(f"streamq worker: {exc}", file=sys.stderr)
         return 2
+    except BaseExceptionGroup as group:
+        # a setting that fails inside the task group (e.g. the metrics port is taken)
+        errors = [e for e in _leaves(group)]
+        if errors and all(isinstance(e, StreamqError) for e in errors):
+            print(f"streamq worker: {errors[0]}", file=sys.stderr)
+            return 2
+        raise
     except KeyboardInterrupt:
         return 130
     finally:

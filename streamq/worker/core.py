@@ -130,6 +130,9 @@ class Worker:
         self.healthy = False
         self.last_loop_at = time.monotonic()
         self.processed = 0
+        self.rate_limited_waits = 0
+        """Times the fetch loop waited for a rate-limit token (metrics)."""
+        self.rate_limited_s = 0.0
 
     # -- public control ------------------------------------------------------------------
     def on(self, event: EventName, callback: Callback) -> None:
@@ -234,7 +237,10 @@ class Worker:
                 elif status == -1:
                     await self._paused_wait(int(reply[1]))
                 else:
-                    await anyio.sleep(int(reply[1]) / 1000)
+                    wait = int(reply[1]) / 1000
+                    self.rate_limited_waits += 1
+                    self.rate_limited_s += wait
+                    await anyio.sleep(wait)
                 error_backoff = 0.05
                 self.healthy = True
             except ResponseError as exc:
