@@ -9,7 +9,7 @@
   KEYS[7] stats          HASH  cancelled counter
   KEYS[8] moves          HASH
   KEYS[9] index bucket of the job   HASH
-  KEYS[10] job record    STRING 'cancelled|attempts made|max|created|finished||'
+  KEYS[10] job record    STRING 'cancelled|attempts made|max|created|finished|type||'
   ARGV[1] group  ARGV[2] job_id  ARGV[3] record ttl (ms)  ARGV[4] events max length
   Returns: 1 cancelled; 0 unknown or already finished; -1 active (running now).
 ]]
@@ -61,7 +61,7 @@ redis.call('HDEL', moves, job_id)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('SET', rec, 'cancelled|' .. made .. '|' .. attempts .. '|' .. created .. '|' .. now ..
-  '||', 'PX', tonumber(ARGV[3]))
+  '|' .. jtype .. '||', 'PX', tonumber(ARGV[3]))
 redis.call('HINCRBY', stats, 'cancelled', 1)
 if tonumber(ARGV[4]) > 0 then
   redis.call('XADD', events, 'MAXLEN', '~', tonumber(ARGV[4]), '*', 'ev', 'cancelled',

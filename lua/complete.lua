@@ -12,7 +12,7 @@
   KEYS[5] stats    HASH  completed counter
   KEYS[6] moves    HASH
   KEYS[5 + 2i] index bucket of the i-th job   HASH
-  KEYS[6 + 2i] record of the i-th job         STRING 'completed|attempt|max|created|finished|'
+  KEYS[6 + 2i] record of the i-th job         STRING 'completed|attempt|max|created|finished|type||'
   ARGV[1] group   ARGV[2] consumer   ARGV[3] record ttl (ms; 0 = keep no record)
   ARGV[4] N   ARGV[5] events max length   ARGV[6] bound on this consumer's pending entries
   then per job one string 'lane|entry_id|attempt|created ms|max attempts|type|job_id'
@@ -67,7 +67,8 @@ for i = 1, n do
     redis.call('HDEL', KEYS[5 + 2 * i], j[7])
     if ttl > 0 then
       redis.call('SET', KEYS[6 + 2 * i],
-        'completed|' .. j[3] .. '|' .. j[5] .. '|' .. j[4] .. '|' .. now_s .. '||', 'PX', ttl_s)
+        'completed|' .. j[3] .. '|' .. j[5] .. '|' .. j[4] .. '|' .. now_s .. '|' .. j[6] .. '||',
+        'PX', ttl_s)
     end
     ev_types[#ev_types + 1] = j[6]
     ev_att[#ev_att + 1] = j[3]

@@ -10,7 +10,7 @@
   KEYS[6] stats    HASH
   KEYS[7] moves    HASH
   KEYS[8] index bucket of the job   HASH
-  KEYS[9] job record   STRING 'failed|attempts made|max|created|finished|dead id|error'
+  KEYS[9] job record   STRING 'failed|attempts made|max|created|finished|type|dead id|error'
   ARGV[1] group  ARGV[2] consumer  ARGV[3] lane  ARGV[4] entry_id  ARGV[5] job_id
   ARGV[6] error (one line, already redacted)  ARGV[7] record ttl (ms)
   ARGV[8] attempts made (recorded)  ARGV[9] dead stream max length
@@ -57,7 +57,7 @@ local dead_id = redis.call('XADD', dead, 'MAXLEN', '~', tonumber(ARGV[9]), '*',
   'j', job_id, 'd', f['d'] or '', 'a', attempts, 'n', ARGV[8], 's', f['s'] or '0',
   't', created, 'b', f['b'] or '', 'y', jtype, 'l', lane_no, 'e', err, 'f', now)
 redis.call('SET', rec, 'failed|' .. ARGV[8] .. '|' .. attempts .. '|' .. created .. '|' .. now ..
-  '|' .. dead_id .. '|' .. err, 'PX', tonumber(ARGV[7]))
+  '|' .. jtype .. '|' .. dead_id .. '|' .. err, 'PX', tonumber(ARGV[7]))
 redis.call('HINCRBY', stats, 'failed', 1)
 if evmax > 0 then
   if ARGV[11] == '1' then

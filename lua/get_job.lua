@@ -6,7 +6,7 @@
   KEYS[5] delayed        ZSET
   KEYS[6] delayed data   HASH
   KEYS[7] index bucket of the job   HASH
-  KEYS[8] job record     STRING 'state|attempts made|max|created|finished|dead id|error'
+  KEYS[8] job record     STRING 'state|attempts made|max|created|finished|type|dead id|error'
   ARGV[1] group  ARGV[2] job_id
   Returns: {} if unknown or expired, else {state, field, value, ...} with fields
     a (max attempts), n (failed attempts), s (stalls), t (created ms), e (last error),
@@ -30,10 +30,11 @@ local loc = redis.call('HGET', moves, job_id) or redis.call('HGET', bucket, job_
 if not loc then
   local r = redis.call('GET', rec)
   if not r then return {} end
-  local st, made, max_attempts, created, finished, dead_id, err =
-    string.match(r, '^(%a+)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
+  local st, made, max_attempts, created, finished, jtype, dead_id, err =
+    string.match(r, '^(%a+)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
   if not st then return {} end
-  return {st, 'n', made, 'a', max_attempts, 't', created, 'f', finished, 'x', dead_id, 'e', err}
+  return {st, 'n', made, 'a', max_attempts, 't', created, 'f', finished, 'y', jtype,
+    'x', dead_id, 'e', err}
 end
 if loc == 'd' then
   local packed = redis.call('HGET', ddata, job_id)

@@ -261,9 +261,9 @@ class Queue:
             check_job_id(job_id)
             with translate_redis_errors(self.redis_url):
                 record = await cast(Awaitable[Any], self.redis.get(self.keys.job(job_id)))
-            # a failed record is 'failed|n|a|t|f|<dead entry id>|error'
-            parts = _text(record).split("|", 6) if record else []
-            dead_id = parts[5] if len(parts) == 7 and parts[0] == "failed" else ""
+            # a failed record is 'failed|n|a|t|f|type|<dead entry id>|error'
+            parts = _text(record).split("|", 7) if record else []
+            dead_id = parts[6] if len(parts) == 8 and parts[0] == "failed" else ""
             ids = [dead_id] if dead_id else await self._find_dead(job_id)
             return sum([await self._replay_one(i, job_id) for i in ids])
         replayed = 0

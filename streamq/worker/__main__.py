@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--handler", default=_env("STREAMQ_HANDLER", ""),
                    help="run 'module:function' instead of the SMS dispatcher; with it, "
                    "--queue names any queue (env STREAMQ_HANDLER)")
+    p.add_argument("--job-type", default=_env("STREAMQ_JOB_TYPE", ""),
+                   help="with --handler: 'module:Type', a msgspec type (e.g. a tagged union) "
+                   "the payloads are decoded to; none = plain msgpack values (env STREAMQ_JOB_TYPE)")
     p.add_argument("--metrics-port", type=int,
                    default=int(_env("STREAMQ_METRICS_PORT", "0")) or None,
                    help="serve /metrics and /healthz on this port; none unless given "
@@ -91,15 +94,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_handler(spec: str) -> Handler:
+def load_object(spec: str, flag: str) -> Any:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise ConfigError(f"--handler must look like 'package.module:function', got {spec!r}")
+        raise ConfigError(f"{flag} must look like 'package.module:name', got {spec!r}")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigError(f"--handler module {module_name!r} cannot be imported: {exc}") from None
-    handler = getattr(module, attr, None)
+        raise ConfigError(f"{flag} module {module_name!r} cannot be imported: {exc}") from None
+    obj = getattr(module, attr, None)
+    if obj is None:
+        raise ConfigError(f"{flag} {spec!r}: {module_name} has no {attr!r}")
+    return obj
+
+
+def load_handler(spec: str) -> Handler:
+    handler = load_object(spec, "--handler")
     if not callable(handler):
         raise ConfigError(f"--handler {spec!r} is not a callable")
     return handler  # type: ignore[no-any-return]
@@ -134,7 +144,10 @@ def ensure_local_redis(url: str, explicit: bool) -> RedisProcess | None:
 def make_handler(args: argparse.Namespace) -> tuple[Handler, Any, Callable[[], Any] | None]:
     """The handler, the queue's job type and an async close function for its resources."""
     if args.handler:
-        return load_handler(args.handler), None, None
+        job_type = load_object(args.job_type, "--job-type") if args.job_type else None
+        return load_handler(args.handler), job_type, None
+    if args.job_type:
+        raise ConfigError("--job-type goes with --handler (the SMS worker decodes SMSJob)")
     from ..sms import SMSJob, make_sms_handler, provider_from_settings
 
     provider = provider_from_settings(args.provider)
