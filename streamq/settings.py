@@ -27,9 +27,9 @@ from .errors import ConfigError
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
-SOCKET_TIMEOUT_S = 10.0
+SOCKET_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_S = 5.0
-HEALTH_CHECK_INTERVAL_S = 15
+HEALTH_CHECK_INTERVAL_S = 5
 # The longest a worker blocks in XREAD; must stay well below SOCKET_TIMEOUT_S.
 MAX_BLOCK_MS = 2000
 
