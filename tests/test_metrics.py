@@ -295,10 +295,10 @@ async def test_type_label_stuck_loop_and_provider_outcomes(redis_url: str, queue
                    outcome="transient_error") == 1
         assert val(m, "streamq_provider_send_seconds_count", queue="other", provider="salum",
                    outcome="permanent_error") == 1
-        # the limiter series appear only when the worker counts its waits
-        assert val(m, "streamq_rate_limiter_waits_total", queue=queue_name) is None
-        w.rate_limited_waits = 3  # type: ignore[attr-defined]
-        w.rate_limited_s = 1.5  # type: ignore[attr-defined]
+        # the worker counts its rate-limit waits; the collector reports them
+        assert val(m, "streamq_rate_limiter_waits_total", queue=queue_name) == 0
+        w.rate_limited_waits = 3
+        w.rate_limited_s = 1.5
         body, _ = await metrics.scrape()
         m = parse(body.decode())
         assert val(m, "streamq_rate_limiter_waits_total", queue=queue_name) == 3
