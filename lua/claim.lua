@@ -6,7 +6,7 @@
 
   KEYS[1..3] lanes high, normal, low   STREAM (consumer group ARGV[1])
   KEYS[4] events         STREAM (capped at ARGV[7]; 0 = no events): one 'active' entry per
-                         call, j/y/a holding space-separated job ids, types, attempts
+                         100 jobs, j/y/a holding space-separated job ids, types, attempts
   KEYS[5] delayed        ZSET
   KEYS[6] delayed data   HASH
   KEYS[7] paused         STRING (exists = paused)
@@ -22,6 +22,15 @@
     {-1, ms_until_next_due}  queue paused
     {-2, wait_ms}  rate limited: no token for wait_ms
 ]]
+local function emit_batch(name, ids, types, att)
+  -- at most 100 jobs an entry: the stream is capped in entries, so this bounds its memory
+  for s = 1, #ids, 100 do
+    local e = math.min(#ids, s + 99)
+    redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*', 'ev', name,
+      'j', table.concat(ids, ' ', s, e), 'y', table.concat(types, ' ', s, e),
+      'a', table.concat(att, ' ', s, e))
+  end
+end
 local events, delayed, ddata = KEYS[4], KEYS[5], KEYS[6]
 local paused, limiter, control, moves = KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local group, consumer = ARGV[1], ARGV[2]
@@ -119,10 +128,7 @@ if tokens ~= nil then
 end
 
 if got > 0 then
-  if #ev_ids > 0 then
-    redis.call('XADD', events, 'MAXLEN', '~', evmax, '*', 'ev', 'active', 'j',
-      table.concat(ev_ids, ' '), 'y', table.concat(ev_types, ' '), 'a', table.concat(ev_att, ' '))
-  end
+  emit_batch('active', ev_ids, ev_types, ev_att)
   return out
 end
 

@@ -8,7 +8,7 @@
 
   KEYS[1..3] lanes high, normal, low   STREAM
   KEYS[4] events   STREAM (capped at ARGV[5]; 0 = no events): one 'completed' entry per
-                   call, j/y/a holding space-separated job ids, types, attempts
+                   100 jobs, j/y/a holding space-separated job ids, types, attempts
   KEYS[5] stats    HASH  completed counter
   KEYS[6] moves    HASH
   KEYS[5 + 2i] index bucket of the i-th job   HASH
@@ -19,6 +19,15 @@
     (packed: one argument per job keeps the client's encoding work small)
   Returns: array of the 1-based positions of the jobs whose claim was lost (not recorded).
 ]]
+local function emit_batch(name, ids, types, att)
+  -- at most 100 jobs an entry: the stream is capped in entries, so this bounds its memory
+  for s = 1, #ids, 100 do
+    local e = math.min(#ids, s + 99)
+    redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], '*', 'ev', name,
+      'j', table.concat(ids, ' ', s, e), 'y', table.concat(types, ' ', s, e),
+      'a', table.concat(att, ' ', s, e))
+  end
+end
 local events, stats, moves = KEYS[4], KEYS[5], KEYS[6]
 local group, consumer, ttl, ttl_s = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[3]
 local n, evmax, bound = tonumber(ARGV[4]), ARGV[5], ARGV[6]
@@ -78,8 +87,7 @@ for i = 1, n do
 end
 if #done_ids > 0 then
   if evmax ~= '0' then
-    redis.call('XADD', events, 'MAXLEN', '~', evmax, '*', 'ev', 'completed', 'j',
-      table.concat(done_ids, ' '), 'y', table.concat(ev_types, ' '), 'a', table.concat(ev_att, ' '))
+    emit_batch('completed', done_ids, ev_types, ev_att)
   end
   redis.call('HDEL', moves, unpack(done_ids))
   redis.call('HINCRBY', stats, 'completed', #done_ids)

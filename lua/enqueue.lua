@@ -6,7 +6,7 @@
 
   KEYS[1..3] lanes high, normal, low   STREAM
   KEYS[4] events         STREAM (capped at ARGV[2]; 0 = no events): one 'added' entry per
-                         call, j/y/a holding space-separated job ids, types, attempts
+                         100 jobs, j/y/a holding space-separated job ids, types, attempts
   KEYS[5] delayed        ZSET   job_id scored by due ms
   KEYS[6] delayed data   HASH   job_id -> cmsgpack entry
   KEYS[7] control        STREAM wakes idle workers (capped)
@@ -20,6 +20,15 @@
   fields, because every field is a string to convert when a script reads the entry.
   Returns: array of N integers, 1 = added, 0 = already live (deduplicated).
 ]]
+local function emit_batch(name, ids, types, att)
+  -- at most 100 jobs an entry: the stream is capped in entries, so this bounds its memory
+  for s = 1, #ids, 100 do
+    local e = math.min(#ids, s + 99)
+    redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], '*', 'ev', name,
+      'j', table.concat(ids, ' ', s, e), 'y', table.concat(types, ' ', s, e),
+      'a', table.concat(att, ' ', s, e))
+  end
+end
 local events, delayed, ddata, control = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -62,8 +71,7 @@ for i = 0, n - 1 do
     out[#out + 1] = 1
   end
 end
-if evmax ~= '0' and #ev_ids > 0 then
-  redis.call('XADD', events, 'MAXLEN', '~', evmax, '*', 'ev', 'added', 'j', table.concat(ev_ids, ' '),
-    'y', table.concat(ev_types, ' '), 'a', table.concat(ev_att, ' '))
+if evmax ~= '0' then
+  emit_batch('added', ev_ids, ev_types, ev_att)
 end
 return out
