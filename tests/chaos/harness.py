@@ -184,7 +184,10 @@ class WorkerPool:
     """``tests.support.ledger_worker`` processes in numbered slots, restartable."""
 
     def __init__(self, redis_url: str, queue: str, ledger: Path, args: Sequence[str],
-                 size: int, *, name: str = "w") -> None:
+                 size: int, *, name: str = "w", wrapper: Sequence[str] = (),
+                 env: dict[str, str] | None = None) -> None:
+        self.wrapper = list(wrapper)  # a command prefix, e.g. ["faketime", "-f", "+1h"]
+        self.extra_env = dict(env or {})
         self.redis_url = redis_url
         self.queue = queue
         self.ledger = Path(ledger)
@@ -201,10 +204,10 @@ class WorkerPool:
         self.generation += 1
         consumer = f"{self.name}{slot}-g{self.generation}"
         errlog = self.ledger / f"worker-{consumer}.err"
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env = dict(os.environ, PYTHONPATH=str(ROOT), **self.extra_env)
         with open(errlog, "w") as err:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.support.ledger_worker", "--redis-url",
+                [*self.wrapper, sys.executable, "-m", "tests.support.ledger_worker", "--redis-url",
                  self.redis_url, "--queue", self.queue, "--ledger", str(self.ledger),
                  "--consumer", consumer, "--events", *self.args, *extra],
                 cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err, text=True,
