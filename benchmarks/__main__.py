@@ -1,4 +1,5 @@
 """``python -m benchmarks run [--quick] [--only NAME,...] [--rounds 3] [--jobs 20000] [--json out.json]``
+and ``python -m benchmarks profile`` (the streamq worker's drain under py-spy).
 
 Starts its own redis-server (persistence off) on a free loopback port and measures
 streamq, each installed peer and the raw Redis Streams floor side by side. Progress
@@ -38,11 +39,31 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", default=None, help="write the full figures here")
     r.add_argument("--md", default=None, help="write the markdown table here")
     r.add_argument("--png", default=None, help="write a chart here (needs matplotlib)")
+    rp = sub.add_parser("report", help="render a saved --json run again as markdown (and --png)")
+    rp.add_argument("json_file")
+    rp.add_argument("--png", default=None)
+    pr = sub.add_parser("profile", help="profile the streamq worker's drain with py-spy")
+    pr.add_argument("--jobs", type=int, default=200_000)
+    pr.add_argument("--concurrency", type=int, default=50)
+    pr.add_argument("--rate", type=int, default=1000, help="py-spy samples per second")
+    pr.add_argument("--out", default=None, help="folder for the flame graph and stacks")
+    pr.add_argument("--native", action="store_true", help="include C frames (py-spy --native)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "report":
+        with open(args.json_file) as f:
+            saved = json.load(f)
+        print(markdown(saved) + "\n\n" + notes(saved))
+        if args.png and not chart(saved, args.png):
+            print("no chart: matplotlib is not installed", file=sys.stderr)
+        return 0
+    if args.command == "profile":
+        from .profile import main as profile_main
+
+        return profile_main(args.jobs, args.concurrency, args.rate, args.out, args.native)
     cfg = Config.make(quick=args.quick, rounds=args.rounds, jobs=args.jobs)
     if args.cap is not None:
         cfg.cap_s = args.cap

@@ -70,7 +70,9 @@ def notes(doc: dict[str, Any]) -> str:
     mach = doc.get("machine", {})
     if mach:
         out.append(f"Machine: {mach['nproc']} cores, {mach['cpu']}; Redis {mach['redis']}; "
-                   f"Python {mach['python']}; uvloop {'yes' if mach['uvloop'] else 'no'}.")
+                   f"Python {mach['python']}; uvloop {'yes' if mach['uvloop'] else 'no'}; "
+                   f"load average {mach.get('loadavg_at_start', 0):.2f} at start, "
+                   f"{mach.get('loadavg_at_end', 0):.2f} at end.")
     cfg = doc["config"]
     out.append(f"Each cell: median (min-max) of {cfg['rounds']} alternating round(s); "
                f"N = {cfg['jobs']:,} jobs for drains and bulk enqueue, "
@@ -119,7 +121,7 @@ def chart(doc: dict[str, Any], path: str) -> bool:
                      "is better)", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.invert_yaxis()
-        if m["unit"] == "jobs/s" and max(med) / max(min(med), 1e-9) > 30:
+        if m["unit"] != "%" and min(med) > 0 and max(med) / min(med) > 30:
             ax.set_xscale("log")
     for ax in list(axes.flat)[len(metrics):]:
         ax.axis("off")

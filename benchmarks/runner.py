@@ -112,6 +112,7 @@ def machine_info(redis_version: str) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "uvloop": uvloop_available(),
+        "loadavg_at_start": os.getloadavg()[0],
     }
 
 
@@ -378,8 +379,11 @@ class Bench:
         results: dict[str, dict[str, Any]] = {}
         for key, per_system in self.results.items():
             results[key] = {s: Summary.of(v).as_dict() for s, v in per_system.items()}
+        machine = dict(getattr(self, "machine", {}))
+        if machine:
+            machine["loadavg_at_end"] = os.getloadavg()[0]
         return {
-            "machine": getattr(self, "machine", {}),
+            "machine": machine,
             "config": {k: v for k, v in asdict(self.cfg).items()},
             "systems": {c.name: {"label": c.label, "kind": c.kind, "version": self.versions.get(c.name, ""),
                                  "bulk": c.bulk_note, "not_applicable": self.notes.get(c.name, {}),
