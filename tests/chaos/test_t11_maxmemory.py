@@ -78,6 +78,10 @@ async def test_t11_full_redis_refuses_adds_fast_while_workers_drain(tmp_path: Pa
     assert figures.problems() == [], figures.lines()
     # every acknowledged add ran (refused ones are single scripts: all or nothing)
     assert figures.completed == len(ok)
+    # negative control: a producer that ignores QueueFull believes its refused adds are in;
+    # the checker must call them lost (they were never stored, so they never ran)
+    careless = check(attempts=attempts, ok=ok | refused, unknown=set(), ledger=ledger)
+    assert careless.lost == refused and any("lost" in p for p in careless.problems())
     assert "Traceback" not in pool.logs()
     await q.close()
     await r.aclose()
