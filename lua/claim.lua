@@ -1,24 +1,35 @@
 #!lua flags=allow-oom
---[[ claim: promote due delayed jobs, then hand up to COUNT waiting jobs to one consumer,
-  high lane first, within the queue-wide token bucket. Never blocks: when nothing is
-  available it returns what an idle worker needs to wait for (stream ids to XREAD
-  after, ms until the next due job). allow-oom: workers must drain a full Redis.
+--[[ claim: promote due delayed jobs, then hand up to COUNT jobs to one consumer, within
+  the queue-wide token bucket: first entries whose worker died or went silent (idle
+  longer than the visibility timeout; at most one claimer per lock period looks), taken
+  over in place so they restart before any backlog; then waiting jobs, high lane
+  before normal before low. An entry delivered max_stalled times already is not run
+  again: it is returned for the caller to dead-letter. A payload over the size cap is
+  not sent to the worker (only its size). Never blocks: when nothing is available it
+  returns what an idle worker needs to wait for. allow-oom: workers must drain a full
+  Redis.
 
   KEYS[1..3] lanes high, normal, low   STREAM (consumer group ARGV[1])
-  KEYS[4] events         STREAM (capped at ARGV[7]; 0 = no events): one 'active' entry per
-                         100 jobs, j/y/a holding space-separated job ids, types, attempts
+  KEYS[4] events         STREAM (capped at ARGV[7]; 0 = no events): one entry per 100 jobs
+                         for 'active' (j/y/a: space-separated ids, types, attempts); one
+                         'stalled' entry per taken-over job
   KEYS[5] delayed        ZSET
   KEYS[6] delayed data   HASH
   KEYS[7] paused         STRING (exists = paused)
   KEYS[8] limiter        HASH  tk (tokens), ts (ms)
   KEYS[9] control        STREAM
   KEYS[10] moves         HASH  job_id -> location, for jobs moved since they were added
+  KEYS[11] reclaim lock  STRING
   ARGV[1] group   ARGV[2] consumer   ARGV[3] count (>= 1)
   ARGV[4] rate (jobs/s; 0 = unlimited)   ARGV[5] burst (tokens)
   ARGV[6] max jobs to promote in this call   ARGV[7] events max length
+  ARGV[8] visibility timeout (ms)   ARGV[9] max_stalled   ARGV[10] reclaim lock period (ms)
+  ARGV[11] payload size cap (bytes)
   Returns one of:
-    {1, lane, entry_id, {field, value, ...}, lane, entry_id, {...}, ...}  claimed
-    {0, ms_until_next_due (-1 none), id_high, id_normal, id_low, id_control}  nothing waiting
+    {1, {lane, entry_id, {field, value, ...}, stalls if taken over (else 0), oversize bytes
+        (0 = ok), ...}, {lane, entry_id, job_id, stalls, ...} to dead-letter as stalled}
+    {0, ms_until_next_due (-1 none), id_high, id_normal, id_low, id_control, pending}
+       nothing available; pending = entries held by consumers (maybe to take over later)
     {-1, ms_until_next_due}  queue paused
     {-2, wait_ms}  rate limited: no token for wait_ms
 ]]
@@ -32,11 +43,12 @@ local function emit_batch(name, ids, types, att)
   end
 end
 local events, delayed, ddata = KEYS[4], KEYS[5], KEYS[6]
-local paused, limiter, control, moves = KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local paused, limiter, control, moves, lock = KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
 local group, consumer = ARGV[1], ARGV[2]
 local count = tonumber(ARGV[3])
 local rate, burst = tonumber(ARGV[4]), tonumber(ARGV[5])
 local evmax = ARGV[7]
+local min_idle, max_stalled, cap = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[11])
 local ev_ids, ev_types, ev_att = {}, {}, {}
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -91,33 +103,99 @@ if rate > 0 then
   count = math.min(count, whole)
 end
 
-local out = {1}
+local claimed, to_dead = {}, {}
 local got = 0
+
+-- who the job is and which attempt, from the order every transition writes
+local function describe(raw)
+  if raw[1] == 'j' and raw[5] == 'm' then
+    local failed, jtype = string.match(raw[6], '^[^|]*|([^|]*)|[^|]*|[^|]*|[^|]*|(.*)$')
+    return raw[2], failed, jtype
+  end
+  local f = {}
+  for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
+  return f['j'] or '', f['n'], f['y']
+end
+
+local function take(lane, entry, deliveries)
+  local raw = entry[2]
+  local oversize = 0
+  for i = 1, #raw, 2 do
+    if raw[i] == 'd' and #raw[i + 1] > cap then
+      oversize = #raw[i + 1]
+      raw[i + 1] = ''  -- the worker dead-letters it by its size; it never holds the bytes
+    end
+  end
+  claimed[#claimed + 1] = lane
+  claimed[#claimed + 1] = entry[1]
+  claimed[#claimed + 1] = raw
+  claimed[#claimed + 1] = deliveries
+  claimed[#claimed + 1] = oversize
+  got = got + 1
+  if evmax ~= '0' then
+    local jid, failed, jtype = describe(raw)
+    ev_ids[#ev_ids + 1] = jid
+    ev_types[#ev_types + 1] = jtype or ''
+    ev_att[#ev_att + 1] = (tonumber(failed) or 0) + 1
+    if deliveries > 0 then
+      redis.call('XADD', events, 'MAXLEN', '~', evmax, '*', 'ev', 'stalled', 'j', jid,
+        'y', jtype or '', 'a', (tonumber(failed) or 0) + 1, 'stalls', deliveries)
+    end
+  end
+end
+
+-- take over entries of dead or silent workers, in place: no one else can complete
+-- them now (completion is fenced on ownership), and they run before the backlog
+if redis.call('SET', lock, consumer, 'NX', 'PX', ARGV[10]) then
+  for lane = 0, 2 do
+    if got >= count then break end
+    local pend = redis.pcall('XPENDING', KEYS[1 + lane], group, 'IDLE', min_idle, '-', '+',
+      count - got)
+    if not pend.err then
+      for _, p in ipairs(pend) do
+        local id = p[1]
+        local r = redis.call('XRANGE', KEYS[1 + lane], id, id)
+        if r[1] then
+          -- stalls so far: earlier runs of this job (meta s, kept when the sweep re-queued
+          -- it) plus every delivery of this entry, whose holders all went silent
+          local meta = nil
+          for i = 1, #r[1][2], 2 do
+            if r[1][2][i] == 'm' then meta = r[1][2][i + 1] end
+          end
+          local earlier = meta and tonumber(string.match(meta, '^[^|]*|[^|]*|([^|]*)|')) or 0
+          local stalls = (earlier or 0) + tonumber(p[4])
+          if stalls >= max_stalled then
+            redis.call('XCLAIM', KEYS[1 + lane], group, consumer, min_idle, id, 'JUSTID')
+            to_dead[#to_dead + 1] = lane
+            to_dead[#to_dead + 1] = id
+            to_dead[#to_dead + 1] = (describe(r[1][2]))
+            to_dead[#to_dead + 1] = stalls
+          else
+            local c = redis.call('XCLAIM', KEYS[1 + lane], group, consumer, min_idle, id)
+            if c[1] then
+              take(lane, c[1], stalls)
+            end
+          end
+        else
+          redis.call('XACK', KEYS[1 + lane], group, id)  -- its data was deleted: nothing to run
+        end
+      end
+    end
+  end
+  if got >= count then
+    -- our slots are full and more may be waiting to be taken over: let the next
+    -- claimer look at once instead of after the lock period
+    redis.call('DEL', lock)
+  end
+end
+
 for lane = 0, 2 do
   if got >= count then break end
   local r = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count - got,
     'STREAMS', KEYS[1 + lane], '>')
   if r then
     for _, entry in ipairs(r[1][2]) do
-      out[#out + 1] = lane
-      out[#out + 1] = entry[1]
-      out[#out + 1] = entry[2]
-      got = got + 1
-      if evmax ~= '0' then
-        local raw = entry[2]
-        local jid, failed, jtype
-        if raw[1] == 'j' and raw[5] == 'm' then  -- the order every transition writes
-          jid = raw[2]
-          failed, jtype = string.match(raw[6], '^[^|]*|([^|]*)|[^|]*|[^|]*|[^|]*|(.*)$')
-        else
-          local f = {}
-          for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
-          jid, failed, jtype = f['j'] or '', f['n'], f['y']
-        end
-        ev_ids[#ev_ids + 1] = jid
-        ev_types[#ev_types + 1] = jtype or ''
-        ev_att[#ev_att + 1] = (tonumber(failed) or 0) + 1
-      end
+      take(lane, entry, 0)
     end
   end
 end
@@ -127,9 +205,9 @@ if tokens ~= nil then
   redis.call('PEXPIRE', limiter, 60000)
 end
 
-if got > 0 then
+if got > 0 or #to_dead > 0 then
   emit_batch('active', ev_ids, ev_types, ev_att)
-  return out
+  return {1, claimed, to_dead}
 end
 
 local function last_id(key)
@@ -140,4 +218,10 @@ local function last_id(key)
   end
   return '0-0'
 end
-return {0, next_due(), last_id(KEYS[1]), last_id(KEYS[2]), last_id(KEYS[3]), last_id(control)}
+local pending = 0
+for lane = 1, 3 do
+  local s = redis.pcall('XPENDING', KEYS[lane], group)
+  if not s.err then pending = pending + tonumber(s[1]) end
+end
+return {0, next_due(), last_id(KEYS[1]), last_id(KEYS[2]), last_id(KEYS[3]), last_id(control),
+  pending}

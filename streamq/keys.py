@@ -108,7 +108,13 @@ class QueueKeys:
 
     @property
     def reclaim_lock(self) -> str:
+        """One claimer per period looks for entries of dead workers to take over."""
         return self.prefix + "lock:reclaim"
+
+    @property
+    def sweep_lock(self) -> str:
+        """One upkeep sweep per period (stalled-too-often entries, orphans, idle consumers)."""
+        return self.prefix + "lock:sweep"
 
     @property
     def events(self) -> str:
@@ -131,5 +137,6 @@ class QueueKeys:
             self.stats,
             self.limiter,
             self.reclaim_lock,
+            self.sweep_lock,
             self.events,
         ]

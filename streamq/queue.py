@@ -71,6 +71,11 @@ class Queue:
         return self._redis
 
     @property
+    def owns_client(self) -> bool:
+        """True when the queue made its own Redis client (no ``redis=`` was passed)."""
+        return self._own_redis
+
+    @property
     def scripts(self) -> ScriptRunner:
         if self._scripts is None:
             self._scripts = ScriptRunner(self.redis)

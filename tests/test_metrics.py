@@ -142,18 +142,18 @@ async def test_metrics_move_as_jobs_flow(redis_url: str, queue_name: str, tmp_pa
         with worker_process(redis_url, queue_name, log, "--metrics-port", str(port),
                             "--visibility-timeout", "0.5") as proc:
             async with scraper(port, proc, log) as s:
-                # the stranded job is recovered (to waiting: the queue is paused)
-                async def recovered() -> Any:
+                # paused: nothing is taken, not even the stranded job (still held by the
+                # dead consumer); the backlog is visible as waiting
+                async def paused_view() -> Any:
                     m = await s.metrics()
-                    return m if val(m, "streamq_jobs_stalled_total", **labels) == 1 else None
+                    return m if val(m, "streamq_queue_paused", queue=queue_name) == 1 else None
 
-                m = await wait_until(recovered, timeout=15, interval=0.05, message="the stall")
-                # paused: the backlog is visible as waiting, nothing is processed yet
-                assert val(m, "streamq_queue_paused", queue=queue_name) == 1
-                assert val(m, "streamq_queue_jobs", queue=queue_name, state="waiting") == 4
-                assert val(m, "streamq_queue_jobs", queue=queue_name, state="active") == 0
+                m = await wait_until(paused_view, timeout=15, interval=0.05, message="a scrape")
+                assert val(m, "streamq_queue_jobs", queue=queue_name, state="waiting") == 3
+                assert val(m, "streamq_queue_jobs", queue=queue_name, state="active") == 1
                 assert val(m, "streamq_worker_concurrency", queue=queue_name) == 5
                 assert val(m, "streamq_jobs_processed_total", **labels) is None
+                assert val(m, "streamq_jobs_stalled_total", **labels) is None
 
                 await q.resume()
 
@@ -163,6 +163,8 @@ async def test_metrics_move_as_jobs_flow(redis_url: str, queue_name: str, tmp_pa
 
                 # three waiting jobs and the recovered one
                 m = await wait_until(flowed, timeout=15, interval=0.05, message="4 completions")
+                # on resume the stranded job was taken over from its dead worker (stalled)
+                assert val(m, "streamq_jobs_stalled_total", **labels) == 1
                 assert val(m, "streamq_queue_jobs", queue=queue_name, state="waiting") == 0
                 assert val(m, "streamq_queue_jobs", queue=queue_name, state="completed") == 4
                 assert val(m, "streamq_queue_paused", queue=queue_name) == 0

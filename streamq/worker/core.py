@@ -28,15 +28,20 @@ import anyio
 import anyio.lowlevel
 import structlog
 from anyio.abc import TaskGroup
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
+from ..connection import translate_redis_errors
 from ..errors import PayloadError, PermanentError, RetryAfter, StreamqError
 from ..events import Callback, EventName, Hooks, WorkerEvent
 from ..job import Backoff, Job
 from ..keys import GROUP, PRIORITIES
 from ..queue import Queue
 from ..redact import redact_text
-from ..settings import MAX_BLOCK_MS
+from ..scripts import ScriptRunner
+from ..settings import MAX_BLOCK_MS, make_redis
 
 Handler = Callable[[Job], Awaitable[Any]]
 
@@ -52,6 +57,8 @@ def _one_line(exc: BaseException) -> str:
     msg = f"{name}: {text}" if text and not isinstance(exc, PermanentError | PayloadError) else (
         text or name
     )
+    if isinstance(exc, PayloadError):
+        return msg[:MAX_ERROR_CHARS]  # our own words (sizes, decode errors): no personal data
     return redact_text(msg)[:MAX_ERROR_CHARS]
 
 
@@ -66,7 +73,7 @@ def _backoff(spec: bytes) -> Backoff:
 
 
 def _text(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
 
 
 class Worker:
@@ -112,6 +119,9 @@ class Worker:
         self.consumer = name or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.hooks = Hooks()
 
+        self._redis: Redis | None = None
+        self._scripts: ScriptRunner | None = None
+        self._cut_now = anyio.Event()
         self._free = concurrency
         self._slot_freed = anyio.Event()
         self._ready: deque[Job] = deque()
@@ -134,6 +144,19 @@ class Worker:
         """Times the fetch loop waited for a rate-limit token (metrics)."""
         self.rate_limited_s = 0.0
 
+    # -- connection --------------------------------------------------------------------
+    @property
+    def redis(self) -> Redis:
+        """The client in use: while running, the worker's own one, without automatic
+        retries (the loops retry and say so, and a half-open link is reported after one
+        socket timeout, not three); otherwise, and for a queue built on a client the
+        caller passed in, the queue's."""
+        return self._redis or self.queue.redis
+
+    @property
+    def scripts(self) -> ScriptRunner:
+        return self._scripts or self.queue.scripts
+
     # -- public control ------------------------------------------------------------------
     def on(self, event: EventName, callback: Callback) -> None:
         """Register a hook for completed, failed, retrying, dead or stalled."""
@@ -144,6 +167,7 @@ class Worker:
         cuts running jobs now instead of waiting for the grace period; they are handed back."""
         if immediate:
             self._grace_override = 0.0
+            self._cut_now.set()
         self._stopping = True
         self._stop_event.set()
 
@@ -165,6 +189,11 @@ class Worker:
         try:
             await self.queue.connect()
             await self.queue.ensure_groups()
+            if self.queue.owns_client:
+                self._redis = make_redis(self.queue.redis_url, retry=Retry(NoBackoff(), 0))
+                self._scripts = ScriptRunner(self._redis)
+                with translate_redis_errors(self.queue.redis_url):
+                    await self._scripts.load_all()
             self.healthy = True
             log.info("worker.started", queue=self.queue.name, consumer=self.consumer,
                      concurrency=self.concurrency, rate_limit=self.rate_limit)
@@ -185,6 +214,11 @@ class Worker:
                 upkeep.cancel_scope.cancel()
         finally:
             self.healthy = False
+            if self._redis is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._redis.aclose()
+                self._redis = None
+                self._scripts = None
             self._finished.set()
             log.info("worker.stopped", queue=self.queue.name, consumer=self.consumer,
                      processed=self.processed)
@@ -196,9 +230,17 @@ class Worker:
         await self._release(self._take_unstarted(), "unstarted")
         grace = self.shutdown_grace if self._grace_override is None else self._grace_override
         with anyio.move_on_after(grace):
-            while self._running:
+            while self._running and not self._cut_now.is_set():
                 self._slot_freed = anyio.Event()
-                await self._slot_freed.wait()
+                async with anyio.create_task_group() as either:
+                    # a second signal (stop(immediate=True)) cuts the grace period short
+                    async def cut(scope: anyio.CancelScope = either.cancel_scope) -> None:
+                        await self._cut_now.wait()
+                        scope.cancel()
+
+                    either.start_soon(cut)
+                    await self._slot_freed.wait()
+                    either.cancel_scope.cancel()
         if self._running:
             log.warning("worker.grace_expired", queue=self.queue.name, cut=len(self._running))
         runners.cancel_scope.cancel()
@@ -227,11 +269,15 @@ class Worker:
             try:
                 with anyio.CancelScope(shield=True):
                     # shielded: a claim cut off mid-reply would strand entries in our PEL
-                    reply = await q.scripts("claim", keys, self.claim_args(self._free))
+                    reply = await self.scripts("claim", keys, self.claim_args(self._free))
                 status = int(reply[0])
                 if status == 1:
-                    self._accept(reply)
+                    taken_over = self._accept(reply[1])
                     self._wake_runners()
+                    if taken_over:
+                        await self._stalled(taken_over)
+                    if reply[2]:
+                        await self._dead_stalled(reply[2])
                 elif status == 0:
                     await self._idle_wait(reply)
                 elif status == -1:
@@ -263,28 +309,37 @@ class Worker:
     def claim_keys(self) -> list[str]:
         k = self.queue.keys
         return [*k.lanes, k.events, k.delayed, k.delayed_data, k.paused, k.limiter, k.control,
-                k.moves]
+                k.moves, k.reclaim_lock]
 
     def claim_args(self, count: int) -> list[Any]:
-        return [GROUP, self.consumer, count, self.rate_limit or 0, self.burst, 100,
-                self.queue.defaults.events_max]
+        d = self.queue.defaults
+        return [GROUP, self.consumer, count, self.rate_limit or 0, self.burst, 100, d.events_max,
+                round(self.visibility_timeout * 1000), self.max_stalled,
+                max(1, round(self.reclaim_interval * 1000)), d.max_payload_bytes]
 
     async def claim_now(self, count: int) -> list[Job]:
-        """Claim up to ``count`` waiting jobs for this worker's consumer without running
-        them (operators and tests: e.g. to play a worker that then dies)."""
-        reply = await self.queue.scripts("claim", self.claim_keys(), self.claim_args(count))
+        """Claim up to ``count`` jobs for this worker's consumer without running them
+        (operators and tests: e.g. to play a worker that then dies). Entries of dead
+        workers are taken over first; ones that stalled too often are dead-lettered."""
+        reply = await self.scripts("claim", self.claim_keys(), self.claim_args(count))
         if int(reply[0]) != 1:
             return []
-        self._accept(reply)
+        await self._stalled(self._accept(reply[1]))
+        await self._dead_stalled(reply[2])
         return self._take_unstarted()
 
-    def _accept(self, reply: list[Any]) -> None:
+    def _accept(self, claimed: list[Any]) -> list[Job]:
+        """Turn claimed entries (lane, id, fields, deliveries before, oversize) into jobs;
+        return the ones taken over from a dead or silent worker."""
         qname = self.queue.name
         ready = self._ready
-        for i in range(1, len(reply), 3):
-            lane = int(reply[i])
-            entry_id = reply[i + 1].decode()
-            raw = reply[i + 2]
+        taken_over: list[Job] = []
+        for i in range(0, len(claimed), 5):
+            lane = int(claimed[i])
+            entry_id = claimed[i + 1].decode()
+            raw = claimed[i + 2]
+            stalls = int(claimed[i + 3])
+            oversize = int(claimed[i + 4])
             try:
                 if len(raw) >= 6 and raw[0] == b"j" and raw[2] == b"d" and raw[4] == b"m":
                     # the order every transition writes: j, d, m 'a|n|s|t|b|y' [, e]
@@ -301,34 +356,62 @@ class Worker:
                 enqueued = int(entry_id.partition("-")[0])
                 job = Job(job_id.decode(), data, int(n) + 1, int(a), qname,
                           PRIORITIES[lane],  # type: ignore[arg-type]
-                          enqueued - int(t), enqueued, _backoff(b), lane, entry_id, int(st),
-                          _type_name(y))
+                          enqueued - int(t), enqueued, _backoff(b), lane, entry_id,
+                          max(stalls, int(st)), _type_name(y))
             except (KeyError, ValueError, IndexError, UnicodeDecodeError):
                 f = dict(zip(raw[::2], raw[1::2], strict=False))
-                job = Job(id=_text(f.get(b"j", b"?malformed")), data=_MalformedEntry(), attempt=1,
-                          max_attempts=1, queue_name=qname,
+                job = Job(id=_text(f.get(b"j", b"")) or "?malformed", data=_MalformedEntry(),
+                          attempt=1, max_attempts=1, queue_name=qname,
                           priority=PRIORITIES[lane],  # type: ignore[arg-type]
-                          created_ms=0, enqueued_ms=0, lane=lane, entry_id=entry_id)
+                          created_ms=0, enqueued_ms=0, lane=lane, entry_id=entry_id,
+                          stalls=stalls)
+            if oversize:
+                job.data = _Oversize(oversize)
+            if stalls:
+                taken_over.append(job)
             self._free -= 1
             ready.append(job)
+        return taken_over
+
+    async def _stalled(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            log.warning("job.stalled", queue=self.queue.name, job_id=job.id, stalls=job.stalls)
+            await self.hooks.emit(self._event("stalled", job))
+
+    async def _dead_stalled(self, to_dead: list[Any]) -> None:
+        """Dead-letter entries whose workers died max_stalled times (claimed to us for it)."""
+        q = self.queue
+        for i in range(0, len(to_dead), 4):
+            lane, entry_id, stalls = int(to_dead[i]), _text(to_dead[i + 1]), int(to_dead[i + 3])
+            job_id = _text(to_dead[i + 2]) or "?malformed"
+            job = Job(id=job_id, data=None, attempt=0, max_attempts=0, queue_name=q.name,
+                      priority=PRIORITIES[lane],  # type: ignore[arg-type]
+                      created_ms=0, enqueued_ms=0, lane=lane, entry_id=entry_id, stalls=stalls)
+            log.warning("job.stalled", queue=q.name, job_id=job_id, stalls=stalls, final=True)
+            await self.hooks.emit(WorkerEvent("stalled", q.name, job_id, stalls=stalls))
+            await self._dead(job, f"stalled {stalls} times", attempts_made=0)
 
     async def _idle_wait(self, reply: list[Any]) -> None:
         next_due = int(reply[1])
+        if int(reply[6]) > 0:
+            # entries are held elsewhere: look again for dead holders once the lock allows
+            reclaim_ms = max(1, round(self.reclaim_interval * 1000))
+            next_due = reclaim_ms if next_due < 0 else min(next_due, reclaim_ms)
         block = MAX_BLOCK_MS if next_due < 0 else max(1, min(MAX_BLOCK_MS, next_due))
         k = self.queue.keys
         streams = {k.lanes[0]: reply[2], k.lanes[1]: reply[3], k.lanes[2]: reply[4],
                    k.control: reply[5]}
         if next_due < 0 or next_due >= MAX_BLOCK_MS:
-            await self.queue.redis.xread(streams, count=1, block=block)  # type: ignore[arg-type]
+            await self.redis.xread(streams, count=1, block=block)  # type: ignore[arg-type]
             return
         # Redis checks blocked clients' timeouts on its cron (hz 10: up to 100 ms late), so
         # a due time is kept by our own clock; the XREAD still wakes us early on new work.
         with anyio.move_on_after(next_due / 1000 + 0.001):
-            await self.queue.redis.xread(streams, count=1, block=block + 50)  # type: ignore[arg-type]
+            await self.redis.xread(streams, count=1, block=block + 50)  # type: ignore[arg-type]
 
     async def _paused_wait(self, next_due: int) -> None:
         # a paused queue wakes on resume (control stream) or re-checks every 2 s
-        await self.queue.redis.xread({self.queue.keys.control: "$"}, count=1, block=MAX_BLOCK_MS)
+        await self.redis.xread({self.queue.keys.control: "$"}, count=1, block=MAX_BLOCK_MS)
 
     # -- running jobs ------------------------------------------------------------------------
     async def _runner(self) -> None:
@@ -367,6 +450,10 @@ class Worker:
     async def _process(self, job: Job) -> None:
         if isinstance(job.data, _MalformedEntry):
             await self._dead(job, "malformed stream entry")
+            return
+        if isinstance(job.data, _Oversize):
+            limit = self.queue.codec.max_bytes
+            await self._dead(job, f"payload {job.data.size} B exceeds limit {limit} B")
             return
         try:
             job.data = self.queue.codec.decode(job.data)
@@ -416,7 +503,7 @@ class Worker:
             [GROUP, self.consumer, job.lane, job.entry_id, job.id, math.ceil(delay * 1000), error,
              self.queue.defaults.events_max],
         )
-        if int(r) <= 0:
+        if r is None or int(r) <= 0:
             log.warning("job.lost_claim", queue=self.queue.name, job_id=job.id,
                         attempt=job.attempt, transition="retry")
             return
@@ -437,7 +524,7 @@ class Worker:
              round(q.defaults.failed_ttl_s * 1000), made, q.defaults.dead_letter_max,
              q.defaults.events_max, 1 if attempt_failed else 0],
         )
-        if r == 0 or r == b"0":
+        if r is None or r == 0 or r == b"0":
             log.warning("job.lost_claim", queue=q.name, job_id=job.id, attempt=job.attempt,
                         transition="dead_letter")
             return
@@ -454,15 +541,23 @@ class Worker:
 
     async def _call_retrying(self, name: str, keys: list[str], args: list[Any]) -> Any:
         """Run a fenced transition, retrying while Redis is unreachable (it is safe to
-        repeat: a repeat after success finds the claim gone and changes nothing)."""
+        repeat: a repeat after success finds the claim gone and changes nothing).
+        Returns None when the consumer group is gone (Redis lost its data): the entry
+        went with it, so the claim is lost."""
         delay = 0.05
         while True:
             try:
                 with anyio.CancelScope(shield=True):
-                    return await self.queue.scripts(name, keys, args)
+                    return await self.scripts(name, keys, args)
             except (RedisError, OSError) as exc:
                 if isinstance(exc, ResponseError):
-                    raise
+                    if "NOGROUP" not in str(exc):
+                        raise
+                    log.error("consumer group missing, Redis lost data; recreating it",
+                              queue=self.queue.name, transition=name)
+                    with anyio.CancelScope(shield=True):
+                        await self.queue.ensure_groups()
+                    return None
                 self.healthy = False
                 log.error("redis.unreachable", queue=self.queue.name, transition=name,
                           error=redact_text(str(exc)), retry_in=delay)
@@ -493,8 +588,14 @@ class Worker:
                             f"{job.max_attempts}|{job.type_name or ''}|{job.id}")
                 keys.append(bucket(job.id))
                 keys.append(prefix + job.id)
-            lost = await self._call_retrying("complete", keys, args)
-            lost_pos = {int(i) for i in lost}
+            try:
+                lost = await self._call_retrying("complete", keys, args)
+            except (RedisError, OSError) as exc:
+                # not ours to fix here: the entries stay pending and are taken over later
+                log.error("worker.complete_failed", queue=q.name, jobs=len(batch),
+                          error=redact_text(str(exc)))
+                lost = None
+            lost_pos = set(range(1, len(batch) + 1)) if lost is None else {int(i) for i in lost}
             for pos, (job, result) in enumerate(batch, 1):
                 self._unacked.pop(id(job), None)
                 if pos in lost_pos:
@@ -514,7 +615,7 @@ class Worker:
             for job in jobs:
                 args += [job.lane, job.entry_id]
             try:
-                lost = await self.queue.scripts("extend", list(k.lanes), args)
+                lost = await self.scripts("extend", list(k.lanes), args)
             except (RedisError, OSError) as exc:
                 log.error("worker.heartbeat_failed", queue=self.queue.name,
                           error=redact_text(str(exc)))
@@ -526,44 +627,37 @@ class Worker:
 
     async def _reclaim_loop(self) -> None:
         q = self.queue
-        k = q.keys
-        keys = [*k.lanes, k.events, k.moves, k.reclaim_lock]
         while True:
             try:
-                await self.reclaim_once(keys)
+                await self.reclaim_once()
             except (RedisError, OSError, StreamqError) as exc:
-                log.error("worker.reclaim_failed", queue=q.name, error=redact_text(str(exc)))
+                log.error("worker.sweep_failed", queue=q.name, error=redact_text(str(exc)))
             await anyio.sleep(self.reclaim_interval)
 
-    async def reclaim_once(self, keys: list[str] | None = None) -> int:
-        """One reclaim sweep (if no other worker holds the sweep lock). Returns jobs recovered."""
+    async def reclaim_once(self) -> int:
+        """One upkeep sweep (if no other worker holds its lock): dead-letter entries whose
+        workers died max_stalled times, re-queue entries no claim took over within twice
+        the visibility timeout, drop orphaned pending entries, prune idle consumers.
+        Returns the number of jobs dead-lettered or re-queued."""
         q = self.queue
         k = q.keys
-        keys = keys or [*k.lanes, k.events, k.moves, k.reclaim_lock]
-        r = await q.scripts(
-            "reclaim", keys,
+        r = await self.scripts(
+            "reclaim", [*k.lanes, k.events, k.moves, k.sweep_lock],
             [GROUP, self.consumer, round(self.visibility_timeout * 1000), self.max_stalled,
-             max(1, round(self.reclaim_interval * 1000) - 50), 1000, q.defaults.events_max,
-             round(self.consumer_prune_after * 1000)],
+             max(1, round(self.reclaim_interval * 1000) - 50),
+             round(self.consumer_prune_after * 1000), 1000,
+             round(2 * self.visibility_timeout * 1000), q.defaults.events_max],
         )
-        if int(r[0]) < 0:
+        if r == [-1] or (r and not isinstance(r[0], list)):
             return 0
-        requeued, to_dead = r[1], r[2]
+        to_dead, requeued = r[0], r[1]
         for i in range(0, len(requeued), 3):
-            job_id, stalls, owner = _text(requeued[i]), int(requeued[i + 1]), _text(requeued[i + 2])
+            job_id, stalls = _text(requeued[i]), int(requeued[i + 1])
             log.warning("job.stalled", queue=q.name, job_id=job_id, stalls=stalls,
-                        previous_owner=owner)
+                        previous_owner=_text(requeued[i + 2]), requeued=True)
             await self.hooks.emit(WorkerEvent("stalled", q.name, job_id, stalls=stalls))
-        for i in range(0, len(to_dead), 4):
-            lane, entry_id, job_id, stalls = (int(to_dead[i]), _text(to_dead[i + 1]),
-                                              _text(to_dead[i + 2]) or "?malformed",
-                                              int(to_dead[i + 3]))
-            job = Job(id=job_id, data=None, attempt=0, max_attempts=0, queue_name=q.name,
-                      priority=PRIORITIES[lane],  # type: ignore[arg-type]
-                      created_ms=0, enqueued_ms=0, lane=lane, entry_id=entry_id, stalls=stalls)
-            await self.hooks.emit(WorkerEvent("stalled", q.name, job_id, stalls=stalls))
-            await self._dead(job, f"stalled {stalls} times", attempts_made=0)
-        return len(requeued) // 3 + len(to_dead) // 4
+        await self._dead_stalled(to_dead)
+        return len(to_dead) // 4 + len(requeued) // 3
 
     async def _release(self, jobs: list[Job], why: str) -> None:
         if not jobs:
@@ -576,7 +670,7 @@ class Worker:
             keys.append(k.bucket(job.id))
         try:
             with anyio.CancelScope(shield=True):
-                n = await self.queue.scripts("release", keys, args)
+                n = await self.scripts("release", keys, args)
         except (RedisError, OSError) as exc:
             log.error("worker.release_failed", queue=self.queue.name, jobs=len(jobs),
                       error=redact_text(str(exc)), note="they will be reclaimed after the "
@@ -588,6 +682,15 @@ class Worker:
 
 class _MalformedEntry:
     """Marks a stream entry whose envelope fields could not be read (dead-lettered)."""
+
+
+class _Oversize:
+    """Marks an entry whose payload was over the size cap; the claim sent only its size."""
+
+    __slots__ = ("size",)
+
+    def __init__(self, size: int) -> None:
+        self.size = size
 
 
 __all__ = ["Handler", "Worker"]

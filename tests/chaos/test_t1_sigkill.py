@@ -48,8 +48,6 @@ async def test_t1_negative_control_ack_before_work_is_reported_as_loss(tmp_path:
     assert any("lost" in p for p in f.problems())
 
 
-@pytest.mark.xfail(strict=True, reason="engine defect: a reclaimed job is re-queued at the tail "
-                   "of its lane, so behind a backlog it restarts long after vt + sweep")
 @pytest.mark.timeout(60)
 async def test_t1_reclaimed_job_restarts_within_vt_plus_sweep_under_backlog(tmp_path: Path) -> None:
     """RELIABILITY T1: kill -> the killed worker's job starts again within vt + sweep + 1 s.

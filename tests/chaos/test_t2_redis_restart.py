@@ -57,8 +57,6 @@ async def test_t2_negative_control_appendonly_no_reports_loss_and_recreates_grou
     assert loud, "no worker said that the consumer group was gone"
 
 
-@pytest.mark.xfail(strict=True, reason="engine defect: after Redis loses its data, NOGROUP from "
-                   "the complete script kills the worker's flush loop and so the worker")
 @pytest.mark.timeout(30)
 async def test_t2_worker_survives_data_loss_while_a_job_awaits_its_ack(tmp_path: Path) -> None:
     """Redis forgets everything (FLUSHALL stands in for a restart without persistence)

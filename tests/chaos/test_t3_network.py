@@ -238,8 +238,6 @@ async def _run_blackholed(tmp_path: Path, blackhole_s: float | None) -> tuple[fl
             await direct.close()
 
 
-@pytest.mark.xfail(strict=True, reason="engine defect: a half-open link is reported only after "
-                   "3 x socket_timeout (10 s, plus 2 client retries) = ~30 s, not within 10 s")
 @pytest.mark.timeout(60)
 async def test_t3b_half_open_link_is_reported_within_10s(tmp_path: Path) -> None:
     detected, _ = await _run_blackholed(tmp_path, None)

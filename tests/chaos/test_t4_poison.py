@@ -187,8 +187,6 @@ async def test_t4_producer_refuses_bad_payloads_and_writes_nothing(tmp_path: Pat
         server.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="engine defect: a lane entry whose job id is not UTF-8 "
-                   "crashes the worker (strict decode in _accept's malformed-entry fallback)")
 @pytest.mark.timeout(30)
 async def test_t4_non_utf8_job_id_is_dead_lettered_and_the_worker_survives(tmp_path: Path) -> None:
     server = start_redis_server(directory=tmp_path / "redis")
@@ -226,8 +224,6 @@ async def test_t4_non_utf8_job_id_is_dead_lettered_and_the_worker_survives(tmp_p
         server.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="engine defect: the dead-letter reason masks the payload "
-                   "size as if it were a phone number ('payload 1048****863 B')")
 @pytest.mark.timeout(30)
 async def test_t4_oversize_reason_states_the_size(tmp_path: Path) -> None:
     server = start_redis_server(directory=tmp_path / "redis")
@@ -256,9 +252,6 @@ async def test_t4_oversize_reason_states_the_size(tmp_path: Path) -> None:
         server.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="engine defect: oversize entries are transferred and held "
-                   "in full before the size check; 8 x 10 MB poison entries grow the worker by "
-                   "~90 MB (no byte bound on a claim)")
 @pytest.mark.timeout(60)
 async def test_t4_worker_memory_stays_bounded_with_ten_megabyte_entries(tmp_path: Path) -> None:
     """RELIABILITY T4: worker RSS growth <= 50 MB while poison (incl. 10 MB) entries pass."""

@@ -147,8 +147,6 @@ async def test_t6_job_longer_than_grace_is_cut_handed_back_and_rerun_at_once(
         assert (c["completed"], c["active"], c["waiting"]) == (1, 0, 0)
 
 
-@pytest.mark.xfail(strict=True, reason="engine defect: a second SIGTERM during the grace period "
-                   "does not cut running jobs: the grace deadline is fixed when shutdown starts")
 @pytest.mark.timeout(60)
 async def test_t6_second_sigterm_stops_at_once(tmp_path: Path) -> None:
     async with env(tmp_path, "twice") as e:
