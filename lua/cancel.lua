@@ -13,18 +13,6 @@
   ARGV[1] group  ARGV[2] job_id  ARGV[3] record ttl (ms)  ARGV[4] events max length
   Returns: 1 cancelled; 0 unknown or already finished; -1 active (running now).
 ]]
--- An entry's fields: j job_id, d payload, m 'attempts|failed|stalls|ms since creation|
--- backoff|type' [, e last error]. Entries written by hand with separate a/n/s/t/b/y fields
--- are read too.
-local function fields_of(raw)
-  local f = {}
-  for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
-  if f['m'] then
-    f['a'], f['n'], f['s'], f['t'], f['b'], f['y'] =
-      string.match(f['m'], '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
-  end
-  return f
-end
 local events, delayed, ddata, stats = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local moves, bucket, rec = KEYS[8], KEYS[9], KEYS[10]
 local group, job_id = ARGV[1], ARGV[2]
@@ -58,8 +46,7 @@ else
 end
 redis.call('HDEL', bucket, job_id)
 redis.call('HDEL', moves, job_id)
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 redis.call('SET', rec, 'cancelled|' .. made .. '|' .. attempts .. '|' .. created .. '|' .. now ..
   '|' .. jtype .. '||', 'PX', tonumber(ARGV[3]))
 redis.call('HINCRBY', stats, 'cancelled', 1)

@@ -33,15 +33,6 @@
     {-1, ms_until_next_due}  queue paused
     {-2, wait_ms}  rate limited: no token for wait_ms
 ]]
-local function emit_batch(name, ids, types, att)
-  -- at most 100 jobs an entry: the stream is capped in entries, so this bounds its memory
-  for s = 1, #ids, 100 do
-    local e = math.min(#ids, s + 99)
-    redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*', 'ev', name,
-      'j', table.concat(ids, ' ', s, e), 'y', table.concat(types, ' ', s, e),
-      'a', table.concat(att, ' ', s, e))
-  end
-end
 local events, delayed, ddata = KEYS[4], KEYS[5], KEYS[6]
 local paused, limiter, control, moves, lock = KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
 local group, consumer = ARGV[1], ARGV[2]
@@ -50,8 +41,7 @@ local rate, burst = tonumber(ARGV[4]), tonumber(ARGV[5])
 local evmax = ARGV[7]
 local min_idle, max_stalled, cap = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[11])
 local ev_ids, ev_types, ev_att = {}, {}, {}
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 
 -- promote due jobs first, so a due retry competes with new work at once
 local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, tonumber(ARGV[6]))
@@ -206,7 +196,7 @@ if tokens ~= nil then
 end
 
 if got > 0 or #to_dead > 0 then
-  emit_batch('active', ev_ids, ev_types, ev_att)
+  emit_batch(events, evmax, 'active', ev_ids, ev_types, ev_att)
   return {1, claimed, to_dead}
 end
 

@@ -19,20 +19,10 @@
     (packed: one argument per job keeps the client's encoding work small)
   Returns: array of the 1-based positions of the jobs whose claim was lost (not recorded).
 ]]
-local function emit_batch(name, ids, types, att)
-  -- at most 100 jobs an entry: the stream is capped in entries, so this bounds its memory
-  for s = 1, #ids, 100 do
-    local e = math.min(#ids, s + 99)
-    redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], '*', 'ev', name,
-      'j', table.concat(ids, ' ', s, e), 'y', table.concat(types, ' ', s, e),
-      'a', table.concat(att, ' ', s, e))
-  end
-end
 local events, stats, moves = KEYS[4], KEYS[5], KEYS[6]
 local group, consumer, ttl, ttl_s = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[3]
 local n, evmax, bound = tonumber(ARGV[4]), ARGV[5], ARGV[6]
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 local jobs = {}
 local by_lane = {{}, {}, {}}
 for i = 1, n do
@@ -87,7 +77,7 @@ for i = 1, n do
 end
 if #done_ids > 0 then
   if evmax ~= '0' then
-    emit_batch('completed', done_ids, ev_types, ev_att)
+    emit_batch(events, evmax, 'completed', done_ids, ev_types, ev_att)
   end
   redis.call('HDEL', moves, unpack(done_ids))
   redis.call('HINCRBY', stats, 'completed', #done_ids)

@@ -17,18 +17,6 @@
   ARGV[10] events max length  ARGV[11] 1 if a handler attempt failed (emit 'failed' first)
   Returns: the dead-letter entry id; 0 if the claim was lost; -1 if the entry is gone.
 ]]
--- An entry's fields: j job_id, d payload, m 'attempts|failed|stalls|ms since creation|
--- backoff|type' [, e last error]. Entries written by hand with separate a/n/s/t/b/y fields
--- are read too.
-local function fields_of(raw)
-  local f = {}
-  for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
-  if f['m'] then
-    f['a'], f['n'], f['s'], f['t'], f['b'], f['y'] =
-      string.match(f['m'], '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
-  end
-  return f
-end
 local events, dead, stats, moves, bucket, rec = KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local group, consumer = ARGV[1], ARGV[2]
 local lane_no = tonumber(ARGV[3])
@@ -46,8 +34,7 @@ if not r[1] then
   return -1
 end
 local f = fields_of(r[1][2])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 -- a malformed entry may lack any field: dead-letter what there is
 local attempts = f['a'] or '1'
 local created = tonumber(string.match(id, '^(%d+)')) - (tonumber(f['t']) or 0)

@@ -20,18 +20,8 @@
   fields, because every field is a string to convert when a script reads the entry.
   Returns: array of N integers, 1 = added, 0 = already live (deduplicated).
 ]]
-local function emit_batch(name, ids, types, att)
-  -- at most 100 jobs an entry: the stream is capped in entries, so this bounds its memory
-  for s = 1, #ids, 100 do
-    local e = math.min(#ids, s + 99)
-    redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], '*', 'ev', name,
-      'j', table.concat(ids, ' ', s, e), 'y', table.concat(types, ' ', s, e),
-      'a', table.concat(att, ' ', s, e))
-  end
-end
 local events, delayed, ddata, control = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 local n, evmax = tonumber(ARGV[1]), ARGV[2]
 local out = {}
 local ev_ids, ev_types, ev_att = {}, {}, {}
@@ -72,6 +62,6 @@ for i = 0, n - 1 do
   end
 end
 if evmax ~= '0' then
-  emit_batch('added', ev_ids, ev_types, ev_att)
+  emit_batch(events, evmax, 'added', ev_ids, ev_types, ev_att)
 end
 return out

@@ -12,18 +12,6 @@
     a (max attempts), n (failed attempts), s (stalls), t (created ms), e (last error),
     f (finished ms), due (ms), x (dead entry id), lane, id (entry id), dc (deliveries), y (type)
 ]]
--- An entry's fields: j job_id, d payload, m 'attempts|failed|stalls|ms since creation|
--- backoff|type' [, e last error]. Entries written by hand with separate a/n/s/t/b/y fields
--- are read too.
-local function fields_of(raw)
-  local f = {}
-  for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
-  if f['m'] then
-    f['a'], f['n'], f['s'], f['t'], f['b'], f['y'] =
-      string.match(f['m'], '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
-  end
-  return f
-end
 local moves, delayed, ddata, bucket, rec = KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local group, job_id = ARGV[1], ARGV[2]
 local loc = redis.call('HGET', moves, job_id) or redis.call('HGET', bucket, job_id)

@@ -26,22 +26,6 @@
     {{lane, entry_id, job_id, stalls, ...} to dead-letter, {job_id, stalls, previous owner, ...}
      re-queued, orphaned count, consumers removed}
 ]]
--- An entry's fields: j job_id, d payload, m 'attempts|failed|stalls|ms since creation|
--- backoff|type' [, e last error]. Entries written by hand with separate a/n/s/t/b/y fields
--- are read too.
-local function fields_of(raw)
-  local f = {}
-  for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
-  if f['m'] then
-    f['a'], f['n'], f['s'], f['t'], f['b'], f['y'] =
-      string.match(f['m'], '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
-  end
-  return f
-end
-local function meta_of(f)
-  return (f['a'] or '1') .. '|' .. (f['n'] or '0') .. '|' .. (f['s'] or '0') .. '|' ..
-    (f['t'] or '0') .. '|' .. (f['b'] or '') .. '|' .. (f['y'] or '')
-end
 local events, moves, lock = KEYS[4], KEYS[5], KEYS[6]
 local group, sweeper = ARGV[1], ARGV[2]
 local min_idle, max_stalled = ARGV[3], tonumber(ARGV[4])
@@ -49,8 +33,7 @@ local prune_idle, requeue_idle, evmax = tonumber(ARGV[6]), tonumber(ARGV[8]), AR
 if not redis.call('SET', lock, sweeper, 'NX', 'PX', ARGV[5]) then
   return {-1}
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 local to_dead, requeued = {}, {}
 local orphaned, pruned = 0, 0
 for lane_no = 0, 2 do

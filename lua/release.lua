@@ -10,26 +10,9 @@
   ARGV[1] group  ARGV[2] consumer  ARGV[3] N, then per entry: lane, entry_id
   Returns: number of entries handed back.
 ]]
--- An entry's fields: j job_id, d payload, m 'attempts|failed|stalls|ms since creation|
--- backoff|type' [, e last error]. Entries written by hand with separate a/n/s/t/b/y fields
--- are read too.
-local function fields_of(raw)
-  local f = {}
-  for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
-  if f['m'] then
-    f['a'], f['n'], f['s'], f['t'], f['b'], f['y'] =
-      string.match(f['m'], '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
-  end
-  return f
-end
-local function meta_of(f)
-  return (f['a'] or '1') .. '|' .. (f['n'] or '0') .. '|' .. (f['s'] or '0') .. '|' ..
-    (f['t'] or '0') .. '|' .. (f['b'] or '') .. '|' .. (f['y'] or '')
-end
 local moves = KEYS[4]
 local group, consumer = ARGV[1], ARGV[2]
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 local released = 0
 for i = 1, tonumber(ARGV[3]) do
   local lane_no = tonumber(ARGV[2 + 2 * i])

@@ -24,8 +24,7 @@ for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
 if redis.call('HEXISTS', bucket, f['j']) == 1 then
   return -1
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 local lane_no = tonumber(f['l'])
 local id = redis.call('XADD', KEYS[1 + lane_no], '*', 'j', f['j'], 'd', f['d'],
   'm', (f['a'] or '1') .. '|0|0|' .. math.max(0, now - (tonumber(f['t']) or now)) .. '|' ..

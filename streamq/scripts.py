@@ -54,22 +54,32 @@ def lua_dir() -> Path:
     raise ConfigError("streamq's Lua scripts are missing: reinstall the package")
 
 
-class Script:
-    __slots__ = ("flags", "name", "sha", "source")
+SHARED = "shared"
+"""lua/shared.lua: helpers every transition starts with, put after its '#!lua' line."""
 
-    def __init__(self, name: str, source: str) -> None:
-        m = _HEADER_RE.match(source)
+
+class Script:
+    __slots__ = ("flags", "name", "sha", "source", "text")
+
+    def __init__(self, name: str, text: str, shared: str = "") -> None:
+        m = _HEADER_RE.match(text)
         if m is None or m.group(2) != name:
             raise ConfigError(f"lua/{name}.lua lacks its '#!lua' line and '--[[ {name}:' header")
         self.name = name
-        self.source = source
+        self.text = text
+        """The file as written (header contract first)."""
+        shebang, _, body = text.partition("\n")
+        self.source = f"{shebang}\n{shared}{body}" if shared else text
+        """What Redis runs: the shebang (flags must be on line one), the shared helpers, the file."""
         self.flags = tuple((m.group(1) or "").split(",")) if m.group(1) else ()
-        self.sha = hashlib.sha1(source.encode()).hexdigest()
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
 
 def load_scripts() -> dict[str, Script]:
     base = lua_dir()
-    return {n: Script(n, (base / f"{n}.lua").read_text(encoding="utf-8")) for n in SCRIPT_NAMES}
+    shared = (base / f"{SHARED}.lua").read_text(encoding="utf-8")
+    return {n: Script(n, (base / f"{n}.lua").read_text(encoding="utf-8"), shared)
+            for n in SCRIPT_NAMES}
 
 
 _SCRIPTS: dict[str, Script] | None = None

@@ -14,16 +14,16 @@ from redis.crc import key_slot
 import streamq
 from streamq import JobOptions, Queue
 from streamq.keys import QueueKeys
-from streamq.scripts import SCRIPT_NAMES, load_scripts, lua_dir
+from streamq.scripts import SCRIPT_NAMES, SHARED, load_scripts, lua_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_lua_file_is_registered_and_has_its_header_contract() -> None:
     files = sorted(p.stem for p in (ROOT / "lua").glob("*.lua"))
-    assert files == sorted(SCRIPT_NAMES)
+    assert files == sorted([*SCRIPT_NAMES, SHARED])
     for name, script in load_scripts().items():
-        src = script.source
+        src = script.text
         assert re.search(r"KEYS\[1", src), name
         header = src.split("]]", 1)[0]
         assert "Returns" in header, name
@@ -48,7 +48,7 @@ def test_scripts_that_free_memory_run_under_oom_and_adds_do_not() -> None:
 
 def test_no_script_builds_key_names_itself() -> None:
     for name, script in load_scripts().items():
-        body = script.source.split("]]", 1)[1]
+        body = script.text.split("]]", 1)[1]
         assert "streamq:" not in body, name
         # the key argument of a command is never a string built in Lua
         assert not re.search(r"redis\.p?call\('\w+', [^,)]*\.\.", body), name
@@ -88,7 +88,7 @@ def test_built_wheel_carries_and_finds_the_lua_scripts(tmp_path: Path) -> None:
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
         z.extractall(tmp_path / "site")
-    for name in SCRIPT_NAMES:
+    for name in [*SCRIPT_NAMES, SHARED]:
         assert f"streamq/lua/{name}.lua" in names
     assert "streamq/py.typed" in names
     # the installed package finds its scripts inside itself, not in a source tree

@@ -1,0 +1,40 @@
+--[[ shared: helpers every transition script starts with (prepended at load time, after
+  the script's own '#!lua' line; this file is not a transition and is never run alone).
+]]
+
+-- Milliseconds on the Redis clock: due times and timestamps never use a client's clock.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- A lane entry's fields: j job_id, d payload, m 'attempts|failed|stalls|ms since
+-- creation|backoff|type' [, e last error]. Entries written by hand with separate
+-- a/n/s/t/b/y fields are read too.
+local function fields_of(raw)
+  local f = {}
+  for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
+  if f['m'] then
+    f['a'], f['n'], f['s'], f['t'], f['b'], f['y'] =
+      string.match(f['m'], '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
+  end
+  return f
+end
+
+-- The m field of an entry rebuilt from fields_of's table.
+local function meta_of(f)
+  return (f['a'] or '1') .. '|' .. (f['n'] or '0') .. '|' .. (f['s'] or '0') .. '|' ..
+    (f['t'] or '0') .. '|' .. (f['b'] or '') .. '|' .. (f['y'] or '')
+end
+
+-- One events entry per 100 jobs of a batch transition (j/y/a: space-separated ids,
+-- types, attempts): the stream is capped in entries, so this bounds its memory.
+local function emit_batch(events, maxlen, name, ids, types, att)
+  if maxlen == '0' then return end
+  for s = 1, #ids, 100 do
+    local e = math.min(#ids, s + 99)
+    redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'ev', name,
+      'j', table.concat(ids, ' ', s, e), 'y', table.concat(types, ' ', s, e),
+      'a', table.concat(att, ' ', s, e))
+  end
+end
