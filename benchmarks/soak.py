@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     problems = report.figures.problems(dup_budget=dup_budget) + report.invariants
     f = report.figures
     if bound is not None and f.reclaim_latency and max(f.reclaim_latency.values()) > bound:
-        problems.append(f"longest reclaim latency {max(f.reclaim_latency.values()):.2f}s "
-                        f"> vt + sweep + 1 = {bound:.1f}s")
+        problems.append(f"longest reclaim latency (kill -> next start) "
+                        f"{max(f.reclaim_latency.values()):.2f}s > vt + sweep + 1 = {bound:.1f}s")
     if "Traceback" in report.logs:
         problems.append("a worker printed a traceback (see the work directory)")
     print("verdict                    " + ("PASS" if not problems else "FAIL: " + "; ".join(problems)))

@@ -298,10 +298,11 @@ class Figures:
     duplicated: dict[str, int]
     recovered: set[str]
     faults: list[Fault]
+    stalled_latency: dict[str, float] = field(default_factory=dict)
+    """kill -> the engine reported the job stalled (its ``K`` event), per job held at a kill."""
     reclaim_latency: dict[str, float] = field(default_factory=dict)
-    """kill -> the reclaim sweep put the job back (its ``K`` event), per job held at a kill."""
-    restart_latency: dict[str, float] = field(default_factory=dict)
-    """kill -> the job started again elsewhere (its next ``S`` line)."""
+    """kill -> the job started again elsewhere (its next ``S`` line): RELIABILITY's
+    "reclaim latency", per job held at a kill."""
     unstarted_after_fault: set[str] = field(default_factory=set)
 
     @property
@@ -334,12 +335,13 @@ class Figures:
             f"faults                     {len(self.faults)} ({_kinds(self.faults)})",
         ]
         if self.reclaim_latency:
-            out.append(f"reclaim latency (s)        max {max(self.reclaim_latency.values()):.2f}, "
-                       f"median {_median(self.reclaim_latency.values()):.2f} "
-                       f"({len(self.reclaim_latency)} jobs)")
-        if self.restart_latency:
-            out.append(f"restart latency (s)        max {max(self.restart_latency.values()):.2f}, "
-                       f"median {_median(self.restart_latency.values()):.2f}")
+            out.append(f"reclaim latency (s)        kill -> next start: max "
+                       f"{max(self.reclaim_latency.values()):.2f}, median "
+                       f"{_median(self.reclaim_latency.values()):.2f} "
+                       f"({len(self.reclaim_latency)} jobs held by killed workers)")
+        if self.stalled_latency:
+            out.append(f"stalled-event latency (s)  kill -> 'stalled' hook: max "
+                       f"{max(self.stalled_latency.values()):.2f}")
         return out
 
     def problems(self, *, dup_budget: int | None = None, allow_lost: bool = False) -> list[str]:
@@ -407,12 +409,12 @@ def check(
         for job_id in f.pel_jobs:
             k = [t for t in stalled_by_job.get(job_id, []) if t >= f.at]
             if k:
-                figures.reclaim_latency[job_id] = max(
-                    figures.reclaim_latency.get(job_id, 0.0), min(k) - f.at)
+                figures.stalled_latency[job_id] = max(
+                    figures.stalled_latency.get(job_id, 0.0), min(k) - f.at)
             s = [t for t, pid in starts_by_job.get(job_id, []) if t > f.at and pid not in f.pids]
             if s:
-                figures.restart_latency[job_id] = max(
-                    figures.restart_latency.get(job_id, 0.0), min(s) - f.at)
+                figures.reclaim_latency[job_id] = max(
+                    figures.reclaim_latency.get(job_id, 0.0), min(s) - f.at)
             elif job_id not in done:
                 figures.unstarted_after_fault.add(job_id)
     return figures

@@ -27,8 +27,12 @@ async def test_t1_sigkill_chaos_loses_nothing(tmp_path: Path) -> None:
     assert len(f.faults) >= 3, "the run was too short to kill anything"
     assert f.ok == cfg.jobs and f.completed == cfg.jobs and f.dead == 0
     bound = cfg.vt + cfg.reclaim_interval + 1.0
-    assert f.reclaim_latency, "no killed worker held a job: the chaos did not bite"
+    held = {j for fault in f.faults for j in fault.pel_jobs}
+    assert held, "no killed worker held a job: the chaos did not bite"
+    # RELIABILITY T1: kill -> each held job's next S line elsewhere within vt + sweep + 1 s
+    assert held <= set(f.reclaim_latency), f"never restarted: {held - set(f.reclaim_latency)}"
     assert max(f.reclaim_latency.values()) <= bound, f.reclaim_latency
+    assert max(f.stalled_latency.values()) <= bound, f.stalled_latency
     assert "Traceback" not in report.logs
     assert report.duration <= 60
 
