@@ -37,6 +37,7 @@ from tests.chaos.harness import (
     redis_client,
 )
 from tests.chaos.proxy import Proxy
+from tests.support.ledger import read_ledger
 
 pytestmark = pytest.mark.chaos
 
@@ -155,6 +156,59 @@ async def test_t3a_lost_add_reply_does_not_enqueue_twice(tmp_path: Path) -> None
         finally:
             await via.close()
             await direct.close()
+
+
+@pytest.mark.timeout(30)
+async def test_t3a_negative_control_retry_without_job_id_enqueues_twice(tmp_path: Path) -> None:
+    """The dedup above rests on the client-chosen id: a caller that retries a lost add
+    without one creates a second job, and the lane count shows it."""
+    async with proxied(tmp_path) as (server, proxy, r):
+        via = Queue("twice", redis_url=proxy.url)
+        direct = Queue("twice", redis_url=server.url)
+        try:
+            await via.connect()
+            proxy.limit_data(0)
+            with pytest.raises(RedisUnavailable):
+                await via.add({"n": 1})
+            proxy.heal()
+            await via.add({"n": 1})
+            assert sum([await r.xlen(lane) for lane in direct.keys.lanes]) == 2
+        finally:
+            await via.close()
+            await direct.close()
+
+
+@pytest.mark.timeout(60)
+async def test_t3a_negative_control_churn_checker_reports_loss(tmp_path: Path) -> None:
+    """The churn harness against a deliberately broken worker (acknowledges before it
+    works) that dies while a toxic is on: the checker must report the loss."""
+    async with proxied(tmp_path) as (server, proxy, r):
+        ledger = tmp_path / "ledger"
+        ledger.mkdir()
+        direct = Queue("broken", redis_url=server.url)
+        via = Queue("broken", redis_url=proxy.url)
+        pool = WorkerPool(proxy.url, "broken", ledger, ["--vt", "3", "--ack-first", "--sleep",
+                                                        "0.2", "--sleep-max", "0.3"], 2)
+        producer = Producer(via)
+        try:
+            await direct.connect()
+            await direct.ensure_groups()
+            await pool.start()
+            await producer.run(60, batch=20)
+            await poll(lambda: len(read_ledger(ledger).starts) >= 12, 20, message="work")
+            proxy.latency(100, jitter=50)
+            fault = await pool.sigkill(0, r, direct.keys)
+            proxy.heal()
+            await poll(lambda: _drained(direct), 60, 0.1, "the queue to drain")
+            await pool.stop_all()
+            figures = check(attempts=producer.attempts, ok=producer.ok,
+                            unknown=producer.unknown, ledger=ledger, faults=[fault])
+            assert figures.lost and any("lost" in p for p in figures.problems())
+            assert len(figures.lost) <= figures.in_flight
+        finally:
+            pool.kill_all()
+            await direct.close()
+            await via.close()
 
 
 async def _evalsha_calls(r: Any) -> int:
