@@ -17,12 +17,21 @@ from redis.exceptions import ResponseError
 from .codec import Codec, type_tag
 from .connection import translate_redis_errors
 from .dead import DeadLetter, parse_dead_entries
-from .errors import ConfigError, PayloadError
+from .errors import ConfigError, PayloadError, RedisUnavailable
 from .events import QueueEvent, parse_events
 from .job import Backoff, JobInfo, JobOptions, JobRef, JobState, Priority, ms_to_dt
 from .keys import GROUP, LANE_INDEX, PRIORITIES, QueueKeys, check_job_id, check_queue_name
+from .redact import redact_url
 from .scripts import ArgT, ScriptRunner
-from .settings import CONCURRENT_CALLS, MAX_BLOCK_MS, QueueDefaults, make_redis, redis_url_from_env, seconds
+from .settings import (
+    CONCURRENT_CALLS,
+    MAX_BLOCK_MS,
+    STARTUP_TIMEOUT_S,
+    QueueDefaults,
+    make_redis,
+    redis_url_from_env,
+    seconds,
+)
 
 # byte -> letter; 256 = 9 * 26 + 22, so letters a-v come up 10 times in 256, w-z 9 times:
 # about 4.70 bits a letter, 75 bits an id
@@ -83,9 +92,20 @@ class Queue:
         return self._scripts
 
     async def connect(self) -> None:
-        """Check that Redis answers (clear error naming the URL if not) and load the scripts."""
+        """Check that Redis answers (clear error naming the URL if not) and load the scripts.
+
+        The first answer must come within STARTUP_TIMEOUT_S, retries included: a wrong
+        port, a TLS client on a plaintext port (whose handshake Redis never answers) or a
+        black-holed address is reported at once instead of after the client's retries."""
         with translate_redis_errors(self.redis_url):
-            await self.redis.ping()
+            try:
+                with anyio.fail_after(STARTUP_TIMEOUT_S):
+                    await self.redis.ping()
+            except TimeoutError:
+                raise RedisUnavailable(
+                    f"Redis did not answer at {redact_url(self.redis_url)} within "
+                    f"{STARTUP_TIMEOUT_S:g}s (wrong port, or TLS against a plaintext port?)"
+                ) from None
             await self.scripts.load_all()
 
     async def ensure_groups(self) -> None:

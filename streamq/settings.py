@@ -29,6 +29,8 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 SOCKET_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_S = 5.0
+# Queue.connect()'s first PING, retries included: a misconfiguration fails fast
+STARTUP_TIMEOUT_S = 1.5
 HEALTH_CHECK_INTERVAL_S = 5
 # A Queue runs at most CONCURRENT_CALLS commands at once (more callers wait their turn);
 # the pool's cap is above it, for users who share the client.

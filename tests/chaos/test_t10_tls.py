@@ -151,8 +151,6 @@ async def test_t10_plaintext_client_to_the_tls_port_fails_fast(tls: TLSServer) -
     await _fails_fast(f"redis://127.0.0.1:{tls.port}/0")
 
 
-@pytest.mark.xfail(strict=True, reason="engine defect: rediss:// to a plaintext port hangs in the "
-                   "TLS handshake for 3 x the 5 s connect timeout (15 s) before failing")
 @pytest.mark.timeout(30)
 async def test_t10_tls_client_to_a_plaintext_port_fails_fast(tls: TLSServer, tmp_path: Path) -> None:
     plain = start_redis_server(directory=tmp_path / "plain")
