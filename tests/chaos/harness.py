@@ -254,14 +254,14 @@ class WorkerPool:
         proc = self.procs[slot]
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-        return await anyio.to_thread.run_sync(lambda: _wait(proc, timeout))
+        return await anyio.to_thread.run_sync(lambda: wait_exit(proc, timeout))
 
     async def stop_all(self, timeout: float = 30.0) -> None:
         for proc in self.all_procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         for proc in self.all_procs:
-            await anyio.to_thread.run_sync(lambda p=proc: _wait(p, timeout))
+            await anyio.to_thread.run_sync(lambda p=proc: wait_exit(p, timeout))
 
     def kill_all(self) -> None:
         for proc in self.all_procs:
@@ -273,7 +273,8 @@ class WorkerPool:
         return "\n".join(p.read_text(errors="replace") for p in self.errlogs if p.exists())
 
 
-def _wait(proc: subprocess.Popen[str], timeout: float) -> int:
+def wait_exit(proc: subprocess.Popen[str], timeout: float) -> int:
+    """Wait for a worker process; kill it and fail if it does not exit in time."""
     try:
         return proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:

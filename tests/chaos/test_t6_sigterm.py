@@ -23,12 +23,12 @@ from streamq import JobOptions, Queue
 from streamq.devredis import start_redis_server
 from tests.chaos.harness import (
     WorkerPool,
-    _wait,
     job_ids_of_entries,
     now,
     pending_of,
     poll,
     redis_client,
+    wait_exit,
 )
 from tests.support.ledger import read_ledger
 
@@ -59,7 +59,7 @@ async def env(tmp_path: Path, name: str) -> AsyncIterator[Env]:
 
 
 def exited_at(proc: object, timeout: float) -> float:
-    _wait(proc, timeout)
+    wait_exit(proc, timeout)
     return now()
 
 
@@ -180,7 +180,7 @@ async def test_t6_sigterm_while_idle_in_xread_exits_within_a_second(tmp_path: Pa
             a = pool.procs[0]
             t0 = time.monotonic()
             a.send_signal(signal.SIGTERM)
-            await anyio.to_thread.run_sync(lambda: _wait(a, 10))
+            await anyio.to_thread.run_sync(lambda: wait_exit(a, 10))
             assert time.monotonic() - t0 <= 1.0
             assert a.returncode == 0
         finally:
