@@ -302,6 +302,30 @@ async def test_purge_asks_and_drops_dead_letters(redis_url: str, queue_name: str
         assert (await q.counts())["dead"] == 0
 
 
+async def test_purge_completed_drops_completed_records_only(redis_url: str, queue_name: str) -> None:
+    async with Queue(queue_name, redis_url=redis_url) as q:
+        ok = await q.add({"ok": 1})
+        await make_dead(q, 2)
+        async with running(Worker(q, _noop_ok, rate_limit=None)):
+            await wait_until(lambda: _done(q, ok.job_id), timeout=10)
+        r = await cli(redis_url, queue_name, "purge", "--completed", "--yes")
+        assert r.code == 0 and r.out.strip() == f"purged 1 completed job record of queue {queue_name}"
+        assert await q.get_job(ok.job_id) is None
+        assert (await q.counts())["dead"] == 2  # failed records and dead letters are kept
+        for d in await q.dead_letters():
+            info = await q.get_job(d.job_id)
+            assert info is not None and info.state is JobState.FAILED
+
+
+async def _noop_ok(job: Job) -> None:
+    return None
+
+
+async def _done(q: Queue, job_id: str) -> bool:
+    info = await q.get_job(job_id)
+    return info is not None and info.state.value == "completed"
+
+
 # -- the process --------------------------------------------------------------------------------
 
 

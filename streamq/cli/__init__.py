@@ -105,10 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
                    description="Pause the queue: workers finish running jobs and take no new ones.")
     sub.add_parser("resume", parents=[common], help="let workers take jobs again",
                    description="Resume a paused queue; idle workers wake at once.")
-    sub.add_parser("purge", parents=[common, confirm], help="drop every dead letter",
-                   description="Drop every dead letter of the queue (asks first); they can no "
-                   "longer be listed or replayed. Job records are not touched: completed records "
-                   "expire after 24 h and failed ones after 7 days on their own.")
+    pu = sub.add_parser("purge", parents=[common, confirm],
+                        help="drop dead letters, or (--completed) completed job records",
+                        description="Drop every dead letter of the queue (asks first); they can "
+                        "no longer be listed or replayed. With --completed, delete the records "
+                        "of completed jobs instead (they would expire after 24 h on their own); "
+                        "failed records and dead letters are kept.")
+    pu.add_argument("--completed", action="store_true",
+                    help="delete completed job records instead of dead letters")
     return p
 
 

@@ -329,6 +329,17 @@ async def _replay_all(q: Queue, con: Console, total: int, end: tuple[int, int],
 
 
 async def cmd_purge(args: argparse.Namespace, q: Queue, con: Console) -> int:
+    if args.completed:
+        if not await con.confirm(
+            f"Delete the records of completed jobs of queue {q.name}? `job ID` will no longer "
+            "find them. (Failed records and dead letters are kept.)",
+            yes=args.yes, action="purge completed records",
+        ):
+            con.note("nothing purged")
+            return 1
+        n = await q.purge_completed()
+        con.print(f"purged {n} completed job record{'s' if n != 1 else ''} of queue {q.name}")
+        return 0
     n = (await q.counts())["dead"]
     if not n:
         con.print(f"queue {q.name} has no dead letters: nothing to purge")
