@@ -27,7 +27,7 @@ from .errors import ConfigError
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
-SOCKET_TIMEOUT_S = 5.0
+SOCKET_TIMEOUT_S = 4.0
 CONNECT_TIMEOUT_S = 5.0
 # Queue.connect()'s first PING, retries included: a misconfiguration fails fast
 STARTUP_TIMEOUT_S = 1.5

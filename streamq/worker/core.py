@@ -159,7 +159,7 @@ class Worker:
 
     # -- public control ------------------------------------------------------------------
     def on(self, event: EventName, callback: Callback) -> None:
-        """Register a hook for completed, failed, retrying, dead or stalled."""
+        """Register a hook for active, completed, failed, retrying, dead or stalled."""
         self.hooks.on(event, callback)
 
     def stop(self, *, immediate: bool = False) -> None:
@@ -543,8 +543,11 @@ class Worker:
         """Run a fenced transition, retrying while Redis is unreachable (it is safe to
         repeat: a repeat after success finds the claim gone and changes nothing).
         Returns None when the consumer group is gone (Redis lost its data): the entry
-        went with it, so the claim is lost."""
+        went with it, so the claim is lost. Also None when the worker is stopping and
+        Redis stays away past the grace period (at once after an immediate stop): the
+        entry stays pending and another worker takes it over later."""
         delay = 0.05
+        failing_since: float | None = None
         while True:
             try:
                 with anyio.CancelScope(shield=True):
@@ -559,6 +562,14 @@ class Worker:
                         await self.queue.ensure_groups()
                     return None
                 self.healthy = False
+                now = time.monotonic()
+                failing_since = failing_since if failing_since is not None else now
+                if self._stopping and (self._cut_now.is_set()
+                                       or now - failing_since > self.shutdown_grace):
+                    log.error("worker.gave_up", queue=self.queue.name, transition=name,
+                              error=redact_text(str(exc)),
+                              note="left pending: another worker takes it over")
+                    return None
                 log.error("redis.unreachable", queue=self.queue.name, transition=name,
                           error=redact_text(str(exc)), retry_in=delay)
                 await anyio.sleep(delay)

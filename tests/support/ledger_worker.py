@@ -68,12 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     queue = Queue(a.queue, redis_url=a.redis_url)
 
     async def handler(job: Job) -> None:
+        # the S line first: a job counts as in flight from the moment this handler has it,
+        # also in --ack-first mode, where a kill between the ack and the work loses it
+        ledger.start(job.id, job.attempt)
         if a.ack_first:
             # negative control only: the job leaves Redis before its work is done
             lane = queue.keys.lanes[job.lane]
             await queue.redis.xack(lane, GROUP, job.entry_id)
             await queue.redis.xdel(lane, job.entry_id)
-        ledger.start(job.id, job.attempt)
         data: Any = job.data
         if a.exit_on_payload and isinstance(data, dict) and data.get("exit"):
             os._exit(3)
