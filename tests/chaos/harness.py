@@ -35,6 +35,7 @@ from streamq import JobOptions, Queue, QueueFull, RedisUnavailable
 from streamq.keys import GROUP, QueueKeys
 from tests.support.chaos_ledger import EventView, read_events
 from tests.support.ledger import LedgerView, read_ledger
+from tests.support.util import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,16 +49,7 @@ async def poll(
     message: str = "condition",
 ) -> Any:
     """Poll until ``predicate`` is truthy; AssertionError naming ``message`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if isinstance(value, Awaitable):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {message}")
-        await anyio.sleep(interval)
+    return await wait_until(predicate, timeout, interval, message)
 
 
 # -- the producer -----------------------------------------------------------------------------
