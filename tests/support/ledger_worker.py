@@ -72,10 +72,13 @@ def main(argv: list[str] | None = None) -> int:
         # also in --ack-first mode, where a kill between the ack and the work loses it
         ledger.start(job.id, job.attempt)
         if a.ack_first:
-            # negative control only: the job leaves Redis before its work is done
+            # negative control only: the job leaves Redis before its work is done. Delete,
+            # then ack: a kill in between leaves an orphaned pending entry, which the next
+            # take-over drops; the other order would leave a delivered entry that no one
+            # ever reads again and the queue would never drain.
             lane = queue.keys.lanes[job.lane]
-            await queue.redis.xack(lane, GROUP, job.entry_id)
             await queue.redis.xdel(lane, job.entry_id)
+            await queue.redis.xack(lane, GROUP, job.entry_id)
         data: Any = job.data
         if a.exit_on_payload and isinstance(data, dict) and data.get("exit"):
             os._exit(3)
