@@ -54,6 +54,15 @@ def _entry(tmpl: Fields, d: bytes | None = None, drop: tuple[bytes, ...] = (),
     return f
 
 
+async def _swap_for_raw(r: Any, q: Queue, **changes: bytes) -> None:
+    """Add a real job, then replace its lane entry by a hand-written copy with ``changes``
+    (field name -> value): a poison entry with an otherwise genuine envelope."""
+    await q.add({}, JobOptions(job_id="tmpl"))
+    (entry_id, tmpl), = await r.xrange(q.keys.lanes[1])
+    await r.xdel(q.keys.lanes[1], entry_id)
+    await r.xadd(q.keys.lanes[1], {**tmpl, **{k.encode(): v for k, v in changes.items()}})
+
+
 def poison_kinds(tmpl: Fields) -> dict[str, tuple[Callable[[], Fields], str]]:
     """The 12 kinds of RELIABILITY T4: kind -> (entry maker, regex the reason must match)."""
     base: dict[str, Any] = msgspec.msgpack.decode(tmpl[b"d"])
@@ -207,10 +216,7 @@ async def test_t4_non_utf8_job_id_is_dead_lettered_and_the_worker_survives(tmp_p
             crashed.append(exc)
 
     try:
-        await q.add({}, JobOptions(job_id="tmpl"))
-        (entry_id, tmpl), = await r.xrange(q.keys.lanes[1])
-        await r.xdel(q.keys.lanes[1], entry_id)
-        await r.xadd(q.keys.lanes[1], {**tmpl, b"j": b"\xff\xfebad"})
+        await _swap_for_raw(r, q, j=b"\xff\xfebad")
         await q.add({}, JobOptions(job_id="after"))
         async with anyio.create_task_group() as tg:
             tg.start_soon(run)
@@ -237,10 +243,7 @@ async def test_t4_oversize_reason_states_the_size(tmp_path: Path) -> None:
     worker = Worker(q, handler, rate_limit=None)
     worker.on("dead", lambda e: seen.append(e.error or ""))
     try:
-        await q.add({}, JobOptions(job_id="tmpl"))
-        (entry_id, tmpl), = await r.xrange(q.keys.lanes[1])
-        await r.xdel(q.keys.lanes[1], entry_id)
-        await r.xadd(q.keys.lanes[1], {**tmpl, b"j": b"big", b"d": enc(b"x" * (10 << 20))})
+        await _swap_for_raw(r, q, j=b"big", d=enc(b"x" * (10 << 20)))
         async with anyio.create_task_group() as tg:
             tg.start_soon(worker.run)
             await poll(lambda: seen, 10, message="the dead letter")
