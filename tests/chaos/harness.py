@@ -17,6 +17,7 @@ Every scenario of ``tests/chaos`` and ``benchmarks/soak.py`` is built from these
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -203,6 +204,9 @@ class WorkerPool:
                  self.redis_url, "--queue", self.queue, "--ledger", str(self.ledger),
                  "--consumer", consumer, "--events", *self.args, *extra],
                 cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err, text=True,
+                # a wrapper (faketime) forks the worker and does not pass signals on: the
+                # worker gets its own process group, and signals go to the whole group
+                start_new_session=bool(self.wrapper),
             )
         assert proc.stdout is not None
         line = proc.stdout.readline()
@@ -242,23 +246,30 @@ class WorkerPool:
         await anyio.to_thread.run_sync(proc.wait)
         return Fault("sigkill", at, (proc.pid,), len(held), tuple(jobs))
 
+    def _signal(self, proc: subprocess.Popen[str], sig: int) -> None:
+        if self.wrapper:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)  # the wrapper's group: the worker it forked too
+        elif proc.poll() is None:
+            proc.send_signal(sig)
+
     async def terminate(self, slot: int, timeout: float = 30.0) -> int:
         proc = self.procs[slot]
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+            self._signal(proc, signal.SIGTERM)
         return await anyio.to_thread.run_sync(lambda: wait_exit(proc, timeout))
 
     async def stop_all(self, timeout: float = 30.0) -> None:
         for proc in self.all_procs:
             if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+                self._signal(proc, signal.SIGTERM)
         for proc in self.all_procs:
             await anyio.to_thread.run_sync(lambda p=proc: wait_exit(p, timeout))
 
     def kill_all(self) -> None:
         for proc in self.all_procs:
-            if proc.poll() is None:
-                proc.kill()
+            # the group even when the wrapper has exited: its forked worker may live on
+            self._signal(proc, signal.SIGKILL)
             proc.wait(timeout=10)
 
     def logs(self) -> str:
