@@ -12,6 +12,7 @@
 from .dead import DeadLetter
 from .errors import (
     ConfigError,
+    Defer,
     JobIdError,
     LeaseLost,
     PayloadError,
@@ -31,6 +32,7 @@ __all__ = [
     "Backoff",
     "ConfigError",
     "DeadLetter",
+    "Defer",
     "Job",
     "JobIdError",
     "JobInfo",

@@ -13,6 +13,8 @@ Exceptions a *handler* raises to steer the worker:
 
     PermanentError             fail the job now, no retry (dead letter)
     RetryAfter                 transient failure; retry after the given delay
+    Defer                      not now: back to the delayed set, no attempt used;
+                               ``hold=True`` also pauses the worker's fetching
 """
 
 from __future__ import annotations
@@ -64,3 +66,26 @@ class RetryAfter(Exception):
     def __init__(self, delay: float, message: str = "") -> None:
         super().__init__(message or f"retry after {delay:g}s")
         self.delay = max(0.0, float(delay))
+
+
+class Defer(Exception):
+    """Raised by a handler: not now. The job did no work and goes back to the delayed
+    set, due after ``delay`` seconds, **without using an attempt** (its attempt number,
+    failure count and last error stay as they were).
+
+    ``hold=True`` says more: nothing else this worker would claim can succeed either (a
+    dependency every job needs is down, e.g. the SMS provider refuses the credentials).
+    The worker then claims no new job for ``delay`` seconds, after which it claims one
+    job at a time (a probe) until a probe finishes with any outcome other than another
+    ``Defer(hold=True)``. Jobs stay queued meanwhile; the worker logs the hold once (then
+    at a low rate), reports it in ``/healthz`` and metrics, and resumes by itself.
+
+    The delay is capped by the worker's ``max_retry_delay``. A job may be deferred any
+    number of times: a handler that must give up at some point (an OTP that expired)
+    checks that itself before deferring.
+    """
+
+    def __init__(self, delay: float, reason: str = "", *, hold: bool = False) -> None:
+        super().__init__(reason or f"deferred for {delay:g}s")
+        self.delay = max(0.0, float(delay))
+        self.hold = hold

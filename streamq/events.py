@@ -1,4 +1,4 @@
-"""Worker event hooks: active, completed, failed, retrying, dead, stalled.
+"""Worker event hooks: active, completed, failed, retrying, dead, stalled, deferred.
 
 Callbacks receive one ``WorkerEvent``; they may be sync or async. A callback that
 raises is logged and ignored: a broken hook must not stop the worker. Hooks run on the
@@ -14,8 +14,9 @@ from typing import Any, Literal
 
 import structlog
 
-EventName = Literal["active", "completed", "failed", "retrying", "dead", "stalled"]
-EVENT_NAMES: tuple[str, ...] = ("active", "completed", "failed", "retrying", "dead", "stalled")
+EventName = Literal["active", "completed", "failed", "retrying", "dead", "stalled", "deferred"]
+EVENT_NAMES: tuple[str, ...] = ("active", "completed", "failed", "retrying", "dead", "stalled",
+                                "deferred")
 
 log = structlog.get_logger("streamq.worker")
 
@@ -27,9 +28,9 @@ class WorkerEvent:
     job_id: str
     attempt: int = 0
     error: str | None = None
-    """One-line, redacted error (failed, retrying, dead)."""
+    """One-line, redacted error (failed, retrying, dead), or the reason (deferred)."""
     delay: float | None = None
-    """Seconds until the retry (retrying)."""
+    """Seconds until the retry (retrying) or the deferred run (deferred)."""
     result: Any = None
     """The handler's return value (completed)."""
     stalls: int = 0
@@ -71,8 +72,9 @@ class Hooks:
 class QueueEvent:
     """One entry of a queue's events stream (``Queue.read_events``): what monitors follow.
 
-    ``name`` is added, active, completed, failed, retrying, dead, stalled, cancelled or
-    replayed. No payload data and no phone numbers: job id, type, attempt, error.
+    ``name`` is added, active, completed, failed, retrying, dead, stalled, cancelled,
+    replayed or deferred (and, on SMS queues, ``breaker`` and ``failover``: see
+    docs/sms-providers.md). No payload data and no phone numbers: job id, type, attempt, error.
     """
 
     id: str

@@ -7,12 +7,12 @@
 Three sources feed one private ``CollectorRegistry`` per ``Metrics`` (so two instances,
 e.g. in tests, never collide):
 
-* worker hooks (completed, failed, retrying, dead, stalled, active) move the counters
+* worker hooks (completed, failed, retrying, dead, stalled, deferred, active) move the counters
   and the wait/run histograms, labelled ``queue`` and ``type`` (the payload's tag, or
   ``unknown`` for plain data and for jobs never decoded);
 * the queue's own counts (``Queue.counts()``, one Lua snapshot) are read on each scrape,
   so every worker of a queue reports the same queue-wide numbers;
-* worker attributes (in flight, concurrency, healthy) are read on each scrape.
+* worker attributes (in flight, concurrency, healthy, held) are read on each scrape.
 
 ``record_provider_send`` lets a handler's provider report send latency and outcome to
 the ``Metrics`` attached to the running worker; without one it does nothing.
@@ -88,6 +88,8 @@ class Metrics:
                             registry=r)
         self.stalled = Counter("streamq_jobs_stalled",
                                "Jobs recovered from a worker that died or went silent.", qt, registry=r)
+        self.deferred = Counter("streamq_jobs_deferred", "Jobs put back for later without using an "
+                                "attempt (a handler's Defer).", qt, registry=r)
         self.wait = Histogram("streamq_job_wait_seconds", "Seconds from waiting (enqueue, promotion) "
                               "to the handler's start.", qt, buckets=WAIT_BUCKETS, registry=r)
         self.run = Histogram("streamq_job_run_seconds", "Seconds the handler ran (success or failure).",
@@ -112,6 +114,7 @@ class Metrics:
         worker.on("retrying", self._on_retrying)
         worker.on("dead", self._on_dead)
         worker.on("stalled", self._on_stalled)
+        worker.on("deferred", self._on_deferred)
         _active = self
 
     def _on_active(self, e: WorkerEvent) -> None:
@@ -140,6 +143,9 @@ class Metrics:
 
     def _on_stalled(self, e: WorkerEvent) -> None:
         self.stalled.labels(e.queue, _type(e)).inc()
+
+    def _on_deferred(self, e: WorkerEvent) -> None:
+        self.deferred.labels(e.queue, _type(e)).inc()
 
     def record_provider_send(self, provider: str, outcome: ProviderOutcome, seconds: float, *,
                              queue: str | None = None) -> None:
@@ -182,8 +188,13 @@ class Metrics:
         return encoder(self.registry), content_type
 
     async def health(self, worker: Worker) -> Health:
-        """Healthy while the worker has Redis, its fetch loop turns, and PING answers in 1 s."""
+        """Healthy while the worker has Redis, its fetch loop turns, and PING answers in 1 s;
+        degraded (still ok) while its fetching is held (a handler's ``Defer(hold=True)``)."""
         reasons: list[str] = []
+        degraded: list[str] = []
+        hold = worker.fetch_hold
+        if hold.held:
+            degraded.append(f"delivery held for {hold.held_for:.0f}s: {hold.reason}")
         if not worker.healthy:
             reasons.append("worker has no working Redis connection")
         age = time.monotonic() - worker.last_loop_at
@@ -211,7 +222,10 @@ class Metrics:
             "loop_age_s": round(age, 3),
             "ping_ms": None if ping_s is None else round(ping_s * 1000, 2),
         }
-        return Health(not reasons, reasons, details)
+        if hold.held:
+            details["held"] = {"reason": hold.reason, "held_for_s": round(hold.held_for, 3),
+                               "probe_in_s": round(hold.retry_in, 3)}
+        return Health(not reasons, reasons, details, degraded)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,11 +233,17 @@ class Health:
     ok: bool
     reasons: list[str]
     details: dict[str, Any] = field(default_factory=dict)
+    degraded: list[str] = field(default_factory=list)
+    """Reasons the worker is up but not delivering (its fetching is held)."""
+
+    @property
+    def status(self) -> str:
+        return "unhealthy" if not self.ok else "degraded" if self.degraded else "ok"
 
     def as_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"status": "ok" if self.ok else "unhealthy"}
-        if self.reasons:
-            body["reason"] = "; ".join(self.reasons)
+        body: dict[str, Any] = {"status": self.status}
+        if self.reasons or self.degraded:
+            body["reason"] = "; ".join([*self.reasons, *self.degraded])
         return {**body, **self.details}
 
 
@@ -259,6 +279,9 @@ class _StateCollector:
         healthy = GaugeMetricFamily("streamq_worker_healthy",
                                     "Workers of this process whose Redis connection works.",
                                     labels=["queue"])
+        held = GaugeMetricFamily("streamq_worker_held", "Workers of this process whose fetching "
+                                 "is held (a handler's Defer(hold=True): delivery waits).",
+                                 labels=["queue"])
         waits = CounterMetricFamily("streamq_rate_limiter_waits", "Times the fetch loop waited for "
                                     "a rate-limit token.", labels=["queue"])
         wait_s = CounterMetricFamily("streamq_rate_limiter_wait_seconds", "Seconds the fetch loop "
@@ -266,10 +289,11 @@ class _StateCollector:
         per_queue: dict[str, list[float]] = {}
         limiter: dict[str, list[float]] = {}
         for w in m.workers:
-            acc = per_queue.setdefault(w.queue.name, [0, 0, 0])
+            acc = per_queue.setdefault(w.queue.name, [0, 0, 0, 0])
             acc[0] += w.in_flight
             acc[1] += w.concurrency
             acc[2] += 1 if w.healthy else 0
+            acc[3] += 1 if w.fetch_hold.held else 0
             # The limiter's waits are visible only if the worker counts them (see docs).
             n = getattr(w, "rate_limited_waits", None)
             s = getattr(w, "rate_limited_s", None)
@@ -277,13 +301,15 @@ class _StateCollector:
                 lim = limiter.setdefault(w.queue.name, [0, 0.0])
                 lim[0] += n
                 lim[1] += s
-        for name, (f, c, h) in sorted(per_queue.items()):
+        for name, (f, c, h, held_n) in sorted(per_queue.items()):
             in_flight.add_metric([name], f)
             concurrency.add_metric([name], c)
             healthy.add_metric([name], h)
+            held.add_metric([name], held_n)
         yield in_flight
         yield concurrency
         yield healthy
+        yield held
         if limiter:
             for name, (n, s) in sorted(limiter.items()):
                 waits.add_metric([name], n)
@@ -317,9 +343,13 @@ def metrics_app(metrics: Metrics, worker: Worker) -> web.Application:
         body, content_type = await metrics.scrape(request.headers.get("Accept", ""))
         return web.Response(body=body, headers={"Content-Type": content_type})
 
-    async def get_healthz(_request: web.Request) -> web.Response:
+    async def get_healthz(request: web.Request) -> web.Response:
+        # a held worker is alive (restarting it would not help): 200 with status
+        # "degraded"; ?strict=1 answers 503 for it too, for checks that read only the code
         h = await metrics.health(worker)
-        return web.json_response(h.as_json(), status=200 if h.ok else 503)
+        strict = request.query.get("strict", "") not in ("", "0", "false")
+        ok = h.ok and not (strict and h.degraded)
+        return web.json_response(h.as_json(), status=200 if ok else 503)
 
     app = web.Application()
     app.router.add_get("/metrics", get_metrics)

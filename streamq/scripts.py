@@ -30,6 +30,7 @@ SCRIPT_NAMES: tuple[str, ...] = (
     "complete",
     "counts",
     "dead_letter",
+    "defer",
     "enqueue",
     "extend",
     "get_job",

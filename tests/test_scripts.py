@@ -37,7 +37,7 @@ def test_every_lua_file_is_registered_and_has_its_header_contract() -> None:
 
 def test_scripts_that_free_memory_run_under_oom_and_adds_do_not() -> None:
     s = load_scripts()
-    for name in ("complete", "dead_letter", "retry", "release", "extend", "reclaim", "claim",
+    for name in ("complete", "dead_letter", "retry", "defer", "release", "extend", "reclaim", "claim",
                  "cancel", "resume"):
         assert "allow-oom" in s[name].flags, name
     for name in ("enqueue", "replay"):

@@ -34,7 +34,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from ..connection import translate_redis_errors
-from ..errors import PayloadError, PermanentError, RetryAfter, StreamqError
+from ..errors import Defer, PayloadError, PermanentError, RetryAfter, StreamqError
 from ..events import Callback, EventName, Hooks, WorkerEvent
 from ..job import Backoff, Job
 from ..keys import GROUP, PRIORITIES
@@ -42,6 +42,7 @@ from ..queue import Queue
 from ..redact import redact_text
 from ..scripts import ScriptRunner
 from ..settings import MAX_BLOCK_MS, make_redis
+from .hold import FetchHold
 
 Handler = Callable[[Job], Awaitable[Any]]
 
@@ -118,6 +119,8 @@ class Worker:
         self.consumer_prune_after = consumer_prune_after
         self.consumer = name or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.hooks = Hooks()
+        self.fetch_hold = FetchHold(queue.name)
+        """Set by a handler's ``Defer(hold=True)``: fetching pauses, then probes (see hold.py)."""
 
         self._redis: Redis | None = None
         self._scripts: ScriptRunner | None = None
@@ -159,7 +162,7 @@ class Worker:
 
     # -- public control ------------------------------------------------------------------
     def on(self, event: EventName, callback: Callback) -> None:
-        """Register a hook for active, completed, failed, retrying, dead or stalled."""
+        """Register a hook for active, completed, failed, retrying, dead, stalled or deferred."""
         self.hooks.on(event, callback)
 
     def stop(self, *, immediate: bool = False) -> None:
@@ -266,19 +269,30 @@ class Worker:
                 if self._free <= 0:
                     await self._slot_freed.wait()
                 continue
+            count = self._free
+            hold_limit = self.fetch_hold.limit()
+            if hold_limit is not None:
+                if hold_limit <= 0:
+                    await self.fetch_hold.wait(MAX_BLOCK_MS / 1000)
+                    continue
+                count = min(count, hold_limit)
             try:
                 with anyio.CancelScope(shield=True):
                     # shielded: a claim cut off mid-reply would strand entries in our PEL
-                    reply = await self.scripts("claim", keys, self.claim_args(self._free))
+                    reply = await self.scripts("claim", keys, self.claim_args(count))
                 status = int(reply[0])
                 if status == 1:
                     taken_over = self._accept(reply[1])
+                    if hold_limit is not None:  # probing: the one job claimed is the probe
+                        self.fetch_hold.claimed(self._ready[-1] if reply[1] else None)
                     self._wake_runners()
                     if taken_over:
                         await self._stalled(taken_over)
                     if reply[2]:
                         await self._dead_stalled(reply[2])
                 elif status == 0:
+                    if hold_limit is not None:
+                        self.fetch_hold.claimed(None)
                     await self._idle_wait(reply)
                 elif status == -1:
                     await self._paused_wait(int(reply[1]))
@@ -441,6 +455,7 @@ class Worker:
                 del self._running[id(job)]
                 self._free += 1
                 self._slot_freed.set()
+                self.fetch_hold.finished(job)
             streak += 1
             if streak >= 64:
                 # handlers that never suspend would otherwise starve the fetch and flush loops
@@ -474,6 +489,9 @@ class Worker:
         except RetryAfter as exc:
             job.run_s = time.perf_counter() - t0
             await self._failed(job, exc, retry=True, delay=exc.delay)
+        except Defer as exc:
+            job.run_s = time.perf_counter() - t0
+            await self._deferred(job, exc)
         except Exception as exc:
             job.run_s = time.perf_counter() - t0
             await self._failed(job, exc, retry=True)
@@ -510,6 +528,28 @@ class Worker:
         log.info("job.retry_scheduled", queue=self.queue.name, job_id=job.id,
                  attempt=job.attempt, delay=round(delay, 3), error=error)
         await self.hooks.emit(self._event("retrying", job, error=error, delay=delay))
+
+    async def _deferred(self, job: Job, exc: Defer) -> None:
+        """``Defer``: back to the delayed set without using an attempt (lua/defer.lua);
+        with ``hold``, this worker also pauses its fetching (hold.py)."""
+        reason = redact_text(" ".join(str(exc).split()))[:MAX_ERROR_CHARS]
+        delay = min(exc.delay, self.max_retry_delay)
+        if exc.hold:
+            self.fetch_hold.hold(job, delay, reason)
+        k = self.queue.keys
+        r = await self._call_retrying(
+            "defer",
+            [*k.lanes, k.events, k.delayed, k.delayed_data, k.control, k.moves, k.bucket(job.id)],
+            [GROUP, self.consumer, job.lane, job.entry_id, job.id, math.ceil(delay * 1000), reason,
+             self.queue.defaults.events_max],
+        )
+        if r is None or int(r) <= 0:
+            log.warning("job.lost_claim", queue=self.queue.name, job_id=job.id,
+                        attempt=job.attempt, transition="defer")
+            return
+        log.info("job.deferred", queue=self.queue.name, job_id=job.id, attempt=job.attempt,
+                 delay=round(delay, 3), reason=reason, hold=exc.hold)
+        await self.hooks.emit(self._event("deferred", job, error=reason, delay=delay))
 
     async def _dead(
         self, job: Job, error: str, attempts_made: int | None = None, *, attempt_failed: bool = False
