@@ -82,9 +82,9 @@ class FetchHold:
             return 0
         return 1
 
-    async def wait(self, timeout: float) -> None:
-        """Wait until the hold changes, the probe may go, or ``timeout`` seconds pass."""
-        wait = timeout
+    async def wait(self, at_most: float) -> None:
+        """Wait until the hold changes, the probe may go, or ``at_most`` seconds pass."""
+        wait = at_most
         if self._until is not None and not self._probe_out:
             wait = min(wait, max(0.0, self._until - self._clock()))
         event = self._changed
