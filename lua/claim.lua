@@ -78,17 +78,11 @@ end
 
 local tokens = nil
 if rate > 0 then
-  local state = redis.call('HMGET', limiter, 'tk', 'ts')
-  tokens = tonumber(state[1]) or burst
-  local ts = tonumber(state[2]) or now
-  if now > ts then
-    tokens = math.min(burst, tokens + (now - ts) * rate / 1000)
-  end
+  tokens = bucket_level(limiter, rate, burst, now)
   local whole = math.floor(tokens)
   if whole < 1 then
-    redis.call('HSET', limiter, 'tk', string.format('%.6f', tokens), 'ts', now)
-    redis.call('PEXPIRE', limiter, 60000)
-    return {-2, math.max(1, math.ceil((1 - tokens) * 1000 / rate))}
+    bucket_store(limiter, tokens, now)
+    return {-2, bucket_wait_ms(tokens, rate)}
   end
   count = math.min(count, whole)
 end
@@ -191,8 +185,7 @@ for lane = 0, 2 do
 end
 
 if tokens ~= nil then
-  redis.call('HSET', limiter, 'tk', string.format('%.6f', tokens - got), 'ts', now)
-  redis.call('PEXPIRE', limiter, 60000)
+  bucket_store(limiter, tokens - got, now)
 end
 
 if got > 0 or #to_dead > 0 then

@@ -38,3 +38,27 @@ local function emit_batch(events, maxlen, name, ids, types, att)
       'a', table.concat(att, ' ', s, e))
   end
 end
+
+-- A token bucket (HASH tk = tokens, ts = ms of the last update) shared by every worker:
+-- the tokens available at now_ms, refilled at rate per second up to burst. Used by the
+-- queue-wide limiter (claim) and by the limiters of named downstreams (limiter_take).
+local function bucket_level(key, rate, burst, now)
+  local state = redis.call('HMGET', key, 'tk', 'ts')
+  local tokens = tonumber(state[1]) or burst
+  local ts = tonumber(state[2]) or now
+  if now > ts then
+    tokens = math.min(burst, tokens + (now - ts) * rate / 1000)
+  end
+  return tokens
+end
+
+-- Store a bucket's level after a take (the key lives a minute past its last use).
+local function bucket_store(key, tokens, now)
+  redis.call('HSET', key, 'tk', string.format('%.6f', tokens), 'ts', now)
+  redis.call('PEXPIRE', key, 60000)
+end
+
+-- Milliseconds until a bucket at this level holds one whole token.
+local function bucket_wait_ms(tokens, rate)
+  return math.max(1, math.ceil((1 - tokens) * 1000 / rate))
+end

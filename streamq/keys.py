@@ -20,6 +20,14 @@ GROUP = "workers"
 
 _QUEUE_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _JOB_ID_RE = re.compile(r"^[A-Za-z0-9_.:@=+-]{1,128}$")
+_DOWNSTREAM_RE = re.compile(r"^[a-z0-9_-]{1,32}$")
+
+
+def check_downstream_name(name: str) -> str:
+    """A downstream's name (an SMS provider: configuration, never personal data)."""
+    if not isinstance(name, str) or not _DOWNSTREAM_RE.match(name):
+        raise ConfigError(f"name {str(name)[:40]!r} is invalid: use 1-32 characters of a-z 0-9 _ -")
+    return name
 
 
 def check_queue_name(name: str) -> str:
@@ -124,6 +132,20 @@ class QueueKeys:
     def job(self, job_id: str) -> str:
         """HASH record of a delayed-or-finished job (state, attempts, error, timestamps)."""
         return self.prefix + "job:" + job_id
+
+    # -- downstreams a handler calls (SMS providers): the names are configuration --------
+    def breaker(self, name: str) -> str:
+        """HASH circuit breaker of a downstream, shared by all workers (lua/breaker_*)."""
+        return self.prefix + "breaker:" + check_downstream_name(name)
+
+    def downstream_limiter(self, name: str) -> str:
+        """HASH token bucket of a downstream (lua/limiter_take), like ``limiter``."""
+        return self.prefix + "limiter:" + check_downstream_name(name)
+
+    def route(self, job_id: str) -> str:
+        """HASH (with TTL) the downstream a job is pinned to and whether it may have
+        delivered there (lua/route_*): a job never moves once it may have been sent."""
+        return self.prefix + "route:" + job_id
 
     def all_fixed(self) -> list[str]:
         return [

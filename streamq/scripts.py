@@ -25,6 +25,9 @@ KeyT = str | bytes
 ArgT = str | bytes | int | float
 
 SCRIPT_NAMES: tuple[str, ...] = (
+    "breaker_admit",
+    "breaker_failure",
+    "breaker_success",
     "cancel",
     "claim",
     "complete",
@@ -34,11 +37,15 @@ SCRIPT_NAMES: tuple[str, ...] = (
     "enqueue",
     "extend",
     "get_job",
+    "limiter_take",
     "reclaim",
     "release",
     "replay",
     "resume",
     "retry",
+    "route_begin",
+    "route_pin",
+    "route_settle",
 )
 
 _HEADER_RE = re.compile(r"^#!lua(?: flags=([\w,-]+))?\n--\[\[ (\w+):", re.MULTILINE)

@@ -11,10 +11,12 @@ import pytest
 import structlog
 
 from streamq.sms.providers import (
+    ProviderConfigError,
     ProviderError,
     ProviderLowCredit,
     ProviderPermanentError,
     ProviderTransientError,
+    ProviderUnreachable,
     SalumSMSProvider,
 )
 from streamq.sms.providers.salum import parse_retry_after
@@ -66,7 +68,7 @@ async def test_one_pooled_session_is_reused(
     assert len(standin.received) == 4
 
 
-@pytest.mark.parametrize("code", [1001, 1002, 1003, 1006, 4091, 4092])
+@pytest.mark.parametrize("code", [1001, 1002, 1003])
 @pytest.mark.parametrize("top_level", [False, True])
 async def test_permanent_codes(
     standin: SalumStandin, salum: SalumSMSProvider, code: int, top_level: bool
@@ -77,6 +79,20 @@ async def test_permanent_codes(
     assert err.code == code
     assert str(code) in str(err)
     assert len(standin.received) == 1
+
+
+@pytest.mark.parametrize(("code", "setting"), [(1006, "SALUM_API_KEY"), (4091, "SALUM_PARTNER_ID"),
+                                               (4092, "SALUM_API_KEY")])
+@pytest.mark.parametrize("top_level", [False, True])
+async def test_credential_codes_are_configuration_errors_not_permanent(
+    standin: SalumStandin, salum: SalumSMSProvider, code: int, setting: str, top_level: bool
+) -> None:
+    # about the provider account, not the message: the message must not be dead-lettered
+    standin.set_mode(Behaviour.error_code(code, top_level=top_level))
+    err = await send_error(salum)
+    assert type(err) is ProviderConfigError
+    assert not isinstance(err, ProviderPermanentError | ProviderTransientError)
+    assert err.code == code and str(code) in str(err) and setting in str(err)
 
 
 async def test_low_credit_is_permanent_and_loud(
@@ -164,7 +180,7 @@ async def test_auth_failure_names_the_setting_not_the_key(
 ) -> None:
     standin.set_mode(Behaviour.http(status))
     err = await send_error(salum)
-    assert type(err) is ProviderPermanentError
+    assert type(err) is ProviderConfigError
     assert "check SALUM_API_KEY" in str(err)
 
 
@@ -175,7 +191,7 @@ async def test_wrong_key_is_invalid_credentials_not_retried(standin: SalumStandi
         err = await send_error(provider)
     finally:
         await provider.aclose()
-    assert type(err) is ProviderPermanentError and err.code == 1006
+    assert type(err) is ProviderConfigError and err.code == 1006
     assert wrong not in str(err)
     assert "SALUM_API_KEY" in str(err)
 
@@ -243,6 +259,7 @@ async def test_timeout_is_transient_and_retries_keep_the_key(standin: SalumStand
         for _ in range(2):
             err = await send_error(provider, key="job-7")
             assert isinstance(err, ProviderTransientError) and "timed out" in str(err)
+            assert not isinstance(err, ProviderUnreachable), "a read timeout is ambiguous"
     finally:
         await provider.aclose()
     assert [r.body["clientsmsid"] for r in standin.received if r.body] == ["job-7", "job-7"]
@@ -265,6 +282,7 @@ async def test_connection_reset_is_transient(
     standin.set_mode("disconnect")
     err = await send_error(salum)
     assert isinstance(err, ProviderTransientError)
+    assert not isinstance(err, ProviderUnreachable), "the request went out: it may have sent"
     assert "connection error" in str(err)
 
 
@@ -278,7 +296,7 @@ async def test_connection_refused_is_transient_and_names_the_url() -> None:
         err = await send_error(provider)
     finally:
         await provider.aclose()
-    assert isinstance(err, ProviderTransientError)
+    assert isinstance(err, ProviderUnreachable), "refused: provably not sent"
     assert f"Salum unreachable at http://127.0.0.1:{port}/api/services/sendsms/" in str(err)
     assert "token" not in str(err)  # the query string is not shown
 
@@ -301,3 +319,30 @@ def test_parse_retry_after_date() -> None:
     now = 1_700_000_000.0
     header = email.utils.formatdate(now + 90, usegmt=True)
     assert parse_retry_after(header, now=now) == pytest.approx(90.0, abs=1.0)
+
+
+async def test_connect_timeout_is_unreachable_not_ambiguous() -> None:
+    """A connect timeout means no request went out: provably not sent (failover may
+    follow), unlike a timeout waiting for the reply."""
+    with socket.socket() as listener:  # a backlog of 1 that nobody accepts from
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        fillers = []
+        try:
+            for _ in range(8):  # fill the accept queue, so further connects hang
+                c = socket.socket()
+                c.setblocking(False)
+                c.connect_ex(("127.0.0.1", port))
+                fillers.append(c)
+            provider = SalumSMSProvider(f"http://127.0.0.1:{port}/api/", API_KEY, PARTNER_ID,
+                                        SHORTCODE, timeout_total=2.0, timeout_connect=0.2)
+            try:
+                err = await send_error(provider)
+            finally:
+                await provider.aclose()
+        finally:
+            for c in fillers:
+                c.close()
+    assert isinstance(err, ProviderUnreachable), repr(err)
+    assert "no connection within 0.2s" in str(err)

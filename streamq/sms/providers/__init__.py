@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from .base import (
+    ProviderConfigError,
     ProviderError,
     ProviderLowCredit,
     ProviderPermanentError,
     ProviderTransientError,
+    ProviderUnreachable,
     SendResult,
     SMSProvider,
 )
@@ -16,10 +18,12 @@ from .salum import SalumSMSProvider
 
 __all__ = [
     "MockSMSProvider",
+    "ProviderConfigError",
     "ProviderError",
     "ProviderLowCredit",
     "ProviderPermanentError",
     "ProviderTransientError",
+    "ProviderUnreachable",
     "SMSProvider",
     "SalumSMSProvider",
     "SendResult",

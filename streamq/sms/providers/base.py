@@ -3,7 +3,16 @@
     ProviderError
     ├── ProviderPermanentError     the request can never succeed as sent: dead-letter now
     │   └── ProviderLowCredit      the account is out of credit: permanent, and loud
-    └── ProviderTransientError     may succeed later: retry (after ``retry_after`` if set)
+    ├── ProviderConfigError        the provider refused OUR configuration (credentials,
+    │                              partner id, API URL): about the provider, not the
+    │                              message; nothing was sent. Never dead-letters a message:
+    │                              it opens the provider's breaker and delivery holds
+    └── ProviderTransientError     may succeed later: retry (after ``retry_after`` if set).
+        │                          The message MAY have been sent (a timeout after the
+        │                          request went out, a 5xx): retry on the same provider only
+        └── ProviderUnreachable    no request reached the provider (connection refused,
+                                   DNS, connect timeout): provably not sent, so the
+                                   message may fail over to the next provider
 
 Messages of these errors are safe to persist and log: providers put no API key, message
 text or unmasked phone number in them.
@@ -43,6 +52,14 @@ class ProviderLowCredit(ProviderPermanentError):
     """The provider account has no credit left; an operator must top it up."""
 
 
+class ProviderConfigError(ProviderError):
+    """The provider refused our credentials or configuration; no message was sent.
+
+    Not the message's fault: retrying it elsewhere or later is right, dead-lettering it
+    is wrong (a bad key would otherwise drain the whole backlog into the dead letters).
+    """
+
+
 class ProviderTransientError(ProviderError):
     """The provider may accept the message later; ``retry_after`` is in seconds, if known."""
 
@@ -69,3 +86,8 @@ class SMSProvider(Protocol):
     async def send(self, to: str, message: str, *, idempotency_key: str) -> SendResult: ...
 
     async def aclose(self) -> None: ...
+
+
+class ProviderUnreachable(ProviderTransientError):
+    """No request reached the provider (refused connection, DNS failure, connect timeout):
+    the message was provably not sent."""

@@ -13,14 +13,18 @@ Classification (the original package retried everything, bad credentials include
 
 ==========================================  =========================================
 permanent: dead-letter at once              1001 invalid sender id, 1002 network not
-                                            allowed, 1003 invalid mobile, 1006 invalid
-                                            credentials, 4091 no partner id, 4092 no
-                                            API key; 1004 low credit (also logged as an
-                                            error: an operator must top up); an unknown
-                                            code; HTTP 4xx except 408 and 429 (401/403
-                                            say "check SALUM_API_KEY"); 3xx
-transient: retry with backoff               1005 and 1007 system error; HTTP 5xx, 408;
-                                            timeouts; connection errors
+                                            allowed, 1003 invalid mobile; 1004 low
+                                            credit (also logged as an error: an
+                                            operator must top up); an unknown code;
+                                            HTTP 4xx except 401, 403, 408 and 429; 3xx
+configuration (``ProviderConfigError``):    1006 invalid credentials, 4091 no partner
+about the provider, not the message; never  id, 4092 no API key; HTTP 401/403 ("check
+dead-letters: opens the breaker, fails      SALUM_API_KEY"); nothing was sent
+over or holds delivery
+transient, provably not sent                connection refused, DNS failure, connect
+(``ProviderUnreachable``: may fail over)    timeout
+transient, ambiguous (may have sent:        1005 and 1007 system error; HTTP 5xx, 408;
+retried on Salum only)                      read timeouts; a reset mid-response
 transient with a delay                      4090 "retry after 5 minutes" (300 s); HTTP
                                             429 and 5xx with ``Retry-After`` (seconds
                                             or an HTTP-date)
@@ -42,27 +46,27 @@ error messages are built from fixed text plus the provider's description, scrubb
 
 from __future__ import annotations
 
-import email.utils
 import json
-import time
-from datetime import UTC
 from typing import Any, Final
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import aiohttp
 import msgspec
 import structlog
 
 from streamq.errors import ConfigError
-from streamq.redact import redact_text
 
 from ..phone import msisdn_digits
 from .base import (
+    ProviderConfigError,
     ProviderLowCredit,
     ProviderPermanentError,
     ProviderTransientError,
     SendResult,
 )
+from .http import PooledSession, Reply, display_url, parse_retry_after, scrub
+
+__all__ = ["DEFAULT_API_URL", "SalumSMSProvider", "parse_retry_after"]
 
 DEFAULT_API_URL: Final = "https://sms.salum.co.ke/api/services/sendsms/"
 SUCCESS: Final = 200
@@ -71,6 +75,9 @@ PERMANENT_CODES: Final[dict[int, str]] = {
     1001: "invalid sender id (check SALUM_SHORTCODE)",
     1002: "network not allowed",
     1003: "invalid mobile number",
+}
+# About the provider account, not the message: never dead-lettered.
+CONFIG_CODES: Final[dict[int, str]] = {
     1006: "invalid credentials (check SALUM_API_KEY and SALUM_PARTNER_ID)",
     4091: "no partner id (check SALUM_PARTNER_ID)",
     4092: "no API key (check SALUM_API_KEY)",
@@ -81,35 +88,8 @@ TRANSIENT_CODES: Final[dict[int, tuple[str, float | None]]] = {
     1007: ("system error", None),
     4090: ("internal error, retry after 5 minutes", 300.0),
 }
-# Bodies of an SMS gateway reply are tiny; more than this is not a reply we understand.
-_MAX_REPLY_BYTES: Final = 64 * 1024
-_MAX_DESCRIPTION_CHARS: Final = 200
 
 log = structlog.get_logger("streamq.sms")
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """``Retry-After`` in seconds: delta-seconds or an HTTP-date (RFC 9110 10.2.3)."""
-    if value is None or not value.strip():
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(int(value))
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
-def _display_url(url: str) -> str:
-    # Drop userinfo and query: either could carry a credential someone put there.
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def _code_of(entry: dict[str, Any]) -> int | None:
@@ -149,40 +129,35 @@ class SalumSMSProvider:
         if timeout_total <= 0 or timeout_connect <= 0:
             raise ConfigError("Salum timeouts must be positive numbers of seconds")
         self.api_url = api_url
-        self._display_url = _display_url(api_url)
+        self._display_url = display_url(api_url)
         self._api_key = api_key
         self._partner_id = partner_id
         self._shortcode = shortcode
         self._timeout = aiohttp.ClientTimeout(total=timeout_total, connect=timeout_connect)
-        self._session = session
-        self._owns_session = session is None
-        self._max_connections = max_connections
+        self._pool = PooledSession(self._timeout, session, max_connections, "SalumSMSProvider")
 
     def __repr__(self) -> str:
         return f"SalumSMSProvider(api_url={self._display_url!r}, api_key='***')"
 
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            if not self._owns_session:
-                raise RuntimeError("the aiohttp session given to SalumSMSProvider is closed")
-            self._session = aiohttp.ClientSession(
-                timeout=self._timeout,
-                connector=aiohttp.TCPConnector(limit=self._max_connections),
-            )
-        return self._session
+    @property
+    def endpoint(self) -> str:
+        """The API URL as it may be shown (no userinfo, no query)."""
+        return self._display_url
+
+    @property
+    def timeout_total(self) -> float:
+        return float(self._timeout.total or 0.0)
+
+    @property
+    def _session(self) -> aiohttp.ClientSession | None:
+        return self._pool.current
 
     async def aclose(self) -> None:
-        session, self._session = self._session, None
-        if session is not None and self._owns_session and not session.closed:
-            await session.close()
+        await self._pool.aclose()
 
     def _scrub(self, text: object) -> str:
         """Provider text made safe for logs and dead-letter reasons."""
-        out = " ".join(str(text).split())
-        if self._api_key:
-            out = out.replace(self._api_key, "***")
-        out = redact_text(out)
-        return out[:_MAX_DESCRIPTION_CHARS]
+        return scrub(text, self._api_key)
 
     async def send(self, to: str, message: str, *, idempotency_key: str) -> SendResult:
         body = msgspec.json.encode(
@@ -195,49 +170,18 @@ class SalumSMSProvider:
                 "clientsmsid": idempotency_key,
             }
         )
-        url = self._display_url
-        try:
-            async with self._get_session().post(
-                self.api_url,
-                data=body,
-                headers={"Content-Type": "application/json", "Accept": "application/json"},
-                timeout=self._timeout,
-                allow_redirects=False,
-            ) as resp:
-                status = resp.status
-                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-                reply = await self._read_capped(resp)
-        except TimeoutError:
-            raise ProviderTransientError(
-                f"Salum timed out after {self._timeout.total:g}s at {url} "
-                "(it may have sent; the retry carries the same clientsmsid)",
-                provider=self.name,
-            ) from None
-        except aiohttp.ClientConnectorError as exc:
-            reason = exc.strerror or type(exc.os_error).__name__
-            raise ProviderTransientError(
-                f"Salum unreachable at {url} ({reason})", provider=self.name
-            ) from None
-        except aiohttp.ClientError as exc:
-            raise ProviderTransientError(
-                f"Salum connection error at {url} ({type(exc).__name__})", provider=self.name
-            ) from None
-        return self._classify(status, retry_after, reply)
+        reply = await self._pool.request(
+            "POST", self.api_url, data=body,
+            headers={"Content-Type": "application/json", "Accept": "application/json"},
+            label="Salum", shown_url=self._display_url, provider=self.name,
+            retry_note="the retry carries the same clientsmsid",
+        )
+        return self._classify(reply)
 
-    @staticmethod
-    async def _read_capped(resp: aiohttp.ClientResponse) -> bytes | None:
-        """The reply body, or None when it is larger than any reply we understand."""
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in resp.content.iter_chunked(8192):
-            size += len(chunk)
-            if size > _MAX_REPLY_BYTES:
-                return None
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    def _classify(self, status: int, retry_after: float | None, reply: bytes | None) -> SendResult:
+    def _classify(self, reply: Reply) -> SendResult:
         name = self.name
+        status = reply.status
+        retry_after = reply.retry_after
         if status == 429:
             raise ProviderTransientError(
                 "Salum HTTP 429: rate limited", provider=name, code=status, retry_after=retry_after
@@ -247,7 +191,7 @@ class SalumSMSProvider:
                 f"Salum HTTP {status}", provider=name, code=status, retry_after=retry_after
             )
         if status in (401, 403):
-            raise ProviderPermanentError(
+            raise ProviderConfigError(
                 f"Salum HTTP {status}: credentials refused, check SALUM_API_KEY and "
                 "SALUM_PARTNER_ID",
                 provider=name,
@@ -261,7 +205,7 @@ class SalumSMSProvider:
             )
         if not 200 <= status < 300:
             raise ProviderPermanentError(f"Salum HTTP {status}", provider=name, code=status)
-        entry = self._entry(status, reply)
+        entry = self._entry(status, reply.body)
         code = _code_of(entry)
         description = self._scrub(entry.get("response-description", ""))
         if code == SUCCESS:
@@ -311,6 +255,10 @@ class SalumSMSProvider:
                       hint="low credit: top up the Salum account, then replay the dead letters")
             raise ProviderLowCredit(
                 f"Salum {code} low credit{said}", provider=name, code=code
+            )
+        if code in CONFIG_CODES:
+            raise ProviderConfigError(
+                f"Salum {code} {CONFIG_CODES[code]}{said}", provider=name, code=code
             )
         if code in PERMANENT_CODES:
             raise ProviderPermanentError(
