@@ -43,7 +43,7 @@ log = structlog.get_logger("streamq.metrics")
 
 QUEUE_STATES: tuple[str, ...] = ("waiting", "active", "delayed", "completed", "failed", "cancelled",
                                  "dead")
-ProviderOutcome = Literal["sent", "transient_error", "permanent_error", "error"]
+ProviderOutcome = Literal["sent", "transient_error", "permanent_error", "config_error", "error"]
 PROVIDER_OUTCOMES: tuple[str, ...] = get_args(ProviderOutcome)
 UNKNOWN_TYPE = "unknown"
 
@@ -96,8 +96,8 @@ class Metrics:
                              qt, buckets=RUN_BUCKETS, registry=r)
         self.provider_send = Histogram(
             "streamq_provider_send_seconds", "Provider send latency by outcome (sent, transient_error, "
-            "permanent_error, error).", ("queue", "provider", "outcome"), buckets=PROVIDER_BUCKETS,
-            registry=r)
+            "permanent_error, config_error, error).", ("queue", "provider", "outcome"),
+            buckets=PROVIDER_BUCKETS, registry=r)
         r.register(_StateCollector(self))
 
     # -- feeding -----------------------------------------------------------------------

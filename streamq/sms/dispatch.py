@@ -7,7 +7,12 @@ reason. This handler turns the remaining failures into the engine's vocabulary:
 * provider permanent errors, an invalid number, an over-long text and an expired OTP
   raise :class:`streamq.PermanentError` (dead letter now, no retry);
 * provider transient errors with a known delay raise :class:`streamq.RetryAfter`;
-* other transient errors propagate unchanged, so the worker retries with backoff.
+* other transient errors propagate unchanged, so the worker retries with backoff;
+* a provider that refuses our credentials or configuration is not the message's fault:
+  :class:`streamq.Defer` with ``hold=True`` (no attempt used, the worker pauses its
+  fetching and probes until the provider takes messages again). Through a
+  :class:`~streamq.sms.failover.ProviderRouter` (several providers, breakers in Redis)
+  the router decides: fail over, wait (``Defer``), or hold.
 
 The job id travels as the provider's idempotency key: delivery is at least once, and a
 job retried after a crash must be recognisable as the same message.
@@ -20,23 +25,34 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 import structlog
 
-from streamq import Job, PermanentError, RetryAfter
-from streamq.metrics import record_provider_send
+from streamq import Defer, Job, PermanentError, RetryAfter
+from streamq.metrics import ProviderOutcome, record_provider_send
 from streamq.redact import mask_phone, redact_text
 
+from .failover import ProviderRouter, provider_name
 from .phone import DEFAULT_REGION, InvalidPhoneNumber, normalize_phone
-from .providers.base import ProviderPermanentError, ProviderTransientError, SMSProvider
+from .providers.base import (
+    ProviderConfigError,
+    ProviderPermanentError,
+    ProviderTransientError,
+    SendResult,
+    SMSProvider,
+)
 from .templates import TemplateError, render_sms
 from .types import OTPSMS, NotificationSMS, SMSJob, WelcomeSMS
 
 log = structlog.get_logger("streamq.sms")
 
 SMSHandler = Callable[[Job], Awaitable[dict[str, Any]]]
+Send = Callable[[Job, str, str], Awaitable[SendResult]]
+
+CONFIG_RETRY_S: Final = 30.0
+"""A lone provider refused the configuration: probe it again after this many seconds."""
 
 
 def _as_sms_job(data: object) -> SMSJob:
@@ -54,14 +70,45 @@ def _type_name(job: SMSJob) -> str:
     return str(type(job).__struct_config__.tag)
 
 
+def _direct(provider: SMSProvider, config_retry_s: float) -> Send:
+    """Send through one provider without Redis-held state (no breaker, no failover)."""
+    name = provider_name(provider)
+
+    async def send(job: Job, to: str, message: str) -> SendResult:
+        t0 = time.perf_counter()
+        outcome: ProviderOutcome = "error"
+        try:
+            result = await provider.send(to, message, idempotency_key=job.id)
+            outcome = "sent"
+            return result
+        except ProviderConfigError as exc:
+            outcome = "config_error"
+            raise Defer(config_retry_s, redact_text(str(exc)), hold=True) from exc
+        except ProviderPermanentError:
+            outcome = "permanent_error"
+            raise
+        except ProviderTransientError:
+            outcome = "transient_error"
+            raise
+        finally:
+            record_provider_send(name, outcome, time.perf_counter() - t0, queue=job.queue_name)
+
+    return send
+
+
 def make_sms_handler(
-    provider: SMSProvider, *, clock: Callable[[], float] = time.time
+    provider: SMSProvider | ProviderRouter, *, clock: Callable[[], float] = time.time,
+    config_retry_s: float = CONFIG_RETRY_S,
 ) -> SMSHandler:
-    """A worker handler sending each SMS job through ``provider``.
+    """A worker handler sending each SMS job through ``provider``: one provider, or a
+    :class:`ProviderRouter` over an ordered list (breakers, failover, rate limits).
 
     ``clock`` (seconds since the epoch) decides OTP expiry; tests move it instead of
-    sleeping.
+    sleeping. ``config_retry_s``: with a single bare provider, how long delivery holds
+    after it refused the configuration before one message probes it again.
     """
+    send = provider.send if isinstance(provider, ProviderRouter) else _direct(
+        provider, config_retry_s)
 
     async def handle_sms(job: Job) -> dict[str, Any]:
         data = _as_sms_job(job.data)
@@ -98,32 +145,23 @@ def make_sms_handler(
             bound.warning("sms.render_failed", error=str(exc))
             raise PermanentError(str(exc)) from None
 
-        fallback_name = type(provider).__name__.removesuffix("SMSProvider").lower() or "provider"
-        t0 = time.perf_counter()
         try:
-            result = await provider.send(to, rendered.message, idempotency_key=job.id)
+            result = await send(job, to, rendered.message)
+        except Defer as exc:
+            bound.debug("sms.deferred", reason=str(exc), delay=exc.delay, hold=exc.hold)
+            raise
         except ProviderPermanentError as exc:
-            record_provider_send(exc.provider, "permanent_error", time.perf_counter() - t0,
-                                 queue=job.queue_name)
             reason = redact_text(str(exc))
             bound.warning("sms.send_failed", provider=exc.provider, code=exc.code,
                           error=reason, permanent=True)
             raise PermanentError(reason) from exc
         except ProviderTransientError as exc:
-            record_provider_send(exc.provider, "transient_error", time.perf_counter() - t0,
-                                 queue=job.queue_name)
             reason = redact_text(str(exc))
             bound.warning("sms.send_failed", provider=exc.provider, code=exc.code,
                           error=reason, permanent=False, retry_after=exc.retry_after)
             if exc.retry_after is not None:
                 raise RetryAfter(exc.retry_after, reason) from exc
             raise
-        except Exception:
-            record_provider_send(fallback_name, "error", time.perf_counter() - t0,
-                                 queue=job.queue_name)
-            raise
-        record_provider_send(result.provider, "sent", time.perf_counter() - t0,
-                             queue=job.queue_name)
 
         bound.info(
             "sms.sent",

@@ -20,6 +20,7 @@ from streamq.sms import (
     make_sms_handler,
 )
 from streamq.sms.standin import SalumStandin
+from tests.support.util import wait_until
 
 from .conftest import API_KEY, PARTNER_ID, SHORTCODE
 
@@ -115,11 +116,9 @@ async def test_all_three_kinds_are_delivered(
     ("mode", "requests", "reason"),
     [
         ("1001", 1, "1001"), ("1002", 1, "1002"), ("1003", 1, "1003"), ("1004", 1, "low credit"),
-        ("1006", 1, "check SALUM_API_KEY"), ("4091", 1, "4091"), ("4092", 1, "4092"),
         ("1005", 3, "1005"), ("1007", 3, "1007"),
         ("http500", 3, "HTTP 500"), ("http503", 3, "HTTP 503"), ("http429", 3, "HTTP 429"),
-        ("http400", 1, "HTTP 400"), ("http401", 1, "check SALUM_API_KEY"),
-        ("http404", 1, "HTTP 404"), ("http422", 1, "HTTP 422"),
+        ("http400", 1, "HTTP 400"), ("http404", 1, "HTTP 404"), ("http422", 1, "HTTP 422"),
         ("garbage", 1, "unparseable 2xx"), ("disconnect", 3, "connection error"),
         ("slow:0.6", 3, "timed out"),
     ],
@@ -172,3 +171,36 @@ async def test_timeout_then_success_keeps_the_idempotency_key(
     events = await run_worker(queue, provider, finished(1))
     assert [e.name for e in events][-1] == "completed"
     assert [r.body["clientsmsid"] for r in standin.received if r.body] == [ref.job_id] * 2
+
+
+@pytest.mark.parametrize("mode", ["1006", "1006-top", "4091", "4092", "http401", "http403"])
+async def test_credential_errors_hold_delivery_instead_of_dead_lettering(
+    queue: Queue, standin: SalumStandin, provider: SalumSMSProvider, mode: str
+) -> None:
+    """Issue 10.3: a wrong key must not drain the backlog into the dead letters. The
+    jobs stay queued with no attempt used, and delivery resumes once the key works."""
+    standin.set_mode(mode)
+    refs = [await create_notification_sms_job(recipient=NUMBER, message=f"m{i}", attempts=1,
+                                              queue=queue) for i in range(6)]
+    events: list[WorkerEvent] = []
+    worker = Worker(queue, make_sms_handler(provider, config_retry_s=0.2), rate_limit=None,
+                    concurrency=2)
+    for name in ("completed", "failed", "retrying", "dead", "deferred"):
+        worker.on(name, events.append)  # type: ignore[arg-type]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(worker.run)
+        await wait_until(lambda: worker.fetch_hold.holds >= 4, 10,
+                         message="several probes, each refused")
+        assert worker.fetch_hold.held
+        # one claim of `concurrency` jobs, then one probe per hold period: no churn
+        assert len(standin.received) <= 2 + worker.fetch_hold.holds
+        assert {e.name for e in events} == {"deferred"}
+        standin.set_mode("ok")  # the operator fixed the key on the provider's side
+        await wait_until(lambda: sum(e.name == "completed" for e in events) >= 6, 10,
+                         message="all six delivered")
+        await worker.close()
+    assert not [e for e in events if e.name in ("dead", "failed", "retrying")]
+    for ref in refs:
+        info = await queue.get_job(ref.job_id)
+        assert info is not None and info.state is JobState.COMPLETED and info.attempts == 1
+    assert await queue.dead_letters(10) == []

@@ -1,0 +1,140 @@
+"""A circuit breaker per SMS provider, kept in Redis so that every worker agrees.
+
+States and transitions (each one Lua transition, ``lua/breaker_*.lua``):
+
+* **closed**: calls go through. ``errors`` failures in a row (no success between them)
+  within ``window_s`` seconds open it: unreachable, timeouts, 5xx, per-recipient
+  gateway errors. A configuration error (the provider refused the credentials) opens
+  it at once. Message-level failures (a bad number) and 429s count as answers, not
+  failures.
+* **open**: calls are refused (the router fails over, or holds delivery) for
+  ``cooldown_s`` seconds.
+* **half-open**: after the cool-down, the first caller is the probe: one call goes
+  through, under a lease (``probe_lease_s``: the provider's timeout plus a margin);
+  every other caller is refused until the probe reports. Success closes the breaker,
+  failure opens it for another cool-down; a probe whose worker died is replaced when
+  its lease runs out.
+
+Defaults: 5 errors within 30 s open it; open for 30 s. Environment:
+``SMS_BREAKER_ERRORS``, ``SMS_BREAKER_WINDOW`` (s), ``SMS_BREAKER_COOLDOWN`` (s).
+
+Each transition writes a ``breaker`` entry to the queue's events stream (provider,
+state, kind, reason), is logged by the one worker that made it (opening at error
+level), and counted in ``streamq_sms_breaker_transitions_total``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+import structlog
+
+from streamq import Queue
+from streamq.errors import ConfigError
+from streamq.keys import check_downstream_name
+from streamq.redact import redact_text
+
+from . import provider_metrics
+
+log = structlog.get_logger("streamq.sms")
+
+BreakerState = Literal["closed", "half_open", "open"]
+FailureKind = Literal["error", "config"]
+MAX_REASON_CHARS: Final = 200
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerPolicy:
+    """When a provider's breaker opens and for how long."""
+
+    errors: int = 5
+    """Failures in a row (no success between them) that open the breaker..."""
+    window_s: float = 30.0
+    """... when they all fall within this many seconds."""
+    cooldown_s: float = 30.0
+    """Seconds the breaker stays open before one probe may go."""
+
+    def __post_init__(self) -> None:
+        if self.errors < 1:
+            raise ConfigError("SMS_BREAKER_ERRORS must be >= 1")
+        if self.window_s <= 0 or self.cooldown_s <= 0:
+            raise ConfigError("SMS_BREAKER_WINDOW and SMS_BREAKER_COOLDOWN must be > 0 seconds")
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    allowed: bool
+    state: BreakerState
+    wait_s: float
+    """Seconds until a call may be admitted again (0 when allowed)."""
+    probe: bool
+    """This call is the half-open probe."""
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+class Breakers:
+    """The breakers of one queue's providers (the queue's hash tag holds their keys)."""
+
+    def __init__(self, queue: Queue, policy: BreakerPolicy | None = None) -> None:
+        self.queue = queue
+        self.policy = policy or BreakerPolicy()
+
+    def _keys(self, name: str) -> list[str]:
+        k = self.queue.keys
+        return [k.breaker(check_downstream_name(name)), k.events]
+
+    async def admit(self, name: str, probe_lease_s: float) -> Admission:
+        reply = await self.queue.scripts(
+            "breaker_admit", self._keys(name),
+            [name, max(1, round(probe_lease_s * 1000)), self.queue.defaults.events_max])
+        allowed, state, wait_ms, probe = int(reply[0]), _text(reply[1]), int(reply[2]), int(reply[3])
+        q = self.queue.name
+        if probe and state == "half_open":
+            log.info("sms.breaker_probe", queue=q, provider=name,
+                     note="cool-down over: one message probes the provider")
+            provider_metrics.breaker_transition(q, name, "half_open")
+        else:
+            provider_metrics.breaker_seen(q, name, state)
+        return Admission(bool(allowed), state, wait_ms / 1000, bool(probe))  # type: ignore[arg-type]
+
+    async def failure(self, name: str, kind: FailureKind, reason: str) -> tuple[BreakerState, bool]:
+        """Report a failed call; returns the state after and whether this call opened it."""
+        p = self.policy
+        why = redact_text(" ".join(reason.split()))[:MAX_REASON_CHARS]
+        reply = await self.queue.scripts(
+            "breaker_failure", self._keys(name),
+            [name, kind, p.errors, round(p.window_s * 1000), round(p.cooldown_s * 1000), why,
+             self.queue.defaults.events_max])
+        state, opened = _text(reply[0]), bool(int(reply[1]))
+        q = self.queue.name
+        if opened:
+            log.error("sms.breaker_opened", queue=q, provider=name, kind=kind, reason=why,
+                      cooldown_s=p.cooldown_s,
+                      note="no message goes to this provider until a probe succeeds")
+            provider_metrics.breaker_transition(q, name, "open")
+        else:
+            provider_metrics.breaker_seen(q, name, state)
+        return state, opened  # type: ignore[return-value]
+
+    async def success(self, name: str) -> bool:
+        """Report a call the provider answered; returns whether this call closed it."""
+        reply = await self.queue.scripts(
+            "breaker_success", self._keys(name), [name, self.queue.defaults.events_max])
+        state, closed = _text(reply[0]), bool(int(reply[1]))
+        q = self.queue.name
+        if closed:
+            log.warning("sms.breaker_closed", queue=q, provider=name,
+                        note="the probe got through: the provider takes messages again")
+            provider_metrics.breaker_transition(q, name, "closed")
+        else:
+            provider_metrics.breaker_seen(q, name, state)
+        return closed
+
+    async def snapshot(self, name: str) -> dict[str, str]:
+        """The breaker's fields as stored (for operators and tests)."""
+        raw = await self.queue.redis.hgetall(self.queue.keys.breaker(name))
+        return {_text(k): _text(v) for k, v in raw.items()}

@@ -1,0 +1,322 @@
+"""Send through an ordered list of providers, failing over only when it cannot double-send.
+
+``ProviderRouter(queue, [salum, africastalking])`` is what the SMS handler sends through
+(``make_sms_handler(router)``); ``python -m streamq.worker --provider salum,africastalking``
+builds it. Per message, in order:
+
+1. **The pin.** With more than one provider, each job has a small Redis hash (key
+   ``route:<job id>``, lua/route_*.lua) naming the provider it was last sent through and
+   whether that send may have reached the handset: ``sending`` (in flight), ``unsent``
+   (provably not sent) or ``maybe``. It is written *before* each call, so it survives
+   retries and worker crashes: a run that finds ``sending`` knows its predecessor died
+   mid-call and counts the message as maybe sent. A job whose pin says ``maybe`` goes to
+   that provider again and to no other, with the same idempotency key (the job id).
+   TTL: 7 days while the job is live, 1 hour after a send succeeded.
+2. **The breaker** of each candidate (breaker.py, kept in Redis): an open breaker skips
+   the provider; after its cool-down one message probes it.
+3. **The provider's rate limit** (``SALUM_RATE_LIMIT``, ``AT_RATE_LIMIT`` jobs/s, a token
+   bucket in Redis shared by every worker of the queue): the send waits for a token, so
+   a failover cannot flood the backup beyond its own limit.
+4. **The call**, and its outcome:
+
+   ==============================  ==============================================
+   sent                            done; the breaker hears of a success
+   configuration error (bad key)   provably not sent: the breaker opens at once,
+                                   the message moves to the next provider
+   unreachable (refused, DNS,      provably not sent: counts towards the
+   connect timeout)                breaker, the message moves to the next provider
+   ambiguous (read timeout, 5xx,   the provider may have sent it: the job retries
+   reset, per-recipient 5xx)       later on THIS provider only (attempt counted)
+   permanent (bad number...)       dead letter; the provider answered, so for the
+                                   breaker it is a success
+   ==============================  ==============================================
+
+When no provider can take the message now, nothing is dead-lettered and no attempt is
+used: the handler raises ``Defer`` (back to the delayed set until the earliest breaker
+lets a probe through). If *every* provider is down (all breakers open, e.g. the only
+provider refuses the credentials), it is ``Defer(hold=True)``: the worker stops claiming
+and probes with one job per cool-down, resuming by itself once the probe gets through.
+If the providers were merely unreachable and their breakers are still closed, the
+attempt fails as a transient error (retried with backoff, as before), until the
+breakers open.
+
+Failovers are logged (``sms.failover``), counted (``streamq_sms_failovers_total``) and
+written to the queue's events stream (``failover``: job, from, to, reason).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+import anyio
+import structlog
+
+from streamq import Defer, Job, PermanentError, Queue
+from streamq.errors import ConfigError
+from streamq.keys import check_downstream_name
+from streamq.metrics import ProviderOutcome, record_provider_send
+from streamq.redact import mask_phone, redact_text
+
+from . import provider_metrics
+from .breaker import BreakerPolicy, Breakers
+from .providers.base import (
+    ProviderConfigError,
+    ProviderPermanentError,
+    ProviderTransientError,
+    ProviderUnreachable,
+    SendResult,
+    SMSProvider,
+)
+
+log = structlog.get_logger("streamq.sms")
+
+ROUTE_TTL_S: Final = 7 * 24 * 3600.0
+SENT_ROUTE_TTL_S: Final = 3600.0
+PROBE_MARGIN_S: Final = 5.0
+RECHECK_WHILE_PROBING_S: Final = 1.0
+"""A probe by another worker is in flight: look again this soon (not after its lease)."""
+
+SkipReason = Literal["breaker_open", "config", "unreachable"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Slot:
+    name: str
+    provider: SMSProvider
+    rate_limit: float | None
+    probe_lease_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Skip:
+    name: str
+    reason: SkipReason
+    wait_s: float
+    error: str = ""
+
+
+def provider_name(provider: SMSProvider) -> str:
+    name = getattr(provider, "name", None)
+    if isinstance(name, str) and name:
+        return name
+    return type(provider).__name__.removesuffix("SMSProvider").lower() or "provider"
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+class ProviderRouter:
+    """Sends each SMS job through the first provider that can take it (see module docs)."""
+
+    def __init__(
+        self,
+        queue: Queue,
+        providers: Sequence[SMSProvider],
+        *,
+        rate_limits: Mapping[str, float | None] | None = None,
+        policy: BreakerPolicy | None = None,
+        probe_lease_s: float | None = None,
+    ) -> None:
+        if not providers:
+            raise ConfigError("at least one SMS provider is needed")
+        limits = dict(rate_limits or {})
+        slots: list[_Slot] = []
+        for p in providers:
+            name = check_downstream_name(provider_name(p))
+            if any(s.name == name for s in slots):
+                raise ConfigError(f"provider {name!r} is listed twice")
+            rate = limits.pop(name, None)
+            if rate is not None and rate <= 0:
+                raise ConfigError(f"the rate limit of {name} must be > 0 jobs/s (or unset)")
+            timeout = float(getattr(p, "timeout_total", 10.0) or 10.0)
+            slots.append(_Slot(name, p, rate, probe_lease_s or timeout + PROBE_MARGIN_S))
+        if limits:
+            raise ConfigError(f"rate limit for a provider not in the list: {', '.join(limits)}")
+        self.queue = queue
+        self.slots: tuple[_Slot, ...] = tuple(slots)
+        self.breakers = Breakers(queue, policy)
+        self._by_name = {s.name: s for s in slots}
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.slots]
+
+    @property
+    def multi(self) -> bool:
+        return len(self.slots) > 1
+
+    async def aclose(self) -> None:
+        for s in self.slots:
+            await s.provider.aclose()
+
+    # -- sending ---------------------------------------------------------------------
+    async def send(self, job: Job, to: str, message: str) -> SendResult:
+        """Send one job's message. Raises the provider's permanent or (ambiguous)
+        transient error, ``Defer`` when no provider can take it now, ``PermanentError``
+        when it is pinned to a provider no longer configured."""
+        pinned, state = await self._route_begin(job.id) if self.multi else ("", "")
+        locked = state == "maybe"
+        if locked and pinned not in self._by_name:
+            raise PermanentError(
+                f"may have been sent through provider {pinned!r}, which is no longer configured: "
+                "not sent through another one (replay once that is intended)")
+        candidates = [self._by_name[pinned]] if locked else list(self.slots)
+        skipped: list[_Skip] = []
+        last_unreachable: ProviderUnreachable | None = None
+        for slot in candidates:
+            admission = await self.breakers.admit(slot.name, slot.probe_lease_s)
+            if not admission.allowed:
+                wait = admission.wait_s
+                if admission.state == "half_open":
+                    wait = min(wait, RECHECK_WHILE_PROBING_S)
+                skipped.append(_Skip(slot.name, "breaker_open", wait))
+                continue
+            await self._take_token(slot)
+            if self.multi:
+                came_from = skipped[0] if skipped and slot.name != skipped[0].name else None
+                ok, pinned = await self._route_pin(job, slot.name, pinned, came_from)
+                if not ok:
+                    # another run of this job moved the pin meanwhile: look again shortly
+                    raise Defer(0.1, "the job's provider pin changed under this run")
+            try:
+                result = await self._call(job, slot, to, message)
+            except ProviderConfigError as exc:
+                skipped.append(_Skip(slot.name, "config", self.breakers.policy.cooldown_s,
+                                     redact_text(str(exc))))
+                continue
+            except ProviderUnreachable as exc:
+                last_unreachable = exc
+                skipped.append(_Skip(slot.name, "unreachable", 0.0, redact_text(str(exc))))
+                continue
+            if skipped:
+                came = skipped[0]
+                provider_metrics.failover(self.queue.name, came.name, slot.name, came.reason)
+                log.warning("sms.failover", queue=self.queue.name, job_id=job.id,
+                            attempt=job.attempt, to=mask_phone(to), from_provider=came.name,
+                            to_provider=slot.name, reason=came.reason, error=came.error or None)
+            return result
+        raise self._not_now(job, skipped, locked, last_unreachable)
+
+    async def _call(self, job: Job, slot: _Slot, to: str, message: str) -> SendResult:
+        """One provider call, its outcome told to the pin, the breaker and the metrics."""
+        t0 = time.perf_counter()
+        outcome: ProviderOutcome = "error"
+        settle = "maybe"
+        try:
+            result = await slot.provider.send(to, message, idempotency_key=job.id)
+        except ProviderConfigError as exc:
+            outcome, settle = "config_error", "unsent"
+            await self.breakers.failure(slot.name, "config", str(exc))
+            log.warning("sms.provider_refused_config", queue=self.queue.name, job_id=job.id,
+                        provider=slot.name, code=exc.code, error=redact_text(str(exc)))
+            raise
+        except ProviderUnreachable as exc:
+            outcome, settle = "transient_error", "unsent"
+            await self.breakers.failure(slot.name, "error", str(exc))
+            log.warning("sms.provider_unreachable", queue=self.queue.name, job_id=job.id,
+                        provider=slot.name, error=redact_text(str(exc)))
+            raise
+        except ProviderTransientError as exc:
+            outcome = "transient_error"
+            if exc.code == 429:  # it answered: busy, not broken
+                await self.breakers.success(slot.name)
+            else:
+                await self.breakers.failure(slot.name, "error", str(exc))
+            raise
+        except ProviderPermanentError:
+            outcome = "permanent_error"
+            await self.breakers.success(slot.name)  # it answered: about the message
+            raise
+        else:
+            outcome, settle = "sent", "sent"
+            await self.breakers.success(slot.name)
+            return result
+        finally:
+            record_provider_send(slot.name, outcome, time.perf_counter() - t0,
+                                 queue=self.queue.name)
+            if self.multi:
+                with anyio.CancelScope(shield=True):
+                    await self._route_settle(job.id, slot.name, settle)
+
+    def _not_now(self, job: Job, skipped: list[_Skip], locked: bool,
+                 unreachable: ProviderUnreachable | None) -> BaseException:
+        """No provider took the message in this run: what the handler raises."""
+        if unreachable is not None:
+            # reachable-or-not is not settled by a breaker yet: an ordinary transient
+            # failure (attempt counted), retried with backoff on the same order
+            return unreachable
+        waits = [s.wait_s for s in skipped if s.wait_s > 0]
+        delay = max(0.05, min(waits) if waits else self.breakers.policy.cooldown_s)
+        why = "; ".join(f"{s.name}: {s.error or s.reason.replace('_', ' ')}" for s in skipped)
+        if locked:
+            # pinned (it may have been sent there): only that provider may take it
+            reason = f"waiting for {skipped[0].name}, which may already have it ({why})"
+            return Defer(delay, reason, hold=not self.multi)
+        return Defer(delay, f"no SMS provider can take messages now ({why})", hold=True)
+
+    async def _take_token(self, slot: _Slot) -> None:
+        if slot.rate_limit is None:
+            return
+        key = self.queue.keys.downstream_limiter(slot.name)
+        burst = max(1.0, slot.rate_limit)
+        waited = 0.0
+        while True:
+            wait_ms = int(await self.queue.scripts("limiter_take", [key],
+                                                   [slot.rate_limit, burst]))
+            if wait_ms <= 0:
+                break
+            waited += wait_ms / 1000
+            await anyio.sleep(wait_ms / 1000)
+        if waited:
+            provider_metrics.rate_limited(self.queue.name, slot.name, waited)
+
+    # -- the pin ------------------------------------------------------------------------
+    async def _route_begin(self, job_id: str) -> tuple[str, str]:
+        reply = await self.queue.scripts("route_begin", [self.queue.keys.route(job_id)],
+                                         [round(ROUTE_TTL_S * 1000)])
+        return _text(reply[0]), _text(reply[1])
+
+    async def _route_pin(self, job: Job, name: str, seen: str,
+                         came_from: _Skip | None) -> tuple[bool, str]:
+        k = self.queue.keys
+        reply = await self.queue.scripts(
+            "route_pin", [k.route(job.id), k.events],
+            [name, seen, round(ROUTE_TTL_S * 1000), came_from.name if came_from else "",
+             came_from.reason if came_from else "", job.id, job.type_name or "", job.attempt,
+             self.queue.defaults.events_max])
+        return bool(int(reply[0])), _text(reply[1])
+
+    async def _route_settle(self, job_id: str, name: str, outcome: str) -> None:
+        ttl = SENT_ROUTE_TTL_S if outcome == "sent" else ROUTE_TTL_S
+        await self.queue.scripts("route_settle", [self.queue.keys.route(job_id)],
+                                 [name, outcome, round(ttl * 1000)])
+
+    # -- start-up check ----------------------------------------------------------------
+    async def check(self) -> list[tuple[str, bool, str]]:
+        """Check each provider where its API allows it without sending a message:
+        ``(name, ok, what was found)``. A refusal of the credentials opens that
+        provider's breaker at once, so no message is spent discovering it."""
+        out: list[tuple[str, bool, str]] = []
+        for slot in self.slots:
+            check = getattr(slot.provider, "check", None)
+            if check is None:
+                out.append((slot.name, True, "no check without sending a message (configuration "
+                            "verified when the first message goes out)"))
+                continue
+            try:
+                found = await check()
+            except ProviderConfigError as exc:
+                await self.breakers.failure(slot.name, "config", str(exc))
+                out.append((slot.name, False, redact_text(str(exc))))
+            except (ProviderTransientError, ProviderPermanentError) as exc:
+                out.append((slot.name, False, redact_text(str(exc))))
+            else:
+                out.append((slot.name, True, str(found)))
+        return out
+
+
+__all__ = ["ProviderRouter", "provider_name"]
