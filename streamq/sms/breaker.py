@@ -25,6 +25,8 @@ level), and counted in ``streamq_sms_breaker_transitions_total``.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -60,6 +62,24 @@ class BreakerPolicy:
             raise ConfigError("SMS_BREAKER_ERRORS must be >= 1")
         if self.window_s <= 0 or self.cooldown_s <= 0:
             raise ConfigError("SMS_BREAKER_WINDOW and SMS_BREAKER_COOLDOWN must be > 0 seconds")
+
+
+def breaker_policy_from_settings(env: Mapping[str, str] | None = None) -> BreakerPolicy:
+    """``SMS_BREAKER_ERRORS``, ``SMS_BREAKER_WINDOW`` and ``SMS_BREAKER_COOLDOWN`` (s)."""
+    source = os.environ if env is None else env
+    values: dict[str, float] = {}
+    for var, field_name in (("SMS_BREAKER_ERRORS", "errors"), ("SMS_BREAKER_WINDOW", "window_s"),
+                            ("SMS_BREAKER_COOLDOWN", "cooldown_s")):
+        raw = source.get(var, "").strip()
+        if raw:
+            try:
+                values[field_name] = float(raw)
+            except ValueError:
+                raise ConfigError(f"{var} must be a number") from None
+    errors = values.pop("errors", 5.0)
+    if errors != int(errors):
+        raise ConfigError("SMS_BREAKER_ERRORS must be a whole number")
+    return BreakerPolicy(errors=int(errors), **values)
 
 
 @dataclass(frozen=True, slots=True)

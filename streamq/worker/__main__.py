@@ -28,13 +28,15 @@ from ..devredis import RedisProcess, redis_server_binary, start_redis_server
 from ..errors import ConfigError, StreamqError
 from ..logs import configure_logging
 from ..queue import Queue
-from ..redact import redact_url
+from ..redact import redact_text, redact_url
 from ..settings import DEFAULT_REDIS_URL, env_is_default_local, redis_url_from_env
 from .core import Handler, Worker
 
 log = structlog.get_logger("streamq.worker")
 
 LOCAL_PORT = 6379
+START_CHECK_S = 5.0
+"""The providers' start-up check may delay the start this long at most."""
 
 
 def _env(name: str, default: str) -> str:
@@ -57,10 +59,17 @@ def build_parser() -> argparse.ArgumentParser:
                    default=float(_env("STREAMQ_RATE_LIMIT", "10")),
                    help="jobs/s across all workers of the queue, 0 = unlimited "
                    "(env STREAMQ_RATE_LIMIT)")
-    p.add_argument("--provider", choices=("mock", "salum"),
-                   default=_env("STREAMQ_PROVIDER", "mock"),
-                   help="SMS provider (env STREAMQ_PROVIDER); salum reads SALUM_API_URL, "
-                   "SALUM_API_KEY, SALUM_PARTNER_ID, SALUM_SHORTCODE")
+    p.add_argument("--provider", default=None,
+                   help="SMS provider, or an ordered list for failover: mock, salum, "
+                   "africastalking, e.g. salum,africastalking (env SMS_PROVIDERS, or "
+                   "STREAMQ_PROVIDER for one; default mock). salum reads SALUM_API_URL, "
+                   "SALUM_API_KEY, SALUM_PARTNER_ID, SALUM_SHORTCODE; africastalking reads "
+                   "AT_API_URL, AT_USERNAME, AT_API_KEY, AT_SENDER_ID; per-provider limits "
+                   "SALUM_RATE_LIMIT, AT_RATE_LIMIT (jobs/s); see docs/sms-providers.md")
+    p.add_argument("--check-provider", action="store_true",
+                   default=_env("STREAMQ_CHECK_PROVIDER", "") not in ("", "0"),
+                   help="check each provider's configuration without sending a message, "
+                   "print one line each and exit (0 = all good; env STREAMQ_CHECK_PROVIDER)")
     p.add_argument("--handler", default=_env("STREAMQ_HANDLER", ""),
                    help="run 'module:function' instead of the SMS dispatcher; with it, "
                    "--queue names any queue (env STREAMQ_HANDLER)")
@@ -141,24 +150,69 @@ def ensure_local_redis(url: str, explicit: bool) -> RedisProcess | None:
     return proc
 
 
-def make_handler(args: argparse.Namespace) -> tuple[Handler, Any, Callable[[], Any] | None]:
-    """The handler, the queue's job type and an async close function for its resources."""
+def job_type_of(args: argparse.Namespace) -> Any:
+    """The type the queue's payloads decode to: SMSJob, or --job-type with --handler."""
     if args.handler:
-        job_type = load_object(args.job_type, "--job-type") if args.job_type else None
-        return load_handler(args.handler), job_type, None
+        return load_object(args.job_type, "--job-type") if args.job_type else None
     if args.job_type:
         raise ConfigError("--job-type goes with --handler (the SMS worker decodes SMSJob)")
-    from ..sms import SMSJob, make_sms_handler, provider_from_settings
+    from ..sms import SMSJob
 
-    provider = provider_from_settings(args.provider)
-    if args.log_format == "json" and hasattr(provider, "echo"):
-        provider.echo = False  # the mock's development print-out would break JSON log lines
-    return make_sms_handler(provider), SMSJob, provider.aclose
+    return SMSJob
+
+
+def make_handler(
+    args: argparse.Namespace, queue: Queue
+) -> tuple[Handler, Callable[[], Any] | None, Callable[[], Any] | None]:
+    """The handler, an async close function for its resources, and an async start-up
+    check (the SMS providers' configuration), each but the handler optional."""
+    if args.handler:
+        return load_handler(args.handler), None, None
+    from ..sms import make_sms_handler
+    from ..sms.failover import router_from_settings
+
+    router = router_from_settings(queue, args.provider)
+    if args.log_format == "json":
+        for slot in router.slots:
+            if hasattr(slot.provider, "echo"):
+                # the mock's development print-out would break JSON log lines
+                slot.provider.echo = False
+    return make_sms_handler(router), router.aclose, lambda: check_at_start(router)
+
+
+async def check_at_start(router: Any) -> None:
+    """Check each provider that allows it without sending; a refused credential opens its
+    breaker now (the worker then fails over or holds, instead of spending a message)."""
+    results: list[tuple[str, bool, str]] = []
+    with anyio.move_on_after(START_CHECK_S):
+        try:
+            results = await router.check()
+        except (StreamqError, OSError) as exc:
+            log.warning("sms.provider_check_skipped", error=redact_text(str(exc)))
+    for name, ok, found in results:
+        if ok:
+            log.info("sms.provider_checked", provider=name, result=found)
+        else:
+            log.error("sms.provider_check_failed", provider=name, error=found)
+
+
+async def check_providers(args: argparse.Namespace, url: str) -> int:
+    """``--check-provider``: one line per provider, exit code 0 when all are good."""
+    from ..sms.failover import router_from_settings
+
+    router = router_from_settings(Queue(args.queue, redis_url=url), args.provider)
+    try:
+        results = await router.check(open_breakers=False)
+    finally:
+        await router.aclose()
+    for name, ok, found in results:
+        print(f"provider {name}: {'ok' if ok else 'FAILED'}: {found}", flush=True)
+    return 0 if all(ok for _, ok, _ in results) else 2
 
 
 async def run(args: argparse.Namespace, url: str) -> None:
-    handler, job_type, close_handler = make_handler(args)
-    queue = Queue(args.queue, redis_url=url, job_type=job_type)
+    queue = Queue(args.queue, redis_url=url, job_type=job_type_of(args))
+    handler, close_handler, start_check = make_handler(args, queue)
     worker = Worker(
         queue, handler,
         concurrency=args.concurrency,
@@ -168,6 +222,8 @@ async def run(args: argparse.Namespace, url: str) -> None:
         max_stalled=args.max_stalled,
     )
     await queue.connect()  # fail fast, one line, before anything else starts
+    if start_check is not None:
+        await start_check()
     signals = 0
 
     async def watch_signals() -> None:
@@ -218,6 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError("--concurrency must be >= 1")
         if args.rate_limit < 0:
             raise ConfigError("--rate-limit must be >= 0 (0 = unlimited)")
+        if args.check_provider:
+            return anyio.run(check_providers, args, url)
         local = ensure_local_redis(url, explicit)
         try:
             import uvloop  # noqa: F401

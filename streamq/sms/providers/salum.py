@@ -178,6 +178,22 @@ class SalumSMSProvider:
         )
         return self._classify(reply)
 
+    async def check(self) -> str:
+        """The start-up check Salum allows: its API has no read-only call (no balance or
+        account endpoint in the documented API), so the credentials can only be verified
+        by sending a message. This checks what can be checked without one: the API URL
+        resolves and answers HTTP (a GET, which sends nothing)."""
+        reply = await self._pool.request(
+            "GET", self.api_url, headers={"Accept": "application/json"},
+            label="Salum", shown_url=self._display_url, provider=self.name,
+            retry_note="nothing is sent by this check")
+        if reply.status in (401, 403):
+            raise ProviderConfigError(
+                f"Salum HTTP {reply.status}: credentials refused, check SALUM_API_KEY",
+                provider=self.name, code=reply.status)
+        return (f"{self._display_url} answers (HTTP {reply.status}); the credentials are "
+                "verified by the first message (Salum has no call that checks them)")
+
     def _classify(self, reply: Reply) -> SendResult:
         name = self.name
         status = reply.status
