@@ -8,6 +8,7 @@ An application creates jobs (``create_*_sms_job``); a worker runs the handler fr
 from __future__ import annotations
 
 from .dispatch import make_sms_handler
+from .failover import ProviderRouter
 from .jobs import (
     close_sms_queue,
     create_notification_sms_job,
@@ -16,7 +17,13 @@ from .jobs import (
     get_sms_queue,
 )
 from .phone import InvalidPhoneNumber, normalize_phone
-from .providers import MockSMSProvider, SalumSMSProvider, SMSProvider, provider_from_settings
+from .providers import (
+    AfricasTalkingSMSProvider,
+    MockSMSProvider,
+    SalumSMSProvider,
+    SMSProvider,
+    provider_from_settings,
+)
 from .templates import (
     MessageTooLong,
     render_notification_sms,
@@ -27,11 +34,13 @@ from .types import OTPSMS, NotificationSMS, Recipient, SMSJob, TemplateResult, W
 
 # Plain sorted() order, which the test checks (ruff's RUF022 prefers isort order).
 __all__ = [  # noqa: RUF022
+    "AfricasTalkingSMSProvider",
     "InvalidPhoneNumber",
     "MessageTooLong",
     "MockSMSProvider",
     "NotificationSMS",
     "OTPSMS",
+    "ProviderRouter",
     "Recipient",
     "SMSJob",
     "SMSProvider",

@@ -196,9 +196,11 @@ class ProviderRouter:
             if skipped:
                 came = skipped[0]
                 provider_metrics.failover(self.queue.name, came.name, slot.name, came.reason)
-                log.warning("sms.failover", queue=self.queue.name, job_id=job.id,
-                            attempt=job.attempt, to=mask_phone(to), from_provider=came.name,
-                            to_provider=slot.name, reason=came.reason, error=came.error or None)
+                # routine while a breaker is open (info); a first-hand failure: warning
+                say = log.info if came.reason == "breaker_open" else log.warning
+                say("sms.failover", queue=self.queue.name, job_id=job.id, attempt=job.attempt,
+                    to=mask_phone(to), from_provider=came.name, to_provider=slot.name,
+                    reason=came.reason, error=came.error or None)
             return result
         raise self._not_now(job, skipped, locked, last_unreachable)
 

@@ -1,7 +1,9 @@
-"""SMS providers: the protocol, the Salum HTTP provider, the mock, and the factory."""
+"""SMS providers: the protocol, the Salum and Africa's Talking HTTP providers, the mock,
+and the factory."""
 
 from __future__ import annotations
 
+from .africastalking import AfricasTalkingSMSProvider
 from .base import (
     ProviderConfigError,
     ProviderError,
@@ -12,11 +14,12 @@ from .base import (
     SendResult,
     SMSProvider,
 )
-from .factory import provider_from_settings
+from .factory import provider_from_settings, providers_from_settings
 from .mock import MockSMSProvider, SentMessage
 from .salum import SalumSMSProvider
 
 __all__ = [
+    "AfricasTalkingSMSProvider",
     "MockSMSProvider",
     "ProviderConfigError",
     "ProviderError",
@@ -29,4 +32,5 @@ __all__ = [
     "SendResult",
     "SentMessage",
     "provider_from_settings",
+    "providers_from_settings",
 ]
