@@ -11,7 +11,8 @@
   ARGV[1] name of the downstream   ARGV[2] kind: 'config' or 'error'
   ARGV[3] errors that open it (>= 1)   ARGV[4] window (ms)   ARGV[5] cool-down (ms)
   ARGV[6] reason (one line, already redacted)   ARGV[7] events max length
-  Returns: {state after, 1 if this call opened it, ms until a probe may go (0 if closed)}
+  Returns: {state after, 1 if this call opened it, ms until a probe may go (0 if closed),
+    state before}
 ]]
 local breaker, events = KEYS[1], KEYS[2]
 local name, kind = ARGV[1], ARGV[2]
@@ -21,7 +22,7 @@ local now = now_ms()
 local st = redis.call('HGET', breaker, 'st') or 'closed'
 if st == 'open' then
   local open_until = tonumber(redis.call('HGET', breaker, 'until')) or now
-  return {'open', 0, math.max(0, open_until - now)}
+  return {'open', 0, math.max(0, open_until - now), 'open'}
 end
 if st == 'closed' and kind ~= 'config' then
   local state = redis.call('HMGET', breaker, 'n', 'ws')
@@ -32,7 +33,7 @@ if st == 'closed' and kind ~= 'config' then
   n = n + 1
   if n < threshold then
     redis.call('HSET', breaker, 'n', n, 'ws', ws)
-    return {'closed', 0, 0}
+    return {'closed', 0, 0, 'closed'}
   end
 end
 local why = kind == 'config' and 'config' or 'errors'
@@ -43,4 +44,4 @@ if evmax > 0 then
   redis.call('XADD', events, 'MAXLEN', '~', evmax, '*', 'ev', 'breaker', 'j', '',
     'provider', name, 'state', 'open', 'kind', why, 'e', ARGV[6])
 end
-return {'open', 1, cooldown}
+return {'open', 1, cooldown, st}

@@ -20,13 +20,15 @@ Defaults: 5 errors within 30 s open it; open for 30 s. Environment:
 
 Each transition writes a ``breaker`` entry to the queue's events stream (provider,
 state, kind, reason), is logged by the one worker that made it (opening at error
-level), and counted in ``streamq_sms_breaker_transitions_total``.
+level; a failed probe at most once a minute), and counted in
+``streamq_sms_breaker_transitions_total``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -44,6 +46,7 @@ log = structlog.get_logger("streamq.sms")
 BreakerState = Literal["closed", "half_open", "open"]
 FailureKind = Literal["error", "config"]
 MAX_REASON_CHARS: Final = 200
+PROBE_LOG_EVERY_S: Final = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,9 +102,12 @@ def _text(v: Any) -> str:
 class Breakers:
     """The breakers of one queue's providers (the queue's hash tag holds their keys)."""
 
-    def __init__(self, queue: Queue, policy: BreakerPolicy | None = None) -> None:
+    def __init__(self, queue: Queue, policy: BreakerPolicy | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.queue = queue
         self.policy = policy or BreakerPolicy()
+        self._clock = clock
+        self._last_probe_log: dict[str, float] = {}
 
     def _keys(self, name: str) -> list[str]:
         k = self.queue.keys
@@ -114,28 +120,39 @@ class Breakers:
         allowed, state, wait_ms, probe = int(reply[0]), _text(reply[1]), int(reply[2]), int(reply[3])
         q = self.queue.name
         if probe and state == "half_open":
-            log.info("sms.breaker_probe", queue=q, provider=name,
-                     note="cool-down over: one message probes the provider")
+            log.debug("sms.breaker_probe", queue=q, provider=name,
+                      note="cool-down over: one message probes the provider")
             provider_metrics.breaker_transition(q, name, "half_open")
         else:
             provider_metrics.breaker_seen(q, name, state)
         return Admission(bool(allowed), state, wait_ms / 1000, bool(probe))  # type: ignore[arg-type]
 
     async def failure(self, name: str, kind: FailureKind, reason: str) -> tuple[BreakerState, bool]:
-        """Report a failed call; returns the state after and whether this call opened it."""
+        """Report a failed call; returns the state after and whether this call opened it.
+
+        Opening from closed is logged once at error level; a failed probe (reopening)
+        at most once a minute per provider in this process, so a provider that stays
+        down for hours costs a line a minute, not one per probe."""
         p = self.policy
         why = redact_text(" ".join(reason.split()))[:MAX_REASON_CHARS]
         reply = await self.queue.scripts(
             "breaker_failure", self._keys(name),
             [name, kind, p.errors, round(p.window_s * 1000), round(p.cooldown_s * 1000), why,
              self.queue.defaults.events_max])
-        state, opened = _text(reply[0]), bool(int(reply[1]))
+        state, opened, before = _text(reply[0]), bool(int(reply[1])), _text(reply[3])
         q = self.queue.name
         if opened:
-            log.error("sms.breaker_opened", queue=q, provider=name, kind=kind, reason=why,
-                      cooldown_s=p.cooldown_s,
-                      note="no message goes to this provider until a probe succeeds")
             provider_metrics.breaker_transition(q, name, "open")
+            if before == "closed":
+                log.error("sms.breaker_opened", queue=q, provider=name, kind=kind, reason=why,
+                          cooldown_s=p.cooldown_s,
+                          note="no message goes to this provider until a probe succeeds")
+            else:
+                now = self._clock()
+                if now - self._last_probe_log.get(name, -PROBE_LOG_EVERY_S) >= PROBE_LOG_EVERY_S:
+                    self._last_probe_log[name] = now
+                    log.warning("sms.breaker_probe_failed", queue=q, provider=name, kind=kind,
+                                reason=why, next_probe_in_s=p.cooldown_s)
         else:
             provider_metrics.breaker_seen(q, name, state)
         return state, opened  # type: ignore[return-value]

@@ -213,9 +213,11 @@ class ProviderRouter:
             result = await slot.provider.send(to, message, idempotency_key=job.id)
         except ProviderConfigError as exc:
             outcome, settle = "config_error", "unsent"
-            await self.breakers.failure(slot.name, "config", str(exc))
-            log.warning("sms.provider_refused_config", queue=self.queue.name, job_id=job.id,
-                        provider=slot.name, code=exc.code, error=redact_text(str(exc)))
+            _, opened = await self.breakers.failure(slot.name, "config", str(exc))
+            # the breaker's own line says it loudly; per message only at debug
+            log.debug("sms.provider_refused_config", queue=self.queue.name, job_id=job.id,
+                      provider=slot.name, code=exc.code, error=redact_text(str(exc)),
+                      opened_breaker=opened)
             raise
         except ProviderUnreachable as exc:
             outcome, settle = "transient_error", "unsent"

@@ -7,7 +7,6 @@ import re
 from collections.abc import AsyncIterator
 from typing import Any
 
-import anyio
 import pytest
 import structlog
 
@@ -133,8 +132,8 @@ async def test_refused_credentials_fail_over_at_once(
     assert breaker["st"] == "open" and breaker["kind"] == "config" and "1006" in breaker["why"]
     reasons = [f["reason"] for f in await events_of(queue, "failover")]
     assert reasons == ["config"] + ["breaker_open"] * 4
-    assert ('streamq_sms_failovers_total{from_provider="salum",queue="%s",reason="config",'
-            'to_provider="africastalking"} 1.0' % queue.name) in page
+    assert (f'streamq_sms_failovers_total{{from_provider="salum",queue="{queue.name}",reason="config",'
+            'to_provider="africastalking"} 1.0') in page
     assert 'state="open"} 1.0' in page and "streamq_sms_breaker_state" in page
     assert [e["event"] for e in logs].count("sms.breaker_opened") == 1
     assert API_KEY not in str(logs) and AT_KEY not in str(logs)
