@@ -11,30 +11,31 @@
   ARGV[1] name of the downstream (for the event)   ARGV[2] probe lease (ms)
   ARGV[3] events max length
   Returns: {allowed 1|0, state, ms until the next call may be admitted (0 if allowed),
-    1 if this caller is the probe}
+    1 if this caller is the probe, why it opened ('' when closed)}
 ]]
 local breaker, events = KEYS[1], KEYS[2]
 local name, lease, evmax = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local st = redis.call('HGET', breaker, 'st') or 'closed'
 if st == 'closed' then
-  return {1, 'closed', 0, 0}
+  return {1, 'closed', 0, 0, ''}
 end
 local now = now_ms()
+local why = redis.call('HGET', breaker, 'why') or ''
 if st == 'open' then
   local open_until = tonumber(redis.call('HGET', breaker, 'until')) or 0
   if now < open_until then
-    return {0, 'open', open_until - now, 0}
+    return {0, 'open', open_until - now, 0, why}
   end
   redis.call('HSET', breaker, 'st', 'half_open', 'probe', now + lease, 'since', now)
   if evmax > 0 then
     redis.call('XADD', events, 'MAXLEN', '~', evmax, '*', 'ev', 'breaker', 'j', '',
       'provider', name, 'state', 'half_open')
   end
-  return {1, 'half_open', 0, 1}
+  return {1, 'half_open', 0, 1, why}
 end
 local probe = tonumber(redis.call('HGET', breaker, 'probe')) or 0
 if now < probe then
-  return {0, 'half_open', probe - now, 0}
+  return {0, 'half_open', probe - now, 0, why}
 end
 redis.call('HSET', breaker, 'probe', now + lease)
-return {1, 'half_open', 0, 1}
+return {1, 'half_open', 0, 1, why}

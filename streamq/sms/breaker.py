@@ -93,6 +93,8 @@ class Admission:
     """Seconds until a call may be admitted again (0 when allowed)."""
     probe: bool
     """This call is the half-open probe."""
+    why: str = ""
+    """Why the breaker opened (its last failure, redacted), when it is not closed."""
 
 
 def _text(v: Any) -> str:
@@ -118,6 +120,7 @@ class Breakers:
             "breaker_admit", self._keys(name),
             [name, max(1, round(probe_lease_s * 1000)), self.queue.defaults.events_max])
         allowed, state, wait_ms, probe = int(reply[0]), _text(reply[1]), int(reply[2]), int(reply[3])
+        why = _text(reply[4]) if len(reply) > 4 else ""
         q = self.queue.name
         if probe and state == "half_open":
             log.debug("sms.breaker_probe", queue=q, provider=name,
@@ -125,7 +128,8 @@ class Breakers:
             provider_metrics.breaker_transition(q, name, "half_open")
         else:
             provider_metrics.breaker_seen(q, name, state)
-        return Admission(bool(allowed), state, wait_ms / 1000, bool(probe))  # type: ignore[arg-type]
+        return Admission(bool(allowed), state, wait_ms / 1000, bool(probe),  # type: ignore[arg-type]
+                         why)
 
     async def failure(self, name: str, kind: FailureKind, reason: str) -> tuple[BreakerState, bool]:
         """Report a failed call; returns the state after and whether this call opened it.

@@ -174,7 +174,9 @@ class ProviderRouter:
                 wait = admission.wait_s
                 if admission.state == "half_open":
                     wait = min(wait, RECHECK_WHILE_PROBING_S)
-                skipped.append(_Skip(slot.name, "breaker_open", wait))
+                skipped.append(_Skip(slot.name, "breaker_open", wait,
+                                     f"breaker open after: {admission.why}" if admission.why
+                                     else ""))
                 continue
             await self._take_token(slot)
             if self.multi:
