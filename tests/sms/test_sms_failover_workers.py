@@ -24,6 +24,7 @@ from streamq.sms import (
 )
 from streamq.sms.standin import SalumStandin
 from streamq.sms.standin_at import AfricasTalkingStandin
+from tests.support.failover_run import FailoverConfig, run_failover
 from tests.support.pii import assert_no_pii
 from tests.support.sms_workers import WorkerProcs
 from tests.support.util import wait_until
@@ -248,3 +249,22 @@ def _key(r: object) -> str:
 def _notification(i: int) -> SMSJob:
     return NotificationSMS(id=f"r{i:03d}", timestamp=int(time.time() * 1000),
                            recipient=Recipient(phone_number=NUMBER), message=f"rate {i}")
+
+
+@pytest.mark.timeout(120)
+async def test_failover_run_never_sends_a_message_through_two_providers(tmp_path: Path) -> None:
+    """The note's figure at CI size: Salum goes down and comes back, a worker is killed,
+    Salum times out on a few replies. Every message is delivered, each through one
+    provider only (measured at the stand-ins)."""
+    cfg = FailoverConfig(jobs=150, workers=2, rate=30.0, outage_s=1.5, slow_replies=3)
+    figures = await run_failover(cfg, tmp_path)
+    print("\n".join(figures.lines()))
+    assert figures.completed == cfg.jobs and figures.dead == 0
+    assert figures.cross_provider == 0
+    assert figures.via["salum"] + figures.via["africastalking"] == cfg.jobs
+    assert figures.via["salum"] > 0 and figures.via["africastalking"] > 0
+    assert figures.failovers["unreachable"] > 0
+    assert figures.breaker[:1] == ["open"] and figures.breaker[-1] == "closed"
+    # ambiguous retries stay on their provider: the late replies, plus what the killed
+    # worker had in flight
+    assert figures.same_provider_repeats <= cfg.slow_replies + cfg.concurrency
