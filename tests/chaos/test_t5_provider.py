@@ -63,15 +63,12 @@ ROWS = [
     Row("429 no header", (), "http429", 3, "dead", "429"),
     Row("429 Retry-After 86400 (capped)", ("http429:86400",), "ok", 2, "completed"),
     Row("400", (), "http400", 1, "dead", "HTTP 400"),
-    Row("401", (), "http401", 1, "dead", "check SALUM_API_KEY"),
-    Row("403", (), "http403", 1, "dead", "check SALUM_API_KEY"),
     Row("404", (), "http404", 1, "dead", "HTTP 404"),
     Row("422", (), "http422", 1, "dead", "HTTP 422"),
     Row("slow: 2 x timeout", (), "slow:1.0", 3, "dead", "timed out"),
     Row("reset mid-response", (), "disconnect", 3, "dead", "connection error"),
     Row("headers after 0.9 x timeout", (), "slow:0.9", 1, "completed", timeout=1.0),
     Row("200 + garbage body", (), "garbage", 1, "dead", "unparseable 2xx"),
-    Row("1006 invalid credentials", (), "1006", 1, "dead", "1006"),
     Row("1004 low credit", (), "1004", 1, "dead", "1004"),
     Row("1005 system error", (), "1005", 3, "dead", "1005"),
 ]
@@ -143,6 +140,39 @@ async def test_t5_salum_fault_table(server: RedisProcess, standin: SalumStandin,
             assert [d.job_id for d in dead] == ["sms1"]
             assert "\n" not in dead[0].error
     finally:
+        await q.close()
+
+
+@pytest.mark.parametrize("mode", ["http401", "http403", "1006"])
+@pytest.mark.timeout(30)
+async def test_t5_credential_refusals_hold_instead_of_dead_lettering(
+    server: RedisProcess, standin: SalumStandin, mode: str
+) -> None:
+    """401/403/1006 were "permanent, dead at once" in the first table; they are about the
+    provider, not the message (issue 10): the job goes back without using an attempt and
+    the worker holds its fetching. Recovery is tested in tests/sms."""
+    standin.set_mode(mode)
+    q = Queue(f"t5-hold-{mode}", redis_url=server.url, job_type=SMSJob,
+              defaults=QueueDefaults(backoff_s=0.05, attempts=3))
+    provider = SalumSMSProvider(standin.url, API_KEY, PARTNER, SHORTCODE, timeout_total=0.5,
+                                timeout_connect=0.3)
+    deferred = anyio.Event()
+    worker = Worker(q, make_sms_handler(provider), rate_limit=None)
+    worker.on("deferred", lambda e: deferred.set())
+    try:
+        await q.add(welcome(1), JobOptions(job_id="sms1"))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(worker.run)
+            with anyio.fail_after(10):
+                await deferred.wait()
+            assert worker.fetch_hold.held
+            await worker.close()
+        info = await q.get_job("sms1")
+        assert info is not None and info.state.value == "delayed" and info.attempts == 0
+        assert await q.dead_letters(10) == []
+        assert len(standin.received) == 1
+    finally:
+        await provider.aclose()
         await q.close()
 
 
