@@ -168,3 +168,21 @@ async def _state(q: Queue, job_id: str, state: JobState) -> bool:
 
 async def _completed(q: Queue, n: int) -> bool:
     return (await q.counts())["completed"] >= n
+
+
+def test_the_readme_example_runs_as_written(redis_url: str) -> None:
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from tests.support.util import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    code = re.search(r"<!-- example: defer -->\n```python\n(.*?)```", readme, re.S)
+    assert code is not None
+    r = subprocess.run([sys.executable, "-c", code.group(1)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60, env=dict(os.environ, REDIS_URL=redis_url))
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith(("held:", "sent "))]
+    assert lines == ["held: True - gateway down", *(f"sent {n} attempt 1" for n in range(3))]

@@ -24,6 +24,7 @@ Salum's ``clientsmsid``, Africa's Talking's ``Idempotency-Key`` header):
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -37,6 +38,7 @@ import anyio
 
 from streamq import JobOptions, Queue
 from streamq.devredis import RedisProcess, free_port, start_redis_server
+from streamq.events import QueueEvent
 from streamq.sms import NotificationSMS, Recipient, SMSJob
 from streamq.sms.standin import SalumStandin
 from streamq.sms.standin_at import AfricasTalkingStandin
@@ -70,7 +72,7 @@ class FailoverFigures:
     cross_provider: int
     same_provider_repeats: int
     requests: dict[str, int]
-    failovers: Counter[str] = field(default_factory=Counter)
+    failovers: dict[str, int] = field(default_factory=dict)
     breaker: list[str] = field(default_factory=list)
     seconds: float = 0.0
     kills: int = 0
@@ -135,7 +137,14 @@ async def run_failover(cfg: FailoverConfig, workdir: Path,
             await q.add_bulk([(_message(i), opts) for i in range(start, min(cfg.jobs, start + 500))])
         outage_done = slow_done = kill_done = False
         deadline = time.monotonic() + cfg.drain_timeout
+        events: list[QueueEvent] = []
+        after = "0-0"
         while True:
+            # read the events stream as it grows: it is capped, a long run would lose
+            # its beginning by the end
+            while batch := await q.read_events(after=after, count=1000):
+                events += batch
+                after = batch[-1].id
             counts = await q.counts()
             if counts["completed"] + counts["failed"] >= cfg.jobs:
                 break
@@ -163,14 +172,16 @@ async def run_failover(cfg: FailoverConfig, workdir: Path,
             await anyio.sleep(0.02)
         seconds = time.monotonic() - t0
         counts = await q.counts()
-        events = await _all_events(q)
+        while batch := await q.read_events(after=after, count=1000):
+            events += batch
+            after = batch[-1].id
     finally:
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
         for p in procs:
             try:
-                await anyio.to_thread.run_sync(lambda p=p: p.wait(20))
+                await anyio.to_thread.run_sync(functools.partial(p.wait, 20))
             except subprocess.TimeoutExpired:
                 p.kill()
         await q.close()
@@ -192,20 +203,10 @@ async def run_failover(cfg: FailoverConfig, workdir: Path,
         same_provider_repeats=sum(n - 1 for n in per_salum.values()) +
         sum(n - 1 for n in per_at.values()),
         requests={"salum": len(salum_keys), "africastalking": len(at_keys)},
-        failovers=Counter(e.fields.get("reason", "") for e in events
-                          if e.name == "failover" and e.fields),
+        failovers=dict(Counter(e.fields.get("reason", "") for e in events
+                               if e.name == "failover" and e.fields)),
         breaker=[e.fields.get("state", "") for e in events
                  if e.name == "breaker" and e.fields and e.fields.get("provider") == "salum"],
         seconds=seconds,
         kills=kills,
     )
-
-
-async def _all_events(q: Queue) -> list:  # type: ignore[type-arg]
-    out, after = [], "0-0"
-    while True:
-        batch = await q.read_events(after=after, count=1000)
-        if not batch:
-            return out
-        out += batch
-        after = batch[-1].id
