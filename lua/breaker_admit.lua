@@ -11,13 +11,15 @@
   ARGV[1] name of the downstream (for the event)   ARGV[2] probe lease (ms)
   ARGV[3] events max length
   Returns: {allowed 1|0, state, ms until the next call may be admitted (0 if allowed),
-    1 if this caller is the probe, why it opened ('' when closed)}
+    1 if this caller is the probe, why it opened ('' when closed), errors counted so far
+    (closed)}
 ]]
 local breaker, events = KEYS[1], KEYS[2]
 local name, lease, evmax = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local st = redis.call('HGET', breaker, 'st') or 'closed'
+local state = redis.call('HMGET', breaker, 'st', 'n')
+local st = state[1] or 'closed'
 if st == 'closed' then
-  return {1, 'closed', 0, 0, ''}
+  return {1, 'closed', 0, 0, '', tonumber(state[2]) or 0}
 end
 local now = now_ms()
 local why = redis.call('HGET', breaker, 'why') or ''

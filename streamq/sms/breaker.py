@@ -18,6 +18,13 @@ States and transitions (each one Lua transition, ``lua/breaker_*.lua``):
 Defaults: 5 errors within 30 s open it; open for 30 s. Environment:
 ``SMS_BREAKER_ERRORS``, ``SMS_BREAKER_WINDOW`` (s), ``SMS_BREAKER_COOLDOWN`` (s).
 
+Cost on the happy path: a worker that found a breaker closed trusts that for
+``CLOSED_TRUST_S`` (0.5 s) before asking Redis again, and reports a success only when
+there is something to reset (errors counted, a probe), so a healthy provider costs about
+two Redis calls a second per worker, not two per message. The price: a breaker opened by
+another worker is seen up to 0.5 s late, which costs at most a few calls that fail the
+same way (provably unsent ones fail over, ambiguous ones retry on the same provider).
+
 Each transition writes a ``breaker`` entry to the queue's events stream (provider,
 state, kind, reason), is logged by the one worker that made it (opening at error
 level; a failed probe at most once a minute), and counted in
@@ -46,6 +53,7 @@ log = structlog.get_logger("streamq.sms")
 BreakerState = Literal["closed", "half_open", "open"]
 FailureKind = Literal["error", "config"]
 MAX_REASON_CHARS: Final = 200
+CLOSED_TRUST_S: Final = 0.5
 PROBE_LOG_EVERY_S: Final = 60.0
 
 
@@ -110,17 +118,30 @@ class Breakers:
         self.policy = policy or BreakerPolicy()
         self._clock = clock
         self._last_probe_log: dict[str, float] = {}
+        self._closed_until: dict[str, float] = {}
+        """name -> local time until which a closed breaker is trusted without asking."""
+        self._report: set[str] = set()
+        """Names whose next success must reach Redis (errors counted, or not closed)."""
 
     def _keys(self, name: str) -> list[str]:
         k = self.queue.keys
         return [k.breaker(check_downstream_name(name)), k.events]
 
     async def admit(self, name: str, probe_lease_s: float) -> Admission:
+        if self._clock() < self._closed_until.get(name, 0.0):
+            return Admission(True, "closed", 0.0, False)
         reply = await self.queue.scripts(
             "breaker_admit", self._keys(name),
             [name, max(1, round(probe_lease_s * 1000)), self.queue.defaults.events_max])
         allowed, state, wait_ms, probe = int(reply[0]), _text(reply[1]), int(reply[2]), int(reply[3])
         why = _text(reply[4]) if len(reply) > 4 else ""
+        if state == "closed":
+            self._closed_until[name] = self._clock() + CLOSED_TRUST_S
+            if len(reply) > 5 and int(reply[5]) > 0:
+                self._report.add(name)
+        else:
+            self._closed_until.pop(name, None)
+            self._report.add(name)
         q = self.queue.name
         if probe and state == "half_open":
             log.debug("sms.breaker_probe", queue=q, provider=name,
@@ -144,6 +165,9 @@ class Breakers:
             [name, kind, p.errors, round(p.window_s * 1000), round(p.cooldown_s * 1000), why,
              self.queue.defaults.events_max])
         state, opened, before = _text(reply[0]), bool(int(reply[1])), _text(reply[3])
+        self._report.add(name)
+        if state != "closed":
+            self._closed_until.pop(name, None)
         q = self.queue.name
         if opened:
             provider_metrics.breaker_transition(q, name, "open")
@@ -162,7 +186,11 @@ class Breakers:
         return state, opened  # type: ignore[return-value]
 
     async def success(self, name: str) -> bool:
-        """Report a call the provider answered; returns whether this call closed it."""
+        """Report a call the provider answered; returns whether this call closed it.
+        Skipped when this worker knows of nothing to reset."""
+        if name not in self._report:
+            return False
+        self._report.discard(name)
         reply = await self.queue.scripts(
             "breaker_success", self._keys(name), [name, self.queue.defaults.events_max])
         state, closed = _text(reply[0]), bool(int(reply[1]))
