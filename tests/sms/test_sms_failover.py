@@ -176,7 +176,8 @@ async def test_a_run_that_died_mid_send_pins_the_job(
     router = ProviderRouter(queue, [salum_at(standin.url), at_provider(at_standin)],
                             policy=BreakerPolicy(cooldown_s=60))
     ref = await create_notification_sms_job(recipient=NUMBER, message="x", queue=queue)
-    job = Job(ref.job_id, None, 1, 3, queue.name, "normal", 0, 0, type_name="notification")
+    job = Job(id=ref.job_id, data=None, attempt=1, max_attempts=3, queue_name=queue.name,
+              priority="normal", created_ms=0, enqueued_ms=0, type_name="notification")
     try:
         assert await router._route_begin(job.id) == ("", "")
         ok, _ = await router._route_pin(job, "salum", "", None)  # ...and the worker dies here
@@ -241,3 +242,18 @@ async def test_breaker_probe_is_single_and_its_lease_expires(queue: Queue) -> No
 async def _admitted(b: Breakers, lease: float) -> bool:
     a = await b.admit("salum", lease)
     return a.allowed and a.probe
+
+
+def test_provider_keys_share_the_queue_slot_and_hold_no_number() -> None:
+    from redis.crc import key_slot
+
+    from streamq.errors import ConfigError
+    from streamq.keys import QueueKeys
+
+    k = QueueKeys("sms")
+    keys = [k.breaker("salum"), k.downstream_limiter("africastalking"), k.route("job-1"),
+            k.events, *k.lanes]
+    assert len({key_slot(key.encode()) for key in keys}) == 1
+    for bad in ("Salum", "+254712345678", "a" * 33, "x:y"):
+        with pytest.raises(ConfigError):
+            k.breaker(bad)

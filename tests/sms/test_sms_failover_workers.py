@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -27,7 +30,7 @@ from streamq.sms.standin_at import AfricasTalkingStandin
 from tests.support.failover_run import FailoverConfig, run_failover
 from tests.support.pii import assert_no_pii
 from tests.support.sms_workers import WorkerProcs
-from tests.support.util import wait_until
+from tests.support.util import ROOT, wait_until
 
 SALUM_KEY = "sk-proc-SECRET-5150"
 AT_KEY = "atsk_proc_SECRET_6160"
@@ -268,3 +271,29 @@ async def test_failover_run_never_sends_a_message_through_two_providers(tmp_path
     # ambiguous retries stay on their provider: the late replies, plus what the killed
     # worker had in flight
     assert figures.same_provider_repeats <= cfg.slow_replies + cfg.concurrency
+
+
+async def test_check_provider_prints_one_line_each_and_sends_nothing(
+    salum: SalumStandin, at: AfricasTalkingStandin
+) -> None:
+    procs_env = dict(os.environ, PYTHONPATH=str(ROOT),
+                     **provider_env("redis://127.0.0.1:1/0", salum.url, at.url))
+
+    def check(key: str) -> subprocess.CompletedProcess[str]:
+        env = {**procs_env, "AT_API_KEY": key}
+        return subprocess.run([sys.executable, "-m", "streamq.worker", "--provider",
+                               "salum,africastalking", "--check-provider"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=30)
+
+    good = await anyio.to_thread.run_sync(lambda: check(AT_KEY))
+    assert good.returncode == 0, good.stderr
+    assert good.stdout.splitlines() == [
+        f"provider salum: ok: {salum.url} answers (HTTP 405); the credentials are verified by "
+        "the first message (Salum has no call that checks them)",
+        "provider africastalking: ok: KES 1785.50"]
+    bad = await anyio.to_thread.run_sync(lambda: check("atsk_wrong"))
+    assert bad.returncode == 2
+    assert bad.stdout.splitlines()[1].startswith(
+        "provider africastalking: FAILED: Africa's Talking HTTP 401: credentials refused")
+    assert "atsk_wrong" not in bad.stdout + bad.stderr
+    assert salum.received == [] and at.received == [], "a check sends no message"
