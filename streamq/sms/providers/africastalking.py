@@ -36,12 +36,13 @@ An empty ``Recipients`` list means nothing was sent; its ``Message`` then names 
 reason (e.g. ``InvalidSenderId``), classified like the code of that name. A 2xx whose
 body we cannot read is permanent and not retried (it may have been sent), as for Salum.
 
-**No deduplication on Africa's Talking SMS.** Its documented idempotency header
-(``Idempotency-Key``, a duplicate within a short window is refused) covers airtime and
-payments, not SMS. The job id is sent in that header anyway (ignored by SMS today,
-harmless, and it lets logs and the stand-in match retries), but an ambiguous outcome
-retried on Africa's Talking can reach the handset twice: the retry stays on the same
-provider, never a second one, which bounds the duplicate to that provider's own retry.
+**No deduplication on Africa's Talking SMS.** Its documented idempotent requests (a
+repeat of the same key within a short window is refused) cover airtime and payments,
+not SMS. The job id is sent in an ``Idempotency-Key`` header anyway (ignored by SMS
+today, harmless, and it lets logs and the stand-in match retries), but an ambiguous
+outcome retried on Africa's Talking can reach the handset twice: the retry stays on the
+same provider, never a second one, which bounds the duplicate to that provider's own
+retry.
 
 Nothing here logs or raises with the API key, the message text or a full number.
 """
