@@ -120,18 +120,18 @@ def _parse_number(raw: str, kind: type[N], *, minimum: float, above: bool,
                   maximum: float | None) -> N | str:
     """The number, or the reason it is not acceptable."""
     what = "a whole number" if kind is int else "a number"
+    if maximum is not None and not above:
+        what += f" from {minimum:g} to {maximum:g}"
+    else:
+        what += f" > {minimum:g}" if above else f" >= {minimum:g}"
+        what += "" if maximum is None else f" and <= {maximum:g}"
     try:
         value = kind(raw)
     except ValueError:
         return f"must be {what}"
-    if not math.isfinite(value):
+    if (not math.isfinite(value) or (above and value <= minimum) or value < minimum
+            or (maximum is not None and value > maximum)):
         return f"must be {what}"
-    if above and value <= minimum:
-        return f"must be {what} > {minimum:g}"
-    if not above and value < minimum:
-        return f"must be {what} >= {minimum:g}"
-    if maximum is not None and value > maximum:
-        return f"must be {what} <= {maximum:g}"
     return value
 
 
