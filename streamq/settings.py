@@ -1,6 +1,6 @@
 """Settings from the environment, with the seed's defaults, and the Redis client built on purpose.
 
-Redis client choices (RELIABILITY.md items 13-15): redis-py 8 defaults to a 5 s socket
+Redis client choices (docs/reliability.md, part 2): redis-py 8 defaults to a 5 s socket
 timeout, RESP3 and 10 automatic retries. We set each explicitly: blocking reads stay
 well below the socket timeout, RESP2 keeps Lua replies in one shape, and retries are
 few and short because every write is idempotent (enqueue dedups on the job id) or
