@@ -80,6 +80,28 @@ def test_a_database_that_is_not_a_number_is_refused(redis_proc: RedisProcess) ->
 
 
 
+def test_the_library_and_the_operator_cli_refuse_a_database_that_is_not_a_number(
+    redis_proc: RedisProcess,
+) -> None:
+    from streamq.errors import ConfigError
+
+    base = f"redis://127.0.0.1:{redis_proc.port}"
+    for bad in (f"{base}/notadb", f"{base}/0?db=x", "redis://127.0.0.1:notaport/0"):
+        with pytest.raises(ConfigError, match="redis_url"):
+            Queue("q", redis_url=bad)
+    for good in (f"{base}/3", f"{base}", f"{base}/", "unix:///tmp/redis.sock?db=2"):
+        assert Queue("q", redis_url=good).redis_url == good
+    r = subprocess.run([sys.executable, "-m", "streamq", "stats", "--redis-url", f"{base}/nodb"],
+                       cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=20)
+    assert r.returncode == 2 and r.stderr.strip() == ("streamq: --redis-url: the database must "
+                                                      "be a number (e.g. redis://127.0.0.1:6379/0), "
+                                                      "not 'nodb'"), r.stderr
+    r = subprocess.run([sys.executable, "-m", "streamq", "stats", "--redis-url", f"{base}/77"],
+                       cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=20)
+    assert r.returncode == 2 and "has no such database" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
 def test_missing_redis_server_says_the_auto_start_was_skipped(tmp_path: Path) -> None:
     port = free_port()  # nothing answers there
     env = _env(PATH=str(tmp_path), STREAMQ_LOCAL_REDIS_PORT=str(port))

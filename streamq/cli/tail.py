@@ -1,8 +1,8 @@
 """``python -m streamq events --queue NAME [--follow]``: the queue's events stream as lines.
 
 One line per job event, oldest first: the time (from the stream entry id, Redis clock),
-the event, the job id, its type, the attempt, then any extra fields (``delay`` of a
-retry in ms, ``stalls``) and the one-line, redacted error. The stream holds no payload
+the event, the job id, its type, the attempt, then any extra fields (a retry's delay,
+``stalls``) and the one-line, redacted error. The stream holds no payload
 and no phone number. Batch transitions write one entry for up to 100 jobs; each job
 gets its own line here.
 """
@@ -31,7 +31,11 @@ def event_line(ev: QueueEvent) -> str:
     ms = int(ev.id.partition("-")[0])
     at = datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
     parts = [at, ev.name.ljust(9), ev.job_id, ev.job_type or "-", f"attempt {ev.attempt}"]
-    parts += [f"{k}={v}" for k, v in sorted((ev.fields or {}).items())]
+    for key, value in sorted((ev.fields or {}).items()):
+        if key == "delay" and value.isdigit():  # a retry's delay, in ms
+            parts.append(f"retry in {int(value) / 1000:g}s")
+        else:
+            parts.append(f"{key}={value}")
     if ev.error:
         parts.append(f"error: {ev.error}")
     return "  ".join(parts)
