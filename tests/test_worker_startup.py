@@ -319,3 +319,30 @@ async def test_an_expired_grace_period_is_logged_as_such(
         expired = named(log, "worker.grace_expired")
         assert expired and expired[0]["cut"] == 1 and expired[0]["grace_s"] == 0.2
         assert not named(log, "worker.forced_stop")
+
+
+async def test_a_paused_queue_is_said_again_while_it_stays_paused(
+    redis_url: str, queue_name: str
+) -> None:
+    import structlog.testing
+
+    from streamq import Worker
+    from tests.support.util import running
+
+    async def never(job: object) -> None:
+        raise AssertionError("a paused queue ran a job")
+
+    with structlog.testing.capture_logs() as logs:
+        async with Queue(queue_name, redis_url=redis_url) as q:
+            await q.pause()
+            await q.add({"ok": True})
+            worker = Worker(q, never, rate_limit=None)
+            worker.paused_log_interval = 0.05  # the default is a minute
+            async with running(worker):
+                await wait_until(lambda: [e["event"] for e in logs].count("queue.paused") >= 2,
+                                 15, 0.05, "a second reminder")
+                started = next(e for e in logs if e["event"] == "worker.started")
+                assert started["paused"] is True
+                assert (await q.counts())["waiting"] == 1  # and nothing ran
+    reminders = [e for e in logs if e["event"] == "queue.paused"]
+    assert reminders[0]["paused_for_s"] == 0 and reminders[0]["log_level"] == "warning"
