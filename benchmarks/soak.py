@@ -1,4 +1,4 @@
-"""Soak runs of the chaos scenarios, printing the checker's figures (RELIABILITY.md 3.0).
+"""Soak runs of the chaos scenarios, printing the checker's figures (docs/reliability.md).
 
     python -m benchmarks.soak --scenario crash --jobs 50000 --workers 4 --kill-every 2
     python -m benchmarks.soak --scenario redis-restart --jobs 20000 --kills 3

@@ -25,8 +25,9 @@ redis-server --version
 $PY -m pip install -q --disable-pip-version-check -e '.[dev]'
 
 echo "== ruff"
-$PY -m ruff check streamq tests benchmarks
+$PY -m ruff check streamq tests benchmarks examples
 echo "== mypy"
 $PY -m mypy
+$PY -m mypy --strict examples
 echo "== pytest"
 $PY -m pytest "$@"

@@ -9,7 +9,7 @@ from redis.exceptions import AuthenticationError, AuthorizationError, ResponseEr
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .errors import QueueFull, RedisUnavailable
+from .errors import ConfigError, QueueFull, RedisUnavailable
 from .redact import redact_url
 
 
@@ -32,4 +32,8 @@ def translate_redis_errors(url: str) -> Iterator[None]:
             raise QueueFull(f"Redis out of memory (maxmemory) at {redact_url(url)}") from None
         if text.startswith(("NOPERM", "WRONGPASS", "NOAUTH")):
             raise RedisUnavailable(f"Redis refused access at {redact_url(url)}: {text}") from None
+        if "DB index is out of range" in text:
+            raise ConfigError(f"Redis at {redact_url(url)} has no such database (DB index is out "
+                              "of range: the server has `databases` 16 unless configured, "
+                              "so 0-15)") from None
         raise

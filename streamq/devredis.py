@@ -27,6 +27,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+INSTALL_HINT = ("install redis-server (Debian/Ubuntu: sudo apt-get install redis-server; "
+                "Fedora: sudo dnf install redis; macOS: brew install redis)")
+
+
 def redis_server_binary() -> str | None:
     return shutil.which("redis-server")
 
@@ -46,7 +50,7 @@ class RedisProcess:
     def start(self, timeout: float = 10.0) -> RedisProcess:
         binary = redis_server_binary()
         if binary is None:
-            raise ConfigError("redis-server is not installed (apt-get install -y redis-server)")
+            raise ConfigError(f"redis-server is not installed: {INSTALL_HINT}")
         self.proc = subprocess.Popen(
             [binary, *self.args],
             stdout=subprocess.DEVNULL,

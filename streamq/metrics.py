@@ -294,7 +294,7 @@ class _StateCollector:
             acc[1] += w.concurrency
             acc[2] += 1 if w.healthy else 0
             acc[3] += 1 if w.fetch_hold.held else 0
-            # The limiter's waits are visible only if the worker counts them (see docs).
+            # the worker counts its rate-limit waits (Worker.rate_limited_waits / _s)
             n = getattr(w, "rate_limited_waits", None)
             s = getattr(w, "rate_limited_s", None)
             if isinstance(n, int) and isinstance(s, int | float):

@@ -28,6 +28,7 @@ from .settings import (
     MAX_BLOCK_MS,
     STARTUP_TIMEOUT_S,
     QueueDefaults,
+    check_redis_url,
     make_redis,
     redis_url_from_env,
     seconds,
@@ -66,7 +67,7 @@ class Queue:
         self.keys = QueueKeys(self.name)
         self.defaults = defaults or QueueDefaults()
         self.codec = Codec(job_type, self.defaults.max_payload_bytes)
-        self.redis_url = redis_url or redis_url_from_env()
+        self.redis_url = check_redis_url(redis_url, "redis_url") if redis_url else redis_url_from_env()
         self._redis = redis
         self._own_redis = redis is None
         self._scripts: ScriptRunner | None = None

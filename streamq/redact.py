@@ -1,8 +1,11 @@
 """Masking of personal data and secrets before text reaches logs, events or Redis.
 
 Phone-like digit runs become ``+2547****678`` (first 4 digits after the plus, last 3
-kept); long digit runs that are not phone numbers are masked the same way, because a
-log cannot tell them apart. Redis URLs lose their password.
+kept). In free text (error messages, dead-letter reasons) a long digit run that is not a
+phone number is masked the same way, because free text cannot tell them apart; values
+that are known not to be personal data (provider message ids, response codes) are
+passed as their own log fields, which ``streamq.logs`` leaves readable. Redis URLs lose
+their password.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Settings from the environment, with the seed's defaults, and the Redis client built on purpose.
 
-Redis client choices (RELIABILITY.md items 13-15): redis-py 8 defaults to a 5 s socket
+Redis client choices (docs/reliability.md, part 2): redis-py 8 defaults to a 5 s socket
 timeout, RESP3 and 10 automatic retries. We set each explicitly: blocking reads stay
 well below the socket timeout, RESP2 keeps Lua replies in one shape, and retries are
 few and short because every write is idempotent (enqueue dedups on the job id) or
@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, urlsplit
 
 import msgspec
 from redis.asyncio import ConnectionPool, Redis
@@ -69,7 +69,7 @@ def redis_url_from_env(env: Mapping[str, str] | None = None) -> str:
     if url:
         if not url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix://")
-        return url
+        return check_redis_url(url)
     host = env.get("REDIS_HOST", "").strip()
     if not host:
         return DEFAULT_REDIS_URL
@@ -86,6 +86,28 @@ def redis_url_from_env(env: Mapping[str, str] | None = None) -> str:
         auth = f"{quote(user, safe='')}:{quote(password, safe='')}@"
     scheme = "rediss" if env.get("REDIS_TLS", "").lower() in ("1", "true", "yes") else "redis"
     return f"{scheme}://{auth}{host}:{port}/{db}"
+
+
+def check_redis_url(url: str, source: str = "REDIS_URL") -> str:
+    """``url`` if its port and database parts are numbers, else a ConfigError naming
+    ``source``. redis-py silently ignores a database it cannot read (``/notadb`` would
+    select database 0); whether the number exists is up to the server, which refuses
+    one beyond its ``databases`` setting (16 by default: 0-15) when we connect."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise ConfigError(f"{source} is malformed: the port must be a number") from None
+    db_values = parse_qs(parts.query).get("db", [])
+    if parts.scheme in ("redis", "rediss"):
+        path = parts.path.strip("/")
+        if path:
+            db_values.append(path)
+    for db in db_values:
+        if not db.isdigit():
+            raise ConfigError(f"{source}: the database must be a number (e.g. "
+                              f"redis://127.0.0.1:6379/0), not {db[:20]!r}")
+    return url
 
 
 def env_is_default_local(env: Mapping[str, str] | None = None) -> bool:

@@ -25,7 +25,7 @@ from streamq.cli.output import Console
 from streamq.devredis import free_port
 from tests.support.util import ROOT, running, wait_until
 
-COMMANDS = ("stats", "job", "dead", "replay", "cancel", "pause", "resume", "purge")
+COMMANDS = ("stats", "job", "dead", "replay", "cancel", "pause", "resume", "purge", "events")
 
 
 class TTYInput(io.StringIO):

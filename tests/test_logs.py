@@ -26,3 +26,25 @@ def test_json_logs_mask_numbers_drop_secrets_and_keep_our_own_fields() -> None:
     assert line["consumer"] == "host-4812345-ab12cd"  # our own value, not a phone number
     assert line["timestamp"].startswith("20") and "*" not in line["timestamp"]
     assert "493817" not in out.getvalue() and "secret" not in out.getvalue()
+
+
+def test_provider_codes_and_message_ids_stay_readable_while_numbers_and_otps_do_not() -> None:
+    out = io.StringIO()
+    configure_logging("json", "debug", stream=out)
+    try:
+        log = structlog.get_logger("t")
+        # what the SMS dispatcher logs on a refusal and on a success
+        log.warning("sms.send_failed", provider="salum", code=1006, to="+2547****678",
+                    error="Salum 1006 invalid credentials for 254712345678")
+        log.info("sms.sent", provider="salum", message_id="829084211734", to="+2547****678")
+        log.info("sms.mock_sent", message_id="3f2a90817263544b8c0d1e2f3a4b5c6d")
+        log.info("otp.leak", code="482913", http_code=503)
+        failed, sent, mock, otp = (json.loads(ln) for ln in out.getvalue().splitlines())
+    finally:
+        structlog.reset_defaults()
+    assert failed["code"] == 1006
+    assert failed["error"] == "Salum 1006 invalid credentials for 2547****678"
+    assert sent["message_id"] == "829084211734"
+    assert mock["message_id"] == "3f2a90817263544b8c0d1e2f3a4b5c6d"
+    assert otp["code"] == "***" and otp["http_code"] == 503
+    assert "254712345678" not in out.getvalue() and "482913" not in out.getvalue()

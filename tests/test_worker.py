@@ -1,4 +1,4 @@
-"""Worker behaviours of SPEC section 4 against a real Redis (in-process workers)."""
+"""Worker behaviours (docs/reliability.md) against a real Redis (in-process workers)."""
 
 from __future__ import annotations
 

@@ -3,6 +3,9 @@
     python -m streamq stats --queue sms --watch
     python -m streamq dead --queue sms
     python -m streamq replay --queue sms --all --yes
+    python -m streamq events --queue sms --follow
+
+Installed as the ``streamq`` command too (``streamq stats``).
 
 Exit codes: 0 done; 1 nothing matched, or the operator declined; 2 an error (one line
 on stderr: Redis unreachable, bad arguments, a refusal to destroy data without --yes).
@@ -22,11 +25,14 @@ from ..errors import StreamqError
 from ..logs import configure_logging
 from ..queue import Queue
 from ..redact import redact_text, redact_url
-from ..settings import DEFAULT_REDIS_URL, redis_url_from_env
+from ..settings import DEFAULT_REDIS_URL, check_redis_url, redis_url_from_env
 from .commands import COMMANDS
+from .env import prog_name, settings_text, version_text
 from .output import CliError, Console
 
 PROG = "python -m streamq"
+# the settings the operator CLI reads
+CLI_SETTINGS = ("REDIS_", "STREAMQ_QUEUE", "STREAMQ_SMS_QUEUE", "STREAMQ_TLS_INSECURE")
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -57,12 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
     confirm.add_argument("-y", "--yes", action="store_true",
                          help="do not ask for confirmation (needed when stdin is not a terminal)")
 
+    prog = prog_name("streamq", "streamq")
     p = argparse.ArgumentParser(
-        prog=PROG,
-        description="Inspect and operate streamq queues: counts, jobs, dead letters.",
+        prog=prog,
+        description="Inspect and operate streamq queues: counts, jobs, dead letters, events.",
         epilog="Exit codes: 0 done; 1 nothing matched or declined; 2 error. "
-        f"'{PROG} COMMAND --help' shows a command's options.",
+        f"'{prog} COMMAND --help' shows a command's options.\n\nEnvironment:\n"
+        + settings_text(lambda s: s.name.startswith(CLI_SETTINGS)),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--version", action="version", version=version_text())
     _add_common(p)  # accepted before the command too: `python -m streamq --queue sms stats`
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -113,6 +123,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "failed records and dead letters are kept.")
     pu.add_argument("--completed", action="store_true",
                     help="delete completed job records instead of dead letters")
+
+    ev = sub.add_parser("events", parents=[common], help="print the queue's events; --follow for new ones",
+                        description="Print the last events of the queue's events stream (added, "
+                        "active, completed, failed, retrying, dead, stalled, cancelled, "
+                        "replayed: time, event, job id, type, attempt, error), oldest first; "
+                        "with --follow, keep printing new ones until Ctrl-C. No payloads and no "
+                        "phone numbers are in the stream.")
+    ev.add_argument("--limit", type=int, default=20,
+                    help="how many of the latest events to print first (default 20; 0 = none)")
+    ev.add_argument("-f", "--follow", action="store_true",
+                    help="then wait for new events and print them as they come, until Ctrl-C")
+    ev.add_argument("--job", metavar="JOB_ID", help="only the events of this job")
     return p
 
 
@@ -137,10 +159,11 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
     args = parse_args(argv)
     url = "?"
     try:
-        url = args.redis_url or redis_url_from_env()
+        url = (check_redis_url(args.redis_url, "--redis-url") if args.redis_url
+               else redis_url_from_env())
         return anyio.run(_run, args, url, console)
     except KeyboardInterrupt:
-        return 0 if getattr(args, "watch", None) else 130
+        return 0 if getattr(args, "watch", None) or getattr(args, "follow", False) else 130
     except BaseException as exc:
         err = _leaf(exc)
         if isinstance(err, StreamqError | CliError):
@@ -150,7 +173,7 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
             console.note(f"streamq: Redis error at {redact_url(url)}: {redact_text(str(err))}")
             return 2
         if isinstance(err, KeyboardInterrupt):
-            return 0 if getattr(args, "watch", None) else 130
+            return 0 if getattr(args, "watch", None) or getattr(args, "follow", False) else 130
         raise
 
 

@@ -23,6 +23,7 @@ from ..keys import GROUP
 from ..queue import Queue
 from ..redact import redact_url
 from .output import CliError, Console, Progress, fmt_dt, now_text, payload_text, shorten, table
+from .tail import cmd_events
 
 Command = Callable[[argparse.Namespace, Queue, Console], Awaitable[int]]
 
@@ -365,4 +366,5 @@ COMMANDS: dict[str, Command] = {
     "pause": cmd_pause,
     "resume": cmd_resume,
     "purge": cmd_purge,
+    "events": cmd_events,
 }

@@ -21,14 +21,18 @@ error); ``http503`` or any status, ``http429:2`` or ``http429:<HTTP-date>`` with
 ``Retry-After``; ``slow:2.5`` (seconds, then ok); ``garbage`` (200 with an HTML body);
 ``disconnect`` (reset the connection without a reply).
 
-A running server is also switched over HTTP, next to the API path::
+A running server is also controlled over HTTP, next to the API path (see
+:data:`CONTROL_HELP`, which ``--help`` prints)::
 
     curl -X POST localhost:8089/_standin/mode -d '{"mode": "1004"}'
     curl -X POST localhost:8089/_standin/mode -d '{"script": ["http503", "ok"]}'
-    curl localhost:8089/_standin/received        # bodies, API key masked
+    curl localhost:8089/_standin/received        # bodies (API key, number masked), replies
+    curl -X DELETE localhost:8089/_standin/received   # forget what it received
+    curl -X POST localhost:8089/_standin/reset   # forget everything, mode back to ok
 
-The console shows one line per request with the number masked; the text is shown only
-with ``--show-text`` (it may be an OTP code).
+The console shows one line per request with what the stand-in actually answered (HTTP
+status, the Salum response code and its description) and the number masked; the text
+is shown only with ``--show-text`` (it may be an OTP code).
 """
 
 from __future__ import annotations
@@ -67,6 +71,21 @@ DESCRIPTIONS: Final[dict[int, str]] = {
 # The real API reports these at the top level, not inside responses[].
 _TOP_LEVEL_CODES: Final = frozenset({1006, 4090, 4091, 4092})
 GARBAGE_BODY: Final = b"<html><body>502 upstream hiccup</body></html>"
+CONTROL_HELP: Final = """\
+control endpoints (next to the API path, on the same port):
+  POST   /_standin/mode      {"mode": "1004"}: the reply to every request from now on
+                             {"script": ["http503", "ok"]}: replies to the next requests,
+                             in order, then the mode again (both keys may be given)
+  GET    /_standin/received  every request received, oldest first: time, body (API key
+                             and number masked) and the reply sent (status, code)
+  DELETE /_standin/received  forget the requests received so far
+  POST   /_standin/reset     forget the requests and any script; mode back to ok
+
+examples:
+  curl -X POST localhost:8089/_standin/mode -d '{"mode": "1006"}'
+  curl -s localhost:8089/_standin/received
+  curl -X DELETE localhost:8089/_standin/received
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +193,8 @@ class SalumStandin:
         self.show_text = show_text
         self.echo = echo
         self.received: list[Received] = []
+        # id(request) -> (request, HTTP status, Salum code): what the stand-in answered
+        self._replies: dict[int, tuple[Received, int | None, int | None]] = {}
         self.mode = Behaviour.ok()
         self.in_flight = 0
         self.max_concurrent = 0
@@ -197,9 +218,17 @@ class SalumStandin:
     def reset(self) -> None:
         """Forget received requests and any script; back to ``ok``."""
         self.received.clear()
+        self._replies.clear()
         self._script.clear()
         self.mode = Behaviour.ok()
         self.max_concurrent = 0
+
+    def reply_to(self, request: Received) -> tuple[int | None, int | None]:
+        """What the stand-in answered to ``request``: (HTTP status, Salum response code);
+        None for a status when the connection was reset, None for a code when the reply
+        carried none (a plain HTTP reply, garbage)."""
+        known = self._replies.get(id(request))
+        return (known[1], known[2]) if known is not None and known[0] is request else (None, None)
 
     async def wait_for_requests(self, count: int, within: float = 5.0) -> list[Received]:
         """Wait until at least ``count`` requests arrived; TimeoutError after ``within`` s."""
@@ -225,6 +254,7 @@ class SalumStandin:
         app.router.add_post("/_standin/mode", self._handle_mode)
         app.router.add_get("/_standin/received", self._handle_received)
         app.router.add_delete("/_standin/received", self._handle_clear)
+        app.router.add_post("/_standin/reset", self._handle_reset)
         self._stopping.clear()
         # A short shutdown timeout: stop() must not wait out a scripted slow reply.
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
@@ -278,25 +308,30 @@ class SalumStandin:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), behaviour.delay)
         if behaviour.disconnect:
+            self._replies[id(arrival)] = (arrival, None, None)
+            self._print(arrival, None, None)
             if request.transport is not None:
                 request.transport.abort()
             raise web.HTTPInternalServerError()  # never written: the socket is gone
-        response = self._response(behaviour, body)
-        self._print(arrival, response.status, behaviour)
+        response, code = self._response(behaviour, body)
+        self._replies[id(arrival)] = (arrival, response.status, code)
+        self._print(arrival, response.status, code)
         return response
 
-    def _response(self, behaviour: Behaviour, body: dict[str, Any] | None) -> web.Response:
+    def _response(self, behaviour: Behaviour, body: dict[str, Any] | None
+                  ) -> tuple[web.Response, int | None]:
+        """The reply, and the Salum response code it carries (None: no code in it)."""
         headers = {"Retry-After": behaviour.retry_after} if behaviour.retry_after else None
         if behaviour.body is not None:
             return web.Response(
                 status=behaviour.status, body=behaviour.body, content_type="text/html",
                 headers=headers,
-            )
+            ), None
         if behaviour.code is None:
             return web.Response(status=behaviour.status, text=f"HTTP {behaviour.status}",
-                                headers=headers)
+                                headers=headers), None
         if body is None:
-            return web.Response(status=400, text="request body must be a JSON object")
+            return web.Response(status=400, text="request body must be a JSON object"), None
         code, top_level = behaviour.code, behaviour.top_level
         if code == 200:
             code, top_level = self._check(body)
@@ -307,7 +342,7 @@ class SalumStandin:
             }
         else:
             doc = {"responses": [self._entry(code, body)]}
-        return web.json_response(doc, status=behaviour.status, headers=headers)
+        return web.json_response(doc, status=behaviour.status, headers=headers), code
 
     def _check(self, body: dict[str, Any]) -> tuple[int, bool]:
         """What a real gateway would answer to this request in the ``ok`` mode."""
@@ -340,12 +375,19 @@ class SalumStandin:
                 entry["clientsmsid"] = body["clientsmsid"]
         return entry
 
-    def _print(self, arrival: Received, status: int, behaviour: Behaviour) -> None:
+    def _print(self, arrival: Received, status: int | None, code: int | None) -> None:
+        """One console line telling what was actually sent back."""
         if not self.echo:
             return
         body = arrival.body or {}
+        if status is None:
+            reply = "connection reset, no reply"
+        elif code is None:
+            reply = f"HTTP {status} (no Salum code)"
+        else:
+            reply = f"HTTP {status} code={code} ({DESCRIPTIONS[code]})"
         line = (
-            f"[salum stand-in] HTTP {status} code={behaviour.code} "
+            f"[salum stand-in] {reply} "
             f"mobile={mask_phone(str(body.get('mobile', '')))} "
             f"clientsmsid={body.get('clientsmsid')} chars={len(str(body.get('message', '')))}"
         )
@@ -368,13 +410,21 @@ class SalumStandin:
         return web.json_response({"ok": True, "scripted": len(self._script)})
 
     async def _handle_received(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            [{"at": r.wall, "body": r.masked} for r in self.received]
-        )
+        out = []
+        for r in self.received:
+            status, code = self.reply_to(r)
+            out.append({"at": r.wall, "body": r.masked, "status": status, "code": code})
+        return web.json_response(out)
 
     async def _handle_clear(self, request: web.Request) -> web.Response:
+        n = len(self.received)
         self.received.clear()
-        return web.json_response({"ok": True})
+        self._replies.clear()
+        return web.json_response({"ok": True, "cleared": n})
+
+    async def _handle_reset(self, request: web.Request) -> web.Response:
+        self.reset()
+        return web.json_response({"ok": True, "mode": "ok"})
 
 
 async def _serve(args: argparse.Namespace) -> None:
@@ -390,7 +440,9 @@ async def _serve(args: argparse.Namespace) -> None:
             loop.add_signal_handler(sig, stop.set)
     checks = "any API key" if standin.api_key is None else "the configured API key only"
     print(f"Salum stand-in listening on {standin.url} (accepts {checks}; mode {args.mode})")
-    print(f"  export SALUM_API_URL={standin.url}", flush=True)
+    print(f"  export SALUM_API_URL={standin.url}")
+    print(f"  what it received: curl -s {standin.base_url}/_standin/received; clear it: "
+          f"curl -X DELETE {standin.base_url}/_standin/received (more: --help)", flush=True)
     try:
         await stop.wait()
     finally:
@@ -400,7 +452,11 @@ async def _serve(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m streamq.sms.standin",
-        description="A local stand-in for the Salum SMS API (development and tests).",
+        description="A local stand-in for the Salum SMS API (development and tests). It "
+        "checks the API key and partner id when configured, and prints one line per request "
+        "with the reply it actually sent (HTTP status, Salum code) and the number masked.",
+        epilog=CONTROL_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8089, help="port (default 8089; 0 = any)")

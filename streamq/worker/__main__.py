@@ -20,17 +20,25 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import structlog
 
-from ..devredis import RedisProcess, redis_server_binary, start_redis_server
-from ..errors import ConfigError, StreamqError
+from ..cli.env import env_number, env_text, flag_number, prog_name, settings_text, version_text
+from ..devredis import INSTALL_HINT, RedisProcess, redis_server_binary, start_redis_server
+from ..errors import ConfigError, RedisUnavailable, StreamqError
 from ..logs import configure_logging
 from ..queue import Queue
 from ..redact import redact_text, redact_url
-from ..settings import DEFAULT_REDIS_URL, env_is_default_local, redis_url_from_env
+from ..settings import (
+    DEFAULT_REDIS_URL,
+    check_redis_url,
+    env_is_default_local,
+    redis_url_from_env,
+)
 from .core import Handler, Worker
+from .joblog import log_jobs
 
 log = structlog.get_logger("streamq.worker")
 
@@ -39,26 +47,51 @@ START_CHECK_S = 5.0
 """The providers' start-up check may delay the start this long at most."""
 
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name, "").strip() or default
+# Numeric options: dest -> (env twin, type, default, minimum, strictly above the minimum,
+# maximum). A bad value names the variable or the flag it came from.
+NUMBERS: dict[str, tuple[str, type[int] | type[float], int | float, float, bool, float | None]] = {
+    "concurrency": ("STREAMQ_CONCURRENCY", int, 5, 1, False, None),
+    "rate_limit": ("STREAMQ_RATE_LIMIT", float, 10.0, 0, False, None),
+    "metrics_port": ("STREAMQ_METRICS_PORT", int, 0, 0, False, 65535),
+    "visibility_timeout": ("STREAMQ_VISIBILITY_TIMEOUT", float, 30.0, 0, True, None),
+    "shutdown_grace": ("STREAMQ_SHUTDOWN_GRACE", float, 30.0, 0, False, None),
+    "max_stalled": ("STREAMQ_MAX_STALLED", int, 3, 1, False, None),
+}
+# Text options: dest -> (env twin, default, allowed values or None)
+TEXTS: dict[str, tuple[str, str, tuple[str, ...] | None]] = {
+    "handler": ("STREAMQ_HANDLER", "", None),
+    "job_type": ("STREAMQ_JOB_TYPE", "", None),
+    "metrics_host": ("STREAMQ_METRICS_HOST", "127.0.0.1", None),
+    "log_format": ("STREAMQ_LOG_FORMAT", "console", ("json", "console")),
+    "log_level": ("STREAMQ_LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
+}
+
+
+def _number_flag(p: argparse.ArgumentParser, flag: str, help: str) -> None:
+    dest = flag.removeprefix("--").replace("-", "_")
+    env, kind, default, low, above, high = NUMBERS[dest]
+    shown = "none" if dest == "metrics_port" else f"{default:g}"
+    p.add_argument(flag, default=None, type=flag_number(flag, kind, minimum=low, above=above,
+                                                        maximum=high),
+                   help=f"{help} (env {env}; default {shown})")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m streamq.worker",
-        description="Run a streamq worker. Each option falls back to the environment "
-        "variable shown, then to the default.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog=prog_name("streamq.worker", "streamq-worker"),
+        description="Run a streamq worker: the SMS notification worker by default, or any "
+        "queue's handler with --handler. Each option falls back to the environment variable "
+        "shown, then to the default.",
+        epilog="Every environment variable streamq reads ([--flag] = the option that "
+        "overrides it):\n" + settings_text(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--queue", default=_env("STREAMQ_QUEUE", _env("STREAMQ_SMS_QUEUE", "sms")),
+    p.add_argument("--version", action="version", version=version_text())
+    p.add_argument("--queue", default=None,
                    help="queue to work (env STREAMQ_QUEUE, else STREAMQ_SMS_QUEUE, which the "
-                   "SMS job creators read too)")
-    p.add_argument("--concurrency", type=int, default=int(_env("STREAMQ_CONCURRENCY", "5")),
-                   help="jobs in flight in this process (env STREAMQ_CONCURRENCY)")
-    p.add_argument("--rate-limit", type=float,
-                   default=float(_env("STREAMQ_RATE_LIMIT", "10")),
-                   help="jobs/s across all workers of the queue, 0 = unlimited "
-                   "(env STREAMQ_RATE_LIMIT)")
+                   "SMS job creators read too; default sms)")
+    _number_flag(p, "--concurrency", "jobs in flight in this process")
+    _number_flag(p, "--rate-limit", "jobs/s across all workers of the queue, 0 = unlimited")
     p.add_argument("--provider", default=None,
                    help="SMS provider, or an ordered list for failover: mock, salum, "
                    "africastalking, e.g. salum,africastalking (env SMS_PROVIDERS, or "
@@ -66,41 +99,61 @@ def build_parser() -> argparse.ArgumentParser:
                    "SALUM_API_KEY, SALUM_PARTNER_ID, SALUM_SHORTCODE; africastalking reads "
                    "AT_API_URL, AT_USERNAME, AT_API_KEY, AT_SENDER_ID; per-provider limits "
                    "SALUM_RATE_LIMIT, AT_RATE_LIMIT (jobs/s); see docs/sms-providers.md")
-    p.add_argument("--check-provider", action="store_true",
-                   default=_env("STREAMQ_CHECK_PROVIDER", "") not in ("", "0"),
+    p.add_argument("--check-provider", action="store_true", default=None,
                    help="check each provider's configuration without sending a message, "
                    "print one line each and exit (0 = all good; env STREAMQ_CHECK_PROVIDER)")
-    p.add_argument("--handler", default=_env("STREAMQ_HANDLER", ""),
+    p.add_argument("--handler", default=None,
                    help="run 'module:function' instead of the SMS dispatcher; with it, "
                    "--queue names any queue (env STREAMQ_HANDLER)")
-    p.add_argument("--job-type", default=_env("STREAMQ_JOB_TYPE", ""),
+    p.add_argument("--job-type", default=None,
                    help="with --handler: 'module:Type', a msgspec type (e.g. a tagged union) "
                    "the payloads are decoded to; none = plain msgpack values (env STREAMQ_JOB_TYPE)")
-    p.add_argument("--metrics-port", type=int,
-                   default=int(_env("STREAMQ_METRICS_PORT", "0")) or None,
-                   help="serve /metrics and /healthz on this port; none unless given "
-                   "(env STREAMQ_METRICS_PORT)")
-    p.add_argument("--metrics-host", default=_env("STREAMQ_METRICS_HOST", "127.0.0.1"),
-                   help="address of the metrics server (env STREAMQ_METRICS_HOST)")
-    p.add_argument("--log-format", choices=("json", "console"),
-                   default=_env("STREAMQ_LOG_FORMAT", "console"),
-                   help="json for production, console for development (env STREAMQ_LOG_FORMAT)")
-    p.add_argument("--log-level", default=_env("STREAMQ_LOG_LEVEL", "info"),
-                   help="debug, info, warning or error (env STREAMQ_LOG_LEVEL)")
-    p.add_argument("--visibility-timeout", type=float,
-                   default=float(_env("STREAMQ_VISIBILITY_TIMEOUT", "30")),
-                   help="seconds a silent worker keeps its jobs before they are reclaimed "
-                   "(env STREAMQ_VISIBILITY_TIMEOUT)")
-    p.add_argument("--shutdown-grace", type=float,
-                   default=float(_env("STREAMQ_SHUTDOWN_GRACE", "30")),
-                   help="seconds running jobs get to finish on SIGTERM (env STREAMQ_SHUTDOWN_GRACE)")
-    p.add_argument("--max-stalled", type=int, default=int(_env("STREAMQ_MAX_STALLED", "3")),
-                   help="worker crashes a job survives before it is dead-lettered "
-                   "(env STREAMQ_MAX_STALLED)")
+    _number_flag(p, "--metrics-port", "serve /metrics and /healthz on this port")
+    p.add_argument("--metrics-host", default=None,
+                   help="address of the metrics server (env STREAMQ_METRICS_HOST; default "
+                   "127.0.0.1; 0.0.0.0 in a container)")
+    p.add_argument("--log-format", choices=TEXTS["log_format"][2], default=None,
+                   help="json for production, console for development (env STREAMQ_LOG_FORMAT; "
+                   "default console)")
+    p.add_argument("--log-level", choices=TEXTS["log_level"][2], default=None,
+                   type=str.lower,
+                   help="debug adds a start and a finish line (duration, outcome) per job "
+                   "(env STREAMQ_LOG_LEVEL; default info)")
+    _number_flag(p, "--visibility-timeout",
+                 "seconds a silent worker keeps its jobs before they are taken over")
+    _number_flag(p, "--shutdown-grace", "seconds running jobs get to finish on SIGTERM; a "
+                 "second SIGTERM or Ctrl-C stops at once")
+    _number_flag(p, "--max-stalled", "worker crashes a job survives before it is dead-lettered")
     p.add_argument("--redis-url", default=None,
                    help="Redis location (env REDIS_URL, or REDIS_HOST/REDIS_PORT/"
-                   f"REDIS_PASSWORD/REDIS_DB; default {DEFAULT_REDIS_URL})")
+                   f"REDIS_PASSWORD/REDIS_DB; default {DEFAULT_REDIS_URL}, where a local "
+                   "redis-server is started when nothing answers and it is installed)")
     return p
+
+
+def resolve_env(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill the options not given on the command line from their environment twins
+    (then the defaults). A malformed value is a ConfigError naming the variable."""
+    if args.queue is None:
+        args.queue = env_text("STREAMQ_QUEUE", env_text("STREAMQ_SMS_QUEUE", "sms"))
+    for dest, (env, kind, default, low, above, high) in NUMBERS.items():
+        if getattr(args, dest) is None:
+            setattr(args, dest, env_number(env, kind, default, minimum=low, above=above,
+                                           maximum=high))
+    for dest, (env, fallback, allowed) in TEXTS.items():
+        if getattr(args, dest) is None:
+            value = env_text(env, fallback)
+            if allowed is not None:
+                value = value.lower()
+                if value not in allowed:
+                    raise ConfigError(f"{env}={value[:40]!r}: use one of {', '.join(allowed)}")
+            setattr(args, dest, value)
+    args.metrics_port = args.metrics_port or None
+    if args.check_provider is None:
+        args.check_provider = env_text("STREAMQ_CHECK_PROVIDER", "") not in ("", "0")
+    # args.provider stays None unless given: the SMS factory reads SMS_PROVIDERS, else
+    # STREAMQ_PROVIDER, else uses mock, and names the variable of a bad value
+    return args
 
 
 def load_object(spec: str, flag: str) -> Any:
@@ -126,10 +179,7 @@ def load_handler(spec: str) -> Handler:
 
 def local_port() -> int:
     """The port of the default local setup (6379; ``STREAMQ_LOCAL_REDIS_PORT`` moves it)."""
-    raw = os.environ.get("STREAMQ_LOCAL_REDIS_PORT", "").strip()
-    if raw and not raw.isdigit():
-        raise ConfigError("STREAMQ_LOCAL_REDIS_PORT must be a port number")
-    return int(raw) if raw else LOCAL_PORT
+    return env_number("STREAMQ_LOCAL_REDIS_PORT", int, LOCAL_PORT, minimum=1, maximum=65535)
 
 
 def ensure_local_redis(url: str, explicit: bool) -> RedisProcess | None:
@@ -141,8 +191,11 @@ def ensure_local_redis(url: str, explicit: bool) -> RedisProcess | None:
     if probe.ping():
         return None
     if redis_server_binary() is None:
-        return None  # the connect check below reports "unreachable" with the URL
-    data = Path(os.environ.get("STREAMQ_LOCAL_REDIS_DIR", Path.home() / ".cache/streamq/redis"))
+        raise RedisUnavailable(
+            f"no Redis answered at {url} and redis-server is not installed, so the local "
+            f"auto-start was skipped: {INSTALL_HINT}, or set REDIS_URL to a running Redis")
+    data = Path(os.environ.get("STREAMQ_LOCAL_REDIS_DIR", "").strip()
+                or Path.home() / ".cache/streamq/redis")
     proc = start_redis_server(port, data, appendonly=True, appendfsync="everysec")
     print(f"streamq: no Redis answered at {url}; started a local redis-server on "
           f"127.0.0.1:{port} (pid {proc.proc.pid if proc.proc else '?'}, AOF in {data}); "
@@ -161,13 +214,31 @@ def job_type_of(args: argparse.Namespace) -> Any:
     return SMSJob
 
 
+def _shown_endpoint(url: str) -> str:
+    # scheme, host, port and path only: userinfo or a query could carry a credential
+    parts = urlsplit(url)
+    netloc = f"{parts.hostname}:{parts.port}" if parts.port else (parts.hostname or "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def describe_provider(name: str, provider: object) -> str:
+    """Where a provider sends, for the start line."""
+    url = getattr(provider, "endpoint", None) or getattr(provider, "api_url", None)
+    if isinstance(url, str) and url:
+        return _shown_endpoint(url)
+    if name == "mock":
+        return "none: the mock sends nothing"
+    return "-"
+
+
 def make_handler(
     args: argparse.Namespace, queue: Queue
-) -> tuple[Handler, Callable[[], Any] | None, Callable[[], Any] | None]:
-    """The handler, an async close function for its resources, and an async start-up
-    check (the SMS providers' configuration), each but the handler optional."""
+) -> tuple[Handler, Callable[[], Any] | None, Callable[[], Any] | None, dict[str, Any]]:
+    """The handler, an async close function for its resources, an async start-up check
+    (the SMS providers' configuration), each but the handler optional, and what the start
+    line says about them."""
     if args.handler:
-        return load_handler(args.handler), None, None
+        return load_handler(args.handler), None, None, {"handler": args.handler}
     from ..sms import make_sms_handler
     from ..sms.failover import router_from_settings
 
@@ -177,7 +248,21 @@ def make_handler(
             if hasattr(slot.provider, "echo"):
                 # the mock's development print-out would break JSON log lines
                 slot.provider.echo = False
-    return make_sms_handler(router), router.aclose, lambda: check_at_start(router)
+    names = [slot.name for slot in router.slots]
+    info: dict[str, Any] = {
+        "provider": ",".join(names),
+        "endpoint": ", ".join(describe_provider(s.name, s.provider) for s in router.slots),
+    }
+    return make_sms_handler(router), router.aclose, lambda: check_at_start(router), info
+
+
+def warn_production(info: dict[str, Any]) -> None:
+    """Loud when the Salum provider sends for real because SALUM_API_URL is unset."""
+    if "salum" in info.get("provider", "").split(",") and not env_text("SALUM_API_URL", ""):
+        log.warning("provider.production", provider="salum",
+                    note="SALUM_API_URL is not set: this worker sends REAL SMS through Salum's "
+                    "production API; for development point SALUM_API_URL at the stand-in "
+                    "(python -m streamq.sms.standin)")
 
 
 async def check_at_start(router: Any) -> None:
@@ -212,7 +297,7 @@ async def check_providers(args: argparse.Namespace, url: str) -> int:
 
 async def run(args: argparse.Namespace, url: str) -> None:
     queue = Queue(args.queue, redis_url=url, job_type=job_type_of(args))
-    handler, close_handler, start_check = make_handler(args, queue)
+    handler, close_handler, start_check, info = make_handler(args, queue)
     worker = Worker(
         queue, handler,
         concurrency=args.concurrency,
@@ -221,7 +306,11 @@ async def run(args: argparse.Namespace, url: str) -> None:
         shutdown_grace=args.shutdown_grace,
         max_stalled=args.max_stalled,
     )
+    worker.start_info = info
+    if args.log_level == "debug":
+        log_jobs(worker)
     await queue.connect()  # fail fast, one line, before anything else starts
+    warn_production(info)
     if start_check is not None:
         await start_check()
     signals = 0
@@ -231,8 +320,14 @@ async def run(args: argparse.Namespace, url: str) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
             async for sig in received:
                 signals += 1
-                log.info("worker.signal", signal=signal.Signals(sig).name,
-                         immediate=signals > 1)
+                name = signal.Signals(sig).name
+                if signals == 1:
+                    log.info("worker.signal", signal=name, grace_s=args.shutdown_grace,
+                             note="stopping gracefully; send SIGTERM or Ctrl-C again to stop "
+                             "at once")
+                else:
+                    log.warning("worker.signal", signal=name, immediate=True,
+                                note="stopping now: running jobs are cut and handed back")
                 worker.stop(immediate=signals > 1)
 
     try:
@@ -258,22 +353,22 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # a bad flag: argparse's usage line, exit 2
     try:
-        args = build_parser().parse_args(argv)
-    except ValueError as exc:  # a malformed env twin (e.g. STREAMQ_CONCURRENCY=abc)
-        print(f"streamq worker: invalid setting: {exc}", file=sys.stderr)
+        resolve_env(args)
+    except StreamqError as exc:  # a malformed env twin (e.g. STREAMQ_CONCURRENCY=abc)
+        print(f"streamq worker: {exc}", file=sys.stderr)
         return 2
     configure_logging(args.log_format, args.log_level)
     local: RedisProcess | None = None
     try:
         explicit = args.redis_url is not None or not env_is_default_local()
-        url = args.redis_url or redis_url_from_env()
+        if args.redis_url is not None:
+            url = check_redis_url(args.redis_url, "--redis-url")
+        else:
+            url = redis_url_from_env()
         if not explicit:
             url = f"redis://127.0.0.1:{local_port()}/0"
-        if args.concurrency < 1:
-            raise ConfigError("--concurrency must be >= 1")
-        if args.rate_limit < 0:
-            raise ConfigError("--rate-limit must be >= 0 (0 = unlimited)")
         if args.check_provider:
             return anyio.run(check_providers, args, url)
         local = ensure_local_redis(url, explicit)

@@ -39,7 +39,7 @@ from ..events import Callback, EventName, Hooks, WorkerEvent
 from ..job import Backoff, Job
 from ..keys import GROUP, PRIORITIES
 from ..queue import Queue
-from ..redact import redact_text
+from ..redact import redact_text, redact_url
 from ..scripts import ScriptRunner
 from ..settings import MAX_BLOCK_MS, make_redis
 from .hold import FetchHold
@@ -146,6 +146,12 @@ class Worker:
         self.rate_limited_waits = 0
         """Times the fetch loop waited for a rate-limit token (metrics)."""
         self.rate_limited_s = 0.0
+        self.start_info: dict[str, Any] = {}
+        """Extra fields for the ``worker.started`` log line (the CLI adds the provider)."""
+        self.paused_log_interval = 60.0
+        """Seconds between the reminders that the queue is paused (the first comes at once)."""
+        self._paused_since: float | None = None
+        self._paused_noted_at = 0.0
 
     # -- connection --------------------------------------------------------------------
     @property
@@ -198,8 +204,10 @@ class Worker:
                 with translate_redis_errors(self.queue.redis_url):
                     await self._scripts.load_all()
             self.healthy = True
-            log.info("worker.started", queue=self.queue.name, consumer=self.consumer,
-                     concurrency=self.concurrency, rate_limit=self.rate_limit)
+            where = {"redis": redact_url(self.queue.redis_url)} if self.queue.owns_client else {}
+            log.info("worker.started", queue=self.queue.name, consumer=self.consumer, **where,
+                     concurrency=self.concurrency, rate_limit=self.rate_limit,
+                     paused=await self.queue.is_paused(), **self.start_info)
             async with anyio.create_task_group() as upkeep:
                 upkeep.start_soon(self._flush_loop)
                 upkeep.start_soon(self._heartbeat_loop)
@@ -232,6 +240,11 @@ class Worker:
         self._wake_runners()  # idle runners see _stopping and leave
         await self._release(self._take_unstarted(), "unstarted")
         grace = self.shutdown_grace if self._grace_override is None else self._grace_override
+        if not self._cut_now.is_set():
+            note = {"note": "running jobs get the grace period to finish; stop(immediate=True) "
+                    "or a second signal cuts them now (handed back)"} if self._running else {}
+            log.info("worker.stopping", queue=self.queue.name, waiting_for=len(self._running),
+                     grace_s=grace, **note)
         with anyio.move_on_after(grace):
             while self._running and not self._cut_now.is_set():
                 self._slot_freed = anyio.Event()
@@ -244,8 +257,12 @@ class Worker:
                     either.start_soon(cut)
                     await self._slot_freed.wait()
                     either.cancel_scope.cancel()
-        if self._running:
-            log.warning("worker.grace_expired", queue=self.queue.name, cut=len(self._running))
+        if self._running and self._cut_now.is_set():
+            log.warning("worker.forced_stop", queue=self.queue.name, cut=len(self._running),
+                        note="cut jobs are handed back and run again")
+        elif self._running:
+            log.warning("worker.grace_expired", queue=self.queue.name, cut=len(self._running),
+                        grace_s=grace, note="cut jobs are handed back and run again")
         runners.cancel_scope.cancel()
 
     def _take_unstarted(self) -> list[Job]:
@@ -281,6 +298,8 @@ class Worker:
                     # shielded: a claim cut off mid-reply would strand entries in our PEL
                     reply = await self.scripts("claim", keys, self.claim_args(count))
                 status = int(reply[0])
+                if self._paused_since is not None and status != -1:
+                    self._note_resumed()
                 if status == 1:
                     taken_over = self._accept(reply[1])
                     if hold_limit is not None:  # probing: the one job claimed is the probe
@@ -295,6 +314,7 @@ class Worker:
                         self.fetch_hold.claimed(None)
                     await self._idle_wait(reply)
                 elif status == -1:
+                    self._note_paused()
                     await self._paused_wait(int(reply[1]))
                 else:
                     wait = int(reply[1]) / 1000
@@ -422,6 +442,23 @@ class Worker:
         # a due time is kept by our own clock; the XREAD still wakes us early on new work.
         with anyio.move_on_after(next_due / 1000 + 0.001):
             await self.redis.xread(streams, count=1, block=block + 50)  # type: ignore[arg-type]
+
+    def _note_paused(self) -> None:
+        """Say that the queue is paused: at once, then every ``paused_log_interval``."""
+        now = time.monotonic()
+        if self._paused_since is None:
+            self._paused_since = now
+        elif now - self._paused_noted_at < self.paused_log_interval:
+            return
+        self._paused_noted_at = now
+        name = self.queue.name
+        log.warning("queue.paused", queue=name, paused_for_s=round(now - self._paused_since),
+                    note=f"this worker takes no jobs until: python -m streamq resume --queue {name}")
+
+    def _note_resumed(self) -> None:
+        paused_for = time.monotonic() - (self._paused_since or 0.0)
+        self._paused_since = None
+        log.info("queue.resumed", queue=self.queue.name, paused_for_s=round(paused_for, 1))
 
     async def _paused_wait(self, next_due: int) -> None:
         # a paused queue wakes on resume (control stream) or re-checks every 2 s

@@ -1,4 +1,4 @@
-"""The chaos harness (RELIABILITY.md 3.0): producer book-keeping, worker processes, fault
+"""The chaos harness (docs/reliability.md, part 3): producer book-keeping, worker processes, fault
 instants, the Jepsen-style checker and the end-state invariants.
 
 Every scenario of ``tests/chaos`` and ``benchmarks/soak.py`` is built from these parts:
@@ -305,8 +305,8 @@ class Figures:
     stalled_latency: dict[str, float] = field(default_factory=dict)
     """kill -> the engine reported the job stalled (its ``K`` event), per job held at a kill."""
     reclaim_latency: dict[str, float] = field(default_factory=dict)
-    """kill -> the job started again elsewhere (its next ``S`` line): RELIABILITY's
-    "reclaim latency", per job held at a kill."""
+    """kill -> the job started again elsewhere (its next ``S`` line): the
+    "reclaim latency" of T1 (docs/reliability.md), per job held at a kill."""
     unstarted_after_fault: set[str] = field(default_factory=set)
 
     @property

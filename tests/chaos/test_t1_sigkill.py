@@ -29,7 +29,7 @@ async def test_t1_sigkill_chaos_loses_nothing(tmp_path: Path) -> None:
     bound = cfg.vt + cfg.reclaim_interval + 1.0
     held = {j for fault in f.faults for j in fault.pel_jobs}
     assert held, "no killed worker held a job: the chaos did not bite"
-    # RELIABILITY T1: kill -> each held job's next S line elsewhere within vt + sweep + 1 s
+    # docs/reliability.md, T1: kill -> each held job's next S line elsewhere within vt + sweep + 1 s
     assert held <= set(f.reclaim_latency), f"never restarted: {held - set(f.reclaim_latency)}"
     assert max(f.reclaim_latency.values()) <= bound, f.reclaim_latency
     assert max(f.stalled_latency.values()) <= bound, f.stalled_latency
@@ -54,7 +54,7 @@ async def test_t1_negative_control_ack_before_work_is_reported_as_loss(tmp_path:
 
 @pytest.mark.timeout(60)
 async def test_t1_reclaimed_job_restarts_within_vt_plus_sweep_under_backlog(tmp_path: Path) -> None:
-    """RELIABILITY T1: kill -> the killed worker's job starts again within vt + sweep + 1 s.
+    """docs/reliability.md, T1: kill -> the killed worker's job starts again within vt + sweep + 1 s.
     A backlog of 60 waiting jobs (6 s of work for the survivor) must not delay it."""
     vt, sweep = 1.0, 0.2
     server = start_redis_server(directory=tmp_path / "redis")

@@ -64,7 +64,7 @@ async def _swap_for_raw(r: Any, q: Queue, **changes: bytes) -> None:
 
 
 def poison_kinds(tmpl: Fields) -> dict[str, tuple[Callable[[], Fields], str]]:
-    """The 12 kinds of RELIABILITY T4: kind -> (entry maker, regex the reason must match)."""
+    """The 12 kinds of T4 (docs/reliability.md): kind -> (entry maker, regex the reason must match)."""
     base: dict[str, Any] = msgspec.msgpack.decode(tmpl[b"d"])
     return {
         "not_msgpack": (lambda: _entry(tmpl, d=b"\xc1\xc1 not msgpack"), r"decode: malformed"),
@@ -257,7 +257,7 @@ async def test_t4_oversize_reason_states_the_size(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(60)
 async def test_t4_worker_memory_stays_bounded_with_ten_megabyte_entries(tmp_path: Path) -> None:
-    """RELIABILITY T4: worker RSS growth <= 50 MB while poison (incl. 10 MB) entries pass."""
+    """T4 (docs/reliability.md): worker RSS growth <= 50 MB while poison (incl. 10 MB) entries pass."""
     server = start_redis_server(directory=tmp_path / "redis")
     r = redis_client(server.url)
     q = Queue("rss", redis_url=server.url)

@@ -1,4 +1,4 @@
-"""Worker events for the chaos suite, next to the completion ledger (RELIABILITY.md 3.0).
+"""Worker events for the chaos suite, next to the completion ledger (docs/reliability.md, part 3).
 
 A ledger worker started with ``--events`` appends one line per engine hook to its own
 ``events-<pid>-<ns>.log`` file (``O_APPEND``, ``os.write``: whole lines or none):

@@ -1,4 +1,4 @@
-"""An independent completion ledger (RELIABILITY.md 3.0): append-only files, one per process.
+"""An independent completion ledger (docs/reliability.md, part 3): append-only files, one per process.
 
 A handler writes ``S <job_id> <attempt> <pid> <t>`` before its side effect and
 ``E <job_id> <pid> <t>`` after it, with ``os.write`` on an ``O_APPEND`` descriptor so

@@ -69,15 +69,24 @@ def provider_names(choice: str | Sequence[str] | None = None, *,
     """The ordered provider list: ``choice`` (a name, a comma-separated list or a
     sequence), else ``SMS_PROVIDERS``, else ``STREAMQ_PROVIDER``, else ``mock``."""
     source = os.environ if env is None else env
-    raw: str | Sequence[str] = (choice or source.get("SMS_PROVIDERS", "").strip()
-                                or source.get("STREAMQ_PROVIDER", "").strip() or "mock")
+    raw: str | Sequence[str] = "mock"
+    origin = ""  # the variable the list came from, named in errors
+    if choice:
+        raw = choice
+    else:
+        for var in ("SMS_PROVIDERS", "STREAMQ_PROVIDER"):
+            if source.get(var, "").strip():
+                raw, origin = source[var].strip(), var
+                break
     items = raw.split(",") if isinstance(raw, str) else list(raw)
     names = [n.strip().lower() for n in items if n.strip()]
     if not names:
         raise ConfigError("the provider list is empty: use e.g. salum,africastalking")
     for n in names:
         if n not in PROVIDERS:
-            raise ConfigError(f"unknown provider {n[:40]!r}: use one of {', '.join(PROVIDERS)}")
+            shown = f"{origin}={raw[:60]!r}: " if origin and isinstance(raw, str) else ""
+            raise ConfigError(f"{shown}unknown provider {n[:40]!r}: use one of "
+                              f"{', '.join(PROVIDERS)}")
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise ConfigError(f"provider {dup[0]!r} is listed twice")
