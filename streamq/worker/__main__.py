@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queue", default=_env("STREAMQ_QUEUE", _env("STREAMQ_SMS_QUEUE", "sms")),
                    help="queue to work (env STREAMQ_QUEUE, else STREAMQ_SMS_QUEUE, which the "
                    "SMS job creators read too)")
+    p.add_argument("--partitions", type=int,
+                   default=int(_env("STREAMQ_PARTITIONS", "0")) or None,
+                   help="the queue's partition count: none = the count stored in Redis (1 for "
+                   "a new queue); a count other than the stored one is refused "
+                   "(env STREAMQ_PARTITIONS)")
     p.add_argument("--concurrency", type=int, default=int(_env("STREAMQ_CONCURRENCY", "5")),
                    help="jobs in flight in this process (env STREAMQ_CONCURRENCY)")
     p.add_argument("--rate-limit", type=float,
@@ -211,7 +216,8 @@ async def check_providers(args: argparse.Namespace, url: str) -> int:
 
 
 async def run(args: argparse.Namespace, url: str) -> None:
-    queue = Queue(args.queue, redis_url=url, job_type=job_type_of(args))
+    queue = Queue(args.queue, redis_url=url, job_type=job_type_of(args),
+                  partitions=args.partitions)
     handler, close_handler, start_check = make_handler(args, queue)
     worker = Worker(
         queue, handler,
