@@ -20,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import structlog
 
 from .errors import ConfigError
@@ -58,6 +59,7 @@ class Layout:
         self._checked_at = float("-inf")
         self._clock = clock
         self._keys: list[QueueKeys] = [self.home]
+        self._lock: anyio.Lock | None = None
 
     @property
     def count(self) -> int:
@@ -73,6 +75,18 @@ class Layout:
     def fresh(self) -> bool:
         """True while the stored count read last may be used without asking Redis again."""
         return self._stored is not None and self._clock() - self._checked_at < RECHECK_S
+
+    async def refresh(self, run: RunScript, *, store: bool) -> int:
+        """The count to use now: the one read last while it is fresh, else :meth:`resolve`
+        (once for a burst of concurrent callers)."""
+        if self.fresh():
+            return self.count
+        if self._lock is None:
+            self._lock = anyio.Lock()
+        async with self._lock:
+            if self.fresh():
+                return self.count
+            return await self.resolve(run, store=store)
 
     async def resolve(self, run: RunScript, *, store: bool) -> int:
         """Read the stored count (storing ours, or 1, first when ``store`` and none is).

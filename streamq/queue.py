@@ -128,9 +128,7 @@ class Queue:
         """The queue's partition count: read from Redis at first use and again every
         ``partitions.RECHECK_S`` seconds. ``store``: when none is stored yet, store this
         queue's (the first writer wins); every call that writes jobs or flags stores it."""
-        if self.layout.fresh():
-            return self.layout.count
-        return await self.layout.resolve(self._run, store=store)
+        return await self.layout.refresh(self._run, store=store)
 
     async def ensure_groups(self) -> None:
         """Create the lanes' consumer group in every partition (idempotent). Reading from

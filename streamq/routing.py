@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 
 _PERSON = b"streamq-part"
+_BASE = hashlib.blake2b(digest_size=8, person=_PERSON)
 
 
 def routing_tag(job_id: str) -> str:
@@ -35,9 +36,11 @@ def partition_of(job_id: str, partitions: int) -> int:
     """The partition (0..partitions-1) of a job id."""
     if partitions == 1:
         return 0
-    digest = hashlib.blake2b(routing_tag(job_id).encode(), digest_size=8,
-                             person=_PERSON).digest()
-    return int.from_bytes(digest, "big") % partitions
+    if "{" in job_id:
+        job_id = routing_tag(job_id)
+    h = _BASE.copy()
+    h.update(job_id.encode())
+    return int.from_bytes(h.digest(), "big") % partitions
 
 
 def lookup_order(job_id: str, partitions: int, history: tuple[int, ...] = ()) -> list[int]:
