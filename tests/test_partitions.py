@@ -14,7 +14,7 @@ from redis.crc import key_slot
 from streamq import ConfigError, Job, JobOptions, JobState, PermanentError, Queue, Worker
 from streamq.fanout import dead_bounds, event_positions
 from streamq.keys import QueueKeys, check_queue_name
-from streamq.partitions import grow_partitions
+from streamq.partitions import RECHECK_S, Layout, grow_partitions
 from streamq.queue import new_job_id
 from streamq.routing import lookup_order, partition_of, routing_tag
 from tests.support.util import running, wait_until
@@ -395,3 +395,21 @@ async def test_grow_only_when_no_job_is_live_and_earlier_jobs_are_still_found(
 
 async def _equal(q: Queue, name: str, value: int) -> bool:
     return (await q.counts())[name] == value
+
+
+async def test_a_process_reads_the_count_again_after_recheck_s(
+    redis_url: str, queue_name: str
+) -> None:
+    now = [0.0]
+    async with Queue(queue_name, redis_url=redis_url, partitions=2) as q, \
+            Queue(queue_name, redis_url=redis_url) as operator:
+        q.layout = Layout(queue_name, 2, clock=lambda: now[0])
+        assert await q.partition_count(store=True) == 2
+        assert await grow_partitions(operator, 5) == 2
+        now[0] = RECHECK_S - 0.01
+        assert await q.partition_count() == 2  # trusted until RECHECK_S has passed
+        now[0] = RECHECK_S + 0.01
+        assert await q.partition_count() == 5  # an explicit 2 adopts a count grown since
+        refs = await q.add_bulk([{} for _ in range(40)])
+        assert {partition_of(r.job_id, 5) for r in refs} == set(range(5))
+        assert sum(c["waiting"] for c in (await q.partition_counts())[2:]) > 0
