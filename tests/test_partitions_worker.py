@@ -226,3 +226,35 @@ async def test_a_worker_killed_mid_job_in_partition_2_is_taken_over(
         assert stalled == [1]
         c = await q.counts()
         assert (c["completed"], c["active"], c["waiting"]) == (1, 0, 0)
+
+
+async def test_jobs_cut_at_shutdown_go_back_to_their_own_partitions(
+    redis_url: str, queue_name: str
+) -> None:
+    async with Queue(queue_name, redis_url=redis_url, partitions=3) as q:
+        ids = [j for p in range(3) for j in ids_in(p, 3, "cut-", 4)]
+        await q.add_bulk([({}, JobOptions(job_id=j)) for j in ids])
+        held: list[int] = []
+
+        async def hold(job: Job) -> None:
+            held.append(job.partition)
+            await anyio.sleep(60)
+
+        # 9 slots for 4 jobs a partition: the claims reach all three partitions
+        a = Worker(q, hold, concurrency=9, rate_limit=None, shutdown_grace=0.1)
+        async with running(a):
+            await wait_until(lambda: len(held) == 9)
+            assert (await q.counts())["active"] == 9
+        assert set(held) == {0, 1, 2}
+        c = await q.counts()
+        assert (c["active"], c["waiting"]) == (0, 12)  # all handed back at once
+        runs: list[tuple[str, int, int]] = []
+
+        async def quick(job: Job) -> None:
+            runs.append((job.id, job.attempt, job.partition))
+
+        async with running(Worker(q, quick, rate_limit=None)):
+            await wait_until(lambda: _equal(q, "completed", 12))
+        assert sorted(r[0] for r in runs) == sorted(ids)  # each once
+        assert {a for _, a, _ in runs} == {1}  # a cut run uses up no attempt
+        assert all(p == partition_of(j, 3) for j, _, p in runs)

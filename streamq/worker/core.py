@@ -362,9 +362,11 @@ class Worker:
         """Claim up to ``count`` jobs of one partition for this worker's consumer without
         running them (operators and tests: e.g. to play a worker that then dies). Entries
         of dead workers are taken over first; ones that stalled too often are
-        dead-lettered. No rate limit applies."""
+        dead-lettered. On a one-partition queue the claim takes rate-limit tokens as usual;
+        on a partitioned one no rate limit applies."""
         reply = await self.scripts("claim", self.claim_keys(partition),
-                                   self.claim_args(count, limited=False))
+                                   self.claim_args(count,
+                                                   limited=self.queue.layout.count == 1))
         if int(reply[0]) != 1:
             return []
         await self._stalled(self._accept(reply[1], partition))
@@ -765,6 +767,7 @@ class Worker:
         if not jobs:
             return
         n = 0
+        failed = False
         for p, part in self._by_partition(jobs).items():
             k = self._keys(p)
             args: list[Any] = [GROUP, self.consumer, len(part)]
@@ -779,7 +782,9 @@ class Worker:
                 log.error("worker.release_failed", queue=self.queue.name, jobs=len(part),
                           error=redact_text(str(exc)), note="they will be reclaimed after "
                           "the visibility timeout")
-                return
+                failed = True
+        if failed:
+            return
         log.info("worker.released", queue=self.queue.name, jobs=n, reason=why)
         jobs.clear()
 
