@@ -38,7 +38,8 @@ _REF_RE = re.compile(r"^(\d+-\d+|\d+)(?:@(\d+))?$")
 
 
 async def each(calls: Sequence[Callable[[], Awaitable[T]]]) -> list[T]:
-    """Run the calls concurrently (one per partition); results in order."""
+    """Run the calls concurrently (one per partition); results in order. The first
+    error is raised as itself (``RedisUnavailable``...), not inside an exception group."""
     if len(calls) == 1:
         return [await calls[0]()]
     out: list[Any] = [None] * len(calls)
@@ -46,10 +47,28 @@ async def each(calls: Sequence[Callable[[], Awaitable[T]]]) -> list[T]:
     async def one(i: int) -> None:
         out[i] = await calls[i]()
 
-    async with anyio.create_task_group() as tg:
-        for i in range(len(calls)):
-            tg.start_soon(one, i)
+    try:
+        async with anyio.create_task_group() as tg:
+            for i in range(len(calls)):
+                tg.start_soon(one, i)
+    except BaseExceptionGroup as group:
+        raise first_error(group) from None
     return out
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first error inside (nested) exception groups, preferring a real error to a
+    cancellation."""
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        e = stack.pop(0)
+        if isinstance(e, BaseExceptionGroup):
+            stack[:0] = list(e.exceptions)
+        else:
+            leaves.append(e)
+    cancelled = anyio.get_cancelled_exc_class()
+    return next((e for e in leaves if not isinstance(e, cancelled)), leaves[0])
 
 
 def sum_counts(per_partition: Sequence[Sequence[Any]]) -> dict[str, int]:
@@ -154,15 +173,19 @@ async def read_events(redis: Any, parts: Sequence[QueueKeys], after: str, count:
     if any(replies) or block_ms is None:
         return merge_events(replies, positions, count)
     got: list[Any] = [None] * len(parts)
-    async with anyio.create_task_group() as tg:
-        async def wait(p: int) -> None:
-            r = await redis.xread({parts[p].events: positions[p]}, count=count, block=block_ms)
-            if r:
-                got[p] = r
-                tg.cancel_scope.cancel()  # the others are still blocked: stop waiting
+    try:
+        async with anyio.create_task_group() as tg:
+            async def wait(p: int) -> None:
+                r = await redis.xread({parts[p].events: positions[p]}, count=count,
+                                      block=block_ms)
+                if r:
+                    got[p] = r
+                    tg.cancel_scope.cancel()  # the others are still blocked: stop waiting
 
-        for p in range(len(parts)):
-            tg.start_soon(wait, p)
+            for p in range(len(parts)):
+                tg.start_soon(wait, p)
+    except BaseExceptionGroup as group:
+        raise first_error(group) from None
     return merge_events(got, positions, count)
 
 
@@ -170,5 +193,5 @@ def _decode(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-__all__ = ["COUNT_NAMES", "dead_bounds", "each", "event_positions", "id_key", "merge_events",
+__all__ = ["COUNT_NAMES", "dead_bounds", "each", "event_positions", "first_error", "id_key", "merge_events",
            "merge_sorted", "parse_ref", "read_events", "sum_counts"]

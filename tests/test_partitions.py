@@ -413,3 +413,20 @@ async def test_a_process_reads_the_count_again_after_recheck_s(
         refs = await q.add_bulk([{} for _ in range(40)])
         assert {partition_of(r.job_id, 5) for r in refs} == set(range(5))
         assert sum(c["waiting"] for c in (await q.partition_counts())[2:]) > 0
+
+
+async def test_an_outage_is_one_clear_error_not_an_exception_group(
+    redis_url: str, queue_name: str
+) -> None:
+    from streamq import RedisUnavailable
+    from streamq.devredis import free_port
+    from streamq.settings import make_redis
+
+    async with Queue(queue_name, redis_url=redis_url, partitions=3) as q:
+        await q.add({})
+        dead = f"redis://127.0.0.1:{free_port()}/0"
+        await q.redis.aclose()
+        q._redis, q._scripts, q.redis_url = make_redis(dead), None, dead
+        for call in (q.counts, q.read_events, q.dead_letters, q.partition_counts):
+            with pytest.raises(RedisUnavailable, match="unreachable at"):
+                await call()
