@@ -410,7 +410,7 @@ async def test_a_process_reads_the_count_again_after_recheck_s(
         assert await q.partition_count() == 2  # trusted until RECHECK_S has passed
         now[0] = RECHECK_S + 0.01
         assert await q.partition_count() == 5  # an explicit 2 adopts a count grown since
-        refs = await q.add_bulk([{} for _ in range(40)])
+        refs = await q.add_bulk([{} for _ in range(100)])
         assert {partition_of(r.job_id, 5) for r in refs} == set(range(5))
         assert sum(c["waiting"] for c in (await q.partition_counts())[2:]) > 0
 

@@ -9,10 +9,10 @@ import subprocess
 import sys
 from typing import Any
 
-from streamq import JobOptions, JobState, Queue
+from streamq import JobOptions, JobState, Queue, Worker
 from streamq.routing import partition_of
-from tests.support.util import ROOT
-from tests.test_cli import cli, make_dead, row, run_process
+from tests.support.util import ROOT, running, wait_until
+from tests.test_cli import _dead, cli, refuse, row, run_process
 from tests.test_partitions import ids_in
 
 
@@ -20,8 +20,11 @@ async def test_operator_commands_work_on_a_partitioned_queue(
     redis_url: str, queue_name: str, redis: Any
 ) -> None:
     async with Queue(queue_name, redis_url=redis_url, partitions=3) as q:
-        dead_ids = await make_dead(q, 12)
-        assert len({partition_of(j, 3) for j in dead_ids}) == 3
+        dead_ids = [j for p in range(3) for j in ids_in(p, 3, "dead-", 4)]
+        await q.add_bulk([({"to": "+254712345678", "i": i}, JobOptions(job_id=j))
+                          for i, j in enumerate(dead_ids)])
+        async with running(Worker(q, refuse, concurrency=20, rate_limit=None)):
+            await wait_until(lambda: _dead(q, 12), timeout=20, message="12 dead letters")
         waiting = [ids_in(p, 3, "w-")[0] for p in range(3)]
         for job_id in waiting:
             await q.add({}, JobOptions(job_id=job_id))
