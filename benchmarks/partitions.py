@@ -10,6 +10,11 @@ with ``r`` for a worker with a rate limit too high to bind (1e9 jobs/s): that me
 what the limiter itself costs (one-partition claims take tokens in the same call;
 partitioned workers take them from the home slot in a call of their own).
 
+CPU per job is measured too, less sensitive than rates to other load on the machine:
+the producer's own CPU while enqueuing, the worker process's CPU from its first job to
+its last (``time.process_time`` in the probe), and Redis's (``INFO cpu``, user + sys)
+during each phase, in microseconds per job.
+
 Prints medians (min-max) and each figure as a ratio to the first configuration's. Only
 a one-partition configuration runs on a streamq without partitions, so the same file
 measures an older tree too (copy it there: before/after on the same machine).
@@ -57,22 +62,43 @@ async def one_round(url: str, admin: Any, n: int, rate: float | None, args: argp
     system = StreamqSystem(url)
     await system.start()
     try:
-        one = await system.enqueue_timed(payloads(args.one), bulk=False)
+        one_jobs = payloads(args.one)
+        cpu0, rcpu0 = time.process_time(), await redis_cpu(admin)
+        one = await system.enqueue_timed(one_jobs, bulk=False)
+        cpu1, rcpu1 = time.process_time(), await redis_cpu(admin)
         await system.stop()
         await admin.flushall()
         await system.start()
-        bulk = await system.enqueue_timed(payloads(args.jobs), bulk=True)
+        bulk_jobs = payloads(args.jobs)
+        cpu2, rcpu2 = time.process_time(), await redis_cpu(admin)
+        bulk = await system.enqueue_timed(bulk_jobs, bulk=True)
+        cpu3, rcpu3 = time.process_time(), await redis_cpu(admin)
     finally:
         await system.stop()
     proc = WorkerProcess(system.worker_command("noop", args.concurrency, args.jobs, 60.0))
     await proc.start()
     try:
         await proc.ready(60.0)
+        rcpu4 = await redis_cpu(admin)
         r = await proc.result(150.0)
+        rcpu5 = await redis_cpu(admin)
     finally:
         await proc.stop()
+    us = 1e6
     return {"enqueue_one": args.one / one, "enqueue_bulk": args.jobs / bulk,
-            "drain": r["count"] / r["elapsed_s"]}
+            "drain": r["count"] / r["elapsed_s"],
+            "one_client_us": (cpu1 - cpu0) * us / args.one,
+            "one_redis_us": (rcpu1 - rcpu0) * us / args.one,
+            "bulk_client_us": (cpu3 - cpu2) * us / args.jobs,
+            "bulk_redis_us": (rcpu3 - rcpu2) * us / args.jobs,
+            "drain_worker_us": r.get("cpu_s", 0.0) * us / max(1, r["count"]),
+            "drain_redis_us": (rcpu5 - rcpu4) * us / max(1, r["count"])}
+
+
+async def redis_cpu(admin: Any) -> float:
+    """CPU seconds the Redis server has used (user + sys, its main thread and the rest)."""
+    info = await admin.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -93,7 +119,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 values = await one_round(server.url, admin, n, rate, args)
                 for k, v in values.items():
                     results[c].setdefault(k, []).append(v)
-                shown = ", ".join(f"{k} {v:,.0f}/s" for k, v in values.items())
+                shown = ", ".join(f"{k} {values[k]:,.0f}/s" for k in RATES)
                 print(f"[{time.monotonic() - t0:5.0f}s] round {rnd} config {c}: {shown}",
                       file=sys.stderr, flush=True)
     finally:
@@ -104,23 +130,32 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "results": results}
 
 
+RATES = ("enqueue_one", "enqueue_bulk", "drain")
+CPU = ("one_client_us", "one_redis_us", "bulk_client_us", "bulk_redis_us", "drain_worker_us",
+       "drain_redis_us")
+
+
 def table(doc: dict[str, Any]) -> str:
     configs: list[str] = doc["configs"]
     base = doc["results"][configs[0]]
-    lines = ["| config | " + " | ".join(
-        f"{k} (jobs/s) | ratio" for k in ("enqueue_one", "enqueue_bulk", "drain")) + " |",
-        "|---" * 7 + "|"]
-    for c in configs:
-        cells = []
-        for k in ("enqueue_one", "enqueue_bulk", "drain"):
-            vals = doc["results"][c][k]
-            med = statistics.median(vals)
-            cells.append(f"{med:,.0f} ({min(vals):,.0f}-{max(vals):,.0f})")
-            cells.append(f"{med / statistics.median(base[k]):.2f}")
-        n, rate = parse_config(c)
-        label = f"N={n}" + (" + rate limit" if rate else "")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    out = []
+    for keys, unit, fmt in ((RATES, "jobs/s", "{:,.0f}"), (CPU, "us/job", "{:,.1f}")):
+        lines = ["| config | " + " | ".join(f"{k} ({unit}) | ratio" for k in keys) + " |",
+                 "|---" * (1 + 2 * len(keys)) + "|"]
+        for c in configs:
+            cells = []
+            for k in keys:
+                vals = doc["results"][c][k]
+                med = statistics.median(vals)
+                cells.append(fmt.format(med) + " (" + fmt.format(min(vals)) + "-"
+                             + fmt.format(max(vals)) + ")")
+                ref = statistics.median(base[k])
+                cells.append(f"{med / ref:.2f}" if ref else "-")
+            n, rate = parse_config(c)
+            label = f"N={n}" + (" + rate limit" if rate else "")
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
