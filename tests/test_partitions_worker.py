@@ -13,7 +13,7 @@ from pathlib import Path
 import anyio
 import anyio.lowlevel
 
-from streamq import Job, JobOptions, JobState, Queue, Worker
+from streamq import Defer, Job, JobOptions, JobState, Queue, QueueDefaults, Worker
 from streamq.routing import partition_of
 from tests.support.ledger import read_ledger
 from tests.support.util import running, spawn_ledger_worker, wait_until
@@ -258,3 +258,39 @@ async def test_jobs_cut_at_shutdown_go_back_to_their_own_partitions(
         assert sorted(r[0] for r in runs) == sorted(ids)  # each once
         assert {a for _, a, _ in runs} == {1}  # a cut run uses up no attempt
         assert all(p == partition_of(j, 3) for j, _, p in runs)
+
+
+async def test_a_fetch_hold_spans_partitions_and_deferred_jobs_stay_in_theirs(
+    redis_url: str, queue_name: str
+) -> None:
+    async with Queue(queue_name, redis_url=redis_url, partitions=3,
+                     defaults=QueueDefaults(attempts=1)) as q:
+        refs = await q.add_bulk([{"i": i} for i in range(40)])
+        down = True
+        calls = 0
+        hold_s = 0.2
+        ran: list[tuple[str, int]] = []
+
+        async def handler(job: Job) -> None:
+            nonlocal calls
+            calls += 1
+            if down:
+                raise Defer(hold_s, "every provider is down", hold=True)
+            ran.append((job.id, job.partition))
+
+        worker = Worker(q, handler, concurrency=4, rate_limit=None)
+        async with running(worker):
+            await wait_until(lambda: worker.fetch_hold.held, 5, message="the hold")
+            started = anyio.current_time()
+            await wait_until(lambda: worker.fetch_hold.holds >= 6, 10, message="hold periods")
+            periods = (anyio.current_time() - started) / hold_s
+            # no churn over the partitions either: one probe per period after the first claim
+            assert calls <= 4 + periods + 2, (calls, periods)
+            for p in range(3):  # a deferred job waits in its own partition's delayed set
+                for job_id in await q.redis.zrange(q.layout.keys(p).delayed, 0, -1):
+                    assert partition_of(job_id.decode(), 3) == p
+            down = False
+            await wait_until(lambda: _equal(q, "completed", 40), 10, message="all 40 jobs")
+        assert sorted(j for j, _ in ran) == sorted(r.job_id for r in refs)
+        assert all(p == partition_of(j, 3) for j, p in ran)
+        assert (await q.counts())["failed"] == 0

@@ -570,7 +570,7 @@ class Worker:
         delay = min(exc.delay, self.max_retry_delay)
         if exc.hold:
             self.fetch_hold.hold(job, delay, reason)
-        k = self.queue.keys
+        k = self._keys(job.partition)
         r = await self._call_retrying(
             "defer",
             [*k.lanes, k.events, k.delayed, k.delayed_data, k.control, k.moves, k.bucket(job.id)],

@@ -38,6 +38,7 @@ import structlog
 from redis.exceptions import RedisError, ResponseError
 
 from ..errors import StreamqError
+from ..job import Job
 from ..keys import QueueKeys
 from ..redact import redact_text
 from ..settings import MAX_BLOCK_MS
@@ -65,6 +66,8 @@ class PartitionedFetch:
         self._armed: list[dict[str, Any]] = [{} for _ in range(self.n)]
         self._arm_events = [anyio.Event() for _ in range(self.n)]
         self._errors = 0
+        self._last_job: Job | None = None
+        """The last job claimed (a hold's probe is the one job of its round)."""
 
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:
@@ -93,8 +96,15 @@ class PartitionedFetch:
             if not candidates:
                 await self._wait_for_work()
                 continue
+            want = w._free
+            # a handler's Defer(hold=True) holds fetching: nothing, or one probe (hold.py)
+            hold_limit = w.fetch_hold.limit()
+            if hold_limit is not None:
+                if hold_limit <= 0:
+                    await w.fetch_hold.wait(MAX_BLOCK_MS / 1000)
+                    continue
+                want = min(want, hold_limit)
             try:
-                want = w._free
                 if w.rate_limit:
                     want, wait_ms = await self._take_tokens(want)
                     if want == 0:
@@ -103,7 +113,10 @@ class PartitionedFetch:
                         await anyio.sleep(wait_ms / 1000)
                         continue
                 self.next_first = (candidates[0] + 1) % self.n
+                self._last_job = None
                 got = await self._claim_in_turn(candidates, want)
+                if hold_limit is not None:  # probing: the one job claimed is the probe
+                    w.fetch_hold.claimed(self._last_job)
                 if w.rate_limit and got < want:
                     await self._hand_back(want - got)
                 if self._errors:
@@ -144,6 +157,8 @@ class PartitionedFetch:
         status = int(reply[0])
         if status == 1:
             taken_over = w._accept(reply[1], p)
+            if reply[1]:
+                self._last_job = w._ready[-1]
             w._wake_runners()
             if taken_over:
                 await w._stalled(taken_over)
