@@ -1,5 +1,6 @@
-"""``python -m benchmarks run [--quick] [--only NAME,...] [--rounds 3] [--jobs 20000] [--json out.json]``
-and ``python -m benchmarks profile`` (the streamq worker's drain under py-spy).
+"""``python -m benchmarks run [--quick] [--only NAME,...] [--rounds 3] [--jobs 20000] [--json out.json]
+[--partitions N]``, ``python -m benchmarks profile`` (the streamq worker's drain under py-spy)
+and ``python -m benchmarks.partitions`` (streamq alone over partition counts, side by side).
 
 Starts its own redis-server (persistence off) on a free loopback port and measures
 streamq, each installed peer and the raw Redis Streams floor side by side. Progress
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -36,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 20000; quick 2000)")
     r.add_argument("--cap", type=float, default=None,
                    help="seconds a drain may run after its first job (slow peers; default 15)")
+    r.add_argument("--partitions", type=int, default=None,
+                   help="run streamq on a queue of N partitions (its producer and workers)")
     r.add_argument("--json", default=None, help="write the full figures here")
     r.add_argument("--md", default=None, help="write the markdown table here")
     r.add_argument("--png", default=None, help="write a chart here (needs matplotlib)")
@@ -64,6 +68,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .profile import main as profile_main
 
         return profile_main(args.jobs, args.concurrency, args.rate, args.out, args.native)
+    if args.partitions is not None:
+        if args.partitions < 1:
+            print("benchmarks: --partitions must be >= 1", file=sys.stderr)
+            return 2
+        os.environ["STREAMQ_PARTITIONS"] = str(args.partitions)  # the workers inherit it
     cfg = Config.make(quick=args.quick, rounds=args.rounds, jobs=args.jobs)
     if args.cap is not None:
         cfg.cap_s = args.cap

@@ -107,6 +107,8 @@ class Probe:
         self.count = 0
         self.first_start: float | None = None
         self.last_end = 0.0
+        self.cpu_first = 0.0  # process CPU seconds at the first start and the last end
+        self.cpu_last = 0.0
         self.samples: list[tuple[int, float]] = []
         self.finished = asyncio.Event()
         self.capped = False
@@ -116,6 +118,7 @@ class Probe:
         now = time.time()
         if self.first_start is None:
             self.first_start = time.perf_counter()
+            self.cpu_first = time.process_time()
         if self.mode == "latency":
             self.samples.append((int(payload["i"]), now - float(payload["t"])))
         elif self.mode == "delayed":
@@ -125,6 +128,7 @@ class Probe:
         self.count += 1
         if self.count >= self.n:
             self.last_end = time.perf_counter()
+            self.cpu_last = time.process_time()
             self.finished.set()
 
     async def wait(self, idle_limit_s: float) -> None:
@@ -145,7 +149,8 @@ class Probe:
     def result(self) -> dict[str, Any]:
         elapsed = (self.last_end - self.first_start) if self.first_start is not None else 0.0
         return {"count": self.count, "elapsed_s": elapsed, "capped": self.capped,
-                "samples": self.samples}
+                "samples": self.samples,
+                "cpu_s": max(0.0, (self.cpu_last or time.process_time()) - self.cpu_first)}
 
 
 def emit(line: str) -> None:

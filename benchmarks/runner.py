@@ -331,7 +331,11 @@ class Bench:
         from streamq.sms.standin import SalumStandin
 
         n = self.cfg.sms_jobs
-        q = Queue("benchsms", redis_url=self.url, job_type=SMSJob)
+        from .peers.streamq import partitions_from_env
+
+        # the worker process below reads STREAMQ_PARTITIONS too (--partitions)
+        q = Queue("benchsms", redis_url=self.url, job_type=SMSJob,
+                  partitions=partitions_from_env())
         try:
             t0 = time.perf_counter()
             for i in range(n):

@@ -20,9 +20,17 @@ class DeadLetter:
     failed_at: datetime | None
     data: Any
     """The decoded payload, or the raw bytes when it cannot be decoded."""
+    partition: int = 0
+    """The partition whose dead-letter stream holds it (0 for a queue without partitions)."""
+
+    @property
+    def ref(self) -> str:
+        """Names the letter across partitions: the entry id, with ``@<partition>`` after it
+        outside partition 0. ``Queue.dead_letters(after="(" + ref)`` lists the next ones."""
+        return self.entry_id if self.partition == 0 else f"{self.entry_id}@{self.partition}"
 
 
-def parse_dead_entries(entries: list[Any], codec: Codec) -> list[DeadLetter]:
+def parse_dead_entries(entries: list[Any], codec: Codec, partition: int = 0) -> list[DeadLetter]:
     out: list[DeadLetter] = []
     for entry_id, fields in entries:
         f = {k.decode(): v for k, v in fields.items()}
@@ -39,6 +47,7 @@ def parse_dead_entries(entries: list[Any], codec: Codec) -> list[DeadLetter]:
                 attempts=int(f.get("n", b"0") or 0),
                 failed_at=ms_to_dt(f.get("f", b"0").decode()),
                 data=data,
+                partition=partition,
             )
         )
     return out

@@ -123,6 +123,8 @@ class Job:
     """Seconds from becoming waiting to the handler's start (wall clocks of Redis and worker)."""
     run_s: float = 0.0
     """Seconds the handler ran (set when it returns or raises)."""
+    partition: int = 0
+    """The queue partition holding the entry (its transitions go there)."""
 
     @property
     def created_at(self) -> datetime:

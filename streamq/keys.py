@@ -1,9 +1,14 @@
-"""Every Redis key of a queue, under one Cluster hash tag.
+"""Every Redis key of a queue, under one Cluster hash tag per partition.
 
 All keys of queue ``sms`` look like ``streamq:{sms}:...`` so that every Lua transition
-runs on one slot and the queue works on Redis Cluster unchanged. No other module builds
-key names. Job ids appear only in per-job record keys (``job:<id>``); payload data
-never appears in a key name.
+runs on one slot. A partitioned queue (``Queue(name, partitions=N)``) is N copies of
+that layout: partition 0 uses exactly those keys (it is the queue's *home*: queue-wide
+state such as the stored partition count and, for N > 1, the queue-wide token bucket
+lives there), partition p >= 1 uses its own hash tag ``streamq:{sms~p}:...``. ``~`` is
+not allowed in queue names, so no queue's tag can collide with another's partition.
+No other module builds key names. Job ids appear only in per-job record keys
+(``job:<id>``, after the tag, so an id's own ``{...}`` never becomes the key's tag);
+payload data never appears in a key name.
 """
 
 from __future__ import annotations
@@ -19,8 +24,16 @@ LANE_INDEX: dict[str, int] = {name: i for i, name in enumerate(PRIORITIES)}
 GROUP = "workers"
 
 _QUEUE_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-_JOB_ID_RE = re.compile(r"^[A-Za-z0-9_.:@=+-]{1,128}$")
+# { and } let an id carry a routing tag (see routing.py); the key of its record keeps the
+# queue's tag first: streamq:{sms}:job:order-{42}-sms hashes on 'sms'
+_JOB_ID_RE = re.compile(r"^[A-Za-z0-9_.:@=+{}-]{1,128}$")
 _DOWNSTREAM_RE = re.compile(r"^[a-z0-9_-]{1,32}$")
+
+PARTITION_SEP = "~"
+"""Between a queue's name and a partition number in the hash tag (never in a queue name)."""
+MAX_PARTITIONS = 128
+"""An idle worker holds one blocking read per partition; 128 spreads a queue over more
+masters than any cluster this engine was measured on."""
 
 
 def check_downstream_name(name: str) -> str:
@@ -42,7 +55,7 @@ def check_job_id(job_id: str) -> str:
     if not isinstance(job_id, str) or not _JOB_ID_RE.match(job_id):
         shown = job_id[:40] if isinstance(job_id, str) else type(job_id).__name__
         raise JobIdError(
-            f"job_id {shown!r} is invalid: use 1-128 characters of A-Z a-z 0-9 _ . : @ = + -"
+            f"job_id {shown!r} is invalid: use 1-128 characters of A-Z a-z 0-9 _ . : @ = + - {{ }}"
         )
     return job_id
 
@@ -50,17 +63,30 @@ def check_job_id(job_id: str) -> str:
 INDEX_BUCKETS = 2048
 
 
+def check_partitions(n: object, what: str = "partitions") -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_PARTITIONS:
+        raise ConfigError(f"{what} must be an integer from 1 to {MAX_PARTITIONS}, got {n!r}")
+    return n
+
+
+def partition_tag(name: str, partition: int) -> str:
+    """The hash tag of one partition: the queue's name for partition 0, ``name~p`` else."""
+    return name if partition == 0 else f"{name}{PARTITION_SEP}{partition}"
+
+
 @dataclass(frozen=True, slots=True)
 class QueueKeys:
-    """Key names of one queue. ``lanes`` is ordered high, normal, low."""
+    """Key names of one partition of a queue (partition 0: the queue's home, whose keys
+    are those of a queue without partitions). ``lanes`` is ordered high, normal, low."""
 
     name: str
+    partition: int = 0
     buckets: int = INDEX_BUCKETS
     prefix: str = field(init=False)
     lanes: tuple[str, str, str] = field(init=False)
 
     def __post_init__(self) -> None:
-        p = f"streamq:{{{self.name}}}:"
+        p = f"streamq:{{{partition_tag(self.name, self.partition)}}}:"
         object.__setattr__(self, "prefix", p)
         object.__setattr__(self, "lanes", (p + "lane:high", p + "lane:normal", p + "lane:low"))
 
@@ -111,8 +137,16 @@ class QueueKeys:
 
     @property
     def limiter(self) -> str:
-        """HASH token bucket shared by all workers: tokens, ts (ms)."""
+        """HASH token bucket shared by all workers: tk (tokens), ts (ms). The home's is the
+        queue-wide bucket (taken by the claim when N = 1, by take_tokens when N > 1); the
+        other partitions' are unused."""
         return self.prefix + "limiter"
+
+    @property
+    def meta(self) -> str:
+        """HASH of queue-wide settings, in the home partition only: ``partitions`` (the
+        stored N) and ``history`` (earlier Ns, oldest first, comma-separated)."""
+        return self.prefix + "meta"
 
     @property
     def reclaim_lock(self) -> str:
@@ -161,4 +195,5 @@ class QueueKeys:
             self.reclaim_lock,
             self.sweep_lock,
             self.events,
+            self.meta,
         ]

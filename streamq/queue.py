@@ -1,11 +1,14 @@
 """The producer side: ``Queue`` adds jobs and answers questions about them.
 
 A ``Queue`` does no I/O until first used; it is an async context manager. Each
-multi-key change is one Lua transition from ``lua/`` (see ``scripts.py``).
+multi-key change is one Lua transition from ``lua/`` (see ``scripts.py``). A
+partitioned queue (``partitions=N``) routes each job to one partition by its id
+(``partitions.py``); what spans partitions is merged in ``fanout.py``.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any, cast
@@ -19,9 +22,13 @@ from .connection import translate_redis_errors
 from .dead import DeadLetter, parse_dead_entries
 from .errors import ConfigError, PayloadError, RedisUnavailable
 from .events import QueueEvent, parse_events
+from .fanout import dead_bounds, each, id_key, merge_sorted, parse_ref, sum_counts
+from .fanout import read_events as read_merged_events
 from .job import Backoff, JobInfo, JobOptions, JobRef, JobState, Priority, ms_to_dt
 from .keys import GROUP, LANE_INDEX, PRIORITIES, QueueKeys, check_job_id, check_queue_name
+from .partitions import Layout
 from .redact import redact_url
+from .routing import partition_of
 from .scripts import ArgT, ScriptRunner
 from .settings import (
     CONCURRENT_CALLS,
@@ -52,7 +59,11 @@ def _text(v: Any) -> str:
 
 
 class Queue:
-    """One named queue: its own Redis keyspace under the hash tag ``streamq:{name}:``."""
+    """One named queue: its own Redis keyspace under the hash tag ``streamq:{name}:``, or,
+    with ``partitions=N``, N keyspaces (``{name}``, ``{name~1}``, ...) that one logical
+    queue spreads over. ``partitions=None`` adopts the count stored in Redis (1 for a new
+    queue); an explicit count is stored at first use, and one that differs from the
+    stored count fails there with one line naming it."""
 
     def __init__(
         self,
@@ -62,9 +73,12 @@ class Queue:
         job_type: Any = None,
         defaults: QueueDefaults | None = None,
         redis: Redis | None = None,
+        partitions: int | None = None,
     ) -> None:
         self.name = check_queue_name(name)
-        self.keys = QueueKeys(self.name)
+        self.layout = Layout(self.name, partitions)
+        self.keys = self.layout.home
+        """The keys of partition 0, the queue's home (all of them when N = 1)."""
         self.defaults = defaults or QueueDefaults()
         self.codec = Codec(job_type, self.defaults.max_payload_bytes)
         self.redis_url = check_redis_url(redis_url, "redis_url") if redis_url else redis_url_from_env()
@@ -108,16 +122,33 @@ class Queue:
                     f"{STARTUP_TIMEOUT_S:g}s (wrong port, or TLS against a plaintext port?)"
                 ) from None
             await self.scripts.load_all()
+            # a partition count that differs from the stored one fails here, in one line
+            await self.layout.resolve(self.scripts, store=False)
+
+    async def partition_count(self, *, store: bool = False) -> int:
+        """The queue's partition count: read from Redis at first use and again every
+        ``partitions.RECHECK_S`` seconds. ``store``: when none is stored yet, store this
+        queue's (the first writer wins); every call that writes jobs or flags stores it."""
+        return await self.layout.refresh(self._run, store=store)
 
     async def ensure_groups(self) -> None:
-        """Create the lanes' consumer group (idempotent). Reading from 0 keeps earlier adds."""
+        """Create the lanes' consumer group in every partition (idempotent). Reading from
+        0 keeps earlier adds."""
+        for k in self.layout.all_keys(await self.partition_count(store=True)):
+            await self.prepare_partition(k)
+
+    async def prepare_partition(self, k: QueueKeys, *, paused: bool = False) -> None:
+        """Create one partition's consumer groups (idempotent), and set its pause flag when
+        ``paused`` (a partition added to a paused queue)."""
         with translate_redis_errors(self.redis_url):
-            for lane in self.keys.lanes:
+            for lane in k.lanes:
                 try:
                     await self.redis.xgroup_create(lane, GROUP, id="0", mkstream=True)
                 except ResponseError as exc:
                     if "BUSYGROUP" not in str(exc):
                         raise
+            if paused:
+                await self.redis.set(k.paused, b"1")
 
     async def close(self) -> None:
         if self._redis is not None and self._own_redis:
@@ -142,6 +173,14 @@ class Queue:
         async with self._gate:
             with translate_redis_errors(self.redis_url):
                 return await self.scripts(name, keys, args)
+
+    async def run_script(self, name: str, keys: Sequence[str], args: Sequence[ArgT]) -> Any:
+        """Run one Lua transition of ``lua/`` on this queue's client (the partition layer)."""
+        return await self._run(name, keys, args)
+
+    async def _write_count(self) -> int:
+        lay = self.layout
+        return lay.count if lay.fresh() else await self.partition_count(store=True)
 
     # -- adding ---------------------------------------------------------------------
     def _job_args(self, data: Any, options: JobOptions | None) -> tuple[str, list[ArgT]]:
@@ -170,7 +209,8 @@ class Queue:
         """Add one job. Once this returns, the job is in Redis. A live custom ``job_id`` is
         not added twice: the existing job's reference is returned."""
         job_id, args = self._job_args(data, options)
-        await self._run("enqueue", [*self._enqueue_keys(), self.keys.bucket(job_id)],
+        k = self.layout.keys_for(job_id, await self._write_count())
+        await self._run("enqueue", [*self._enqueue_keys(k), k.bucket(job_id)],
                         [1, self.defaults.events_max, *args])
         return JobRef(job_id, self.name)
 
@@ -189,43 +229,59 @@ class Queue:
                 prepared.append(self._job_args(item[0], item[1]))
             else:
                 prepared.append(self._job_args(item, None))
-        fixed = self._enqueue_keys()
-        bucket = self.keys.bucket
+        n = await self._write_count()
+        if n == 1:
+            groups = [(self.keys, prepared)]
+        else:
+            by_partition: dict[int, list[tuple[str, list[ArgT]]]] = {}
+            for job in prepared:
+                by_partition.setdefault(partition_of(job[0], n), []).append(job)
+            groups = [(self.layout.keys(p), jobs) for p, jobs in sorted(by_partition.items())]
         async with self._gate:
-            await self._send_bulk(prepared, fixed, bucket)
+            await self._send_bulk(groups)
         return [JobRef(job_id, self.name) for job_id, _ in prepared]
 
     async def _send_bulk(
-        self, prepared: list[tuple[str, list[ArgT]]], fixed: list[str], bucket: Any
+        self, groups: list[tuple[QueueKeys, list[tuple[str, list[ArgT]]]]]
     ) -> None:
+        """One enqueue call per chunk of BULK_CHUNK jobs of one partition (every call stays
+        in one slot), 8 calls per pipeline round trip."""
+        calls: list[tuple[list[str], list[ArgT]]] = []
+        for k, prepared in groups:
+            fixed = self._enqueue_keys(k)
+            bucket = k.bucket
+            for c in range(0, len(prepared), BULK_CHUNK):
+                chunk = prepared[c : c + BULK_CHUNK]
+                args: list[ArgT] = [len(chunk), self.defaults.events_max]
+                keys = list(fixed)
+                for job_id, a in chunk:
+                    args.extend(a)
+                    keys.append(bucket(job_id))
+                calls.append((keys, args))
         with translate_redis_errors(self.redis_url):
-            for start in range(0, len(prepared), BULK_CHUNK * 8):
+            for start in range(0, len(calls), 8):
                 pipe = self.redis.pipeline(transaction=False)
-                block = prepared[start : start + BULK_CHUNK * 8]
-                for c in range(0, len(block), BULK_CHUNK):
-                    chunk = block[c : c + BULK_CHUNK]
-                    args: list[ArgT] = [len(chunk), self.defaults.events_max]
-                    keys = list(fixed)
-                    for job_id, a in chunk:
-                        args.extend(a)
-                        keys.append(bucket(job_id))
+                for keys, args in calls[start : start + 8]:
                     self.scripts.queue_call(pipe, "enqueue", keys, args)
                 await self.scripts.run_pipeline(pipe)
 
-    def _enqueue_keys(self) -> list[str]:
-        k = self.keys
+    @staticmethod
+    def _enqueue_keys(k: QueueKeys) -> list[str]:
         return [*k.lanes, k.events, k.delayed, k.delayed_data, k.control]
 
     # -- questions and operations -----------------------------------------------------
     async def get_job(self, job_id: str) -> JobInfo | None:
         """The job's state and facts, or None if unknown or its record has expired."""
         check_job_id(job_id)
-        k = self.keys
-        reply = await self._run(
-            "get_job",
-            [*k.lanes, k.moves, k.delayed, k.delayed_data, k.bucket(job_id), k.job(job_id)],
-            [GROUP, job_id],
-        )
+        reply: Any = None
+        for k in self.layout.lookup(job_id, await self.partition_count()):
+            reply = await self._run(
+                "get_job",
+                [*k.lanes, k.moves, k.delayed, k.delayed_data, k.bucket(job_id), k.job(job_id)],
+                [GROUP, job_id],
+            )
+            if reply:
+                break
         if not reply:
             return None
         state = _text(reply[0])
@@ -255,62 +311,110 @@ class Queue:
     async def counts(self) -> dict[str, int]:
         """Jobs per state: waiting, active, delayed, completed, failed (plus cancelled,
         paused 0/1 and dead, the dead-letter stream's length). completed and cancelled are
-        totals since the queue was created; failed counts dead letters not replayed."""
-        k = self.keys
-        r = await self._run(
-            "counts", [*k.lanes, k.delayed, k.stats, k.paused, k.dead], [GROUP]
-        )
-        names = ("waiting", "active", "delayed", "completed", "failed", "cancelled", "paused",
-                 "dead")
-        return {n: int(v) for n, v in zip(names, r, strict=True)}
+        totals since the queue was created; failed counts dead letters not replayed.
+        A partitioned queue's counts are the sums over its partitions (one snapshot each)."""
+        return sum_counts(await each([
+            functools.partial(self._run, "counts",
+                              [*k.lanes, k.delayed, k.stats, k.paused, k.dead], [GROUP])
+            for k in self.layout.all_keys(await self.partition_count())
+        ]))
+
+    async def partition_counts(self) -> list[dict[str, int]]:
+        """The counts of each partition, partition 0 first (operators: is the load even?)."""
+        return [sum_counts([r]) for r in await each([
+            functools.partial(self._run, "counts",
+                              [*k.lanes, k.delayed, k.stats, k.paused, k.dead], [GROUP])
+            for k in self.layout.all_keys(await self.partition_count())
+        ])]
 
     async def cancel(self, job_id: str) -> bool:
         """Cancel a waiting or delayed job so it never runs. False if it is unknown,
         finished, or already running (an active job cannot be cancelled)."""
         check_job_id(job_id)
-        k = self.keys
-        r = await self._run(
-            "cancel",
-            [*k.lanes, k.events, k.delayed, k.delayed_data, k.stats, k.moves, k.bucket(job_id),
-             k.job(job_id)],
-            [GROUP, job_id, round(self.defaults.failed_ttl_s * 1000), self.defaults.events_max],
-        )
-        return int(r) == 1
+        for k in self.layout.lookup(job_id, await self.partition_count()):
+            r = int(await self._run(
+                "cancel",
+                [*k.lanes, k.events, k.delayed, k.delayed_data, k.stats, k.moves,
+                 k.bucket(job_id), k.job(job_id)],
+                [GROUP, job_id, round(self.defaults.failed_ttl_s * 1000),
+                 self.defaults.events_max],
+            ))
+            if r != 0:  # cancelled (1), or found running (-1): either way it was here
+                return r == 1
+        return False
 
     async def pause(self) -> None:
-        """Workers stop taking jobs from this queue (running jobs finish)."""
+        """Workers stop taking jobs from this queue (running jobs finish). A partitioned
+        queue's flag is set in every partition (each claim checks its own), the home's
+        last: ``is_paused`` is true once all are set. If this raises, call it again."""
+        parts = self.layout.all_keys(await self.partition_count(store=True))
         with translate_redis_errors(self.redis_url):
-            await self.redis.set(self.keys.paused, b"1")
+            for k in [*parts[1:], parts[0]]:
+                await self.redis.set(k.paused, b"1")
 
     async def resume(self) -> None:
-        await self._run("resume", [self.keys.paused, self.keys.control], [])
+        """Clear the pause flag in every partition (the home's last) and wake idle workers."""
+        parts = self.layout.all_keys(await self.partition_count(store=True))
+        for k in [*parts[1:], parts[0]]:
+            await self._run("resume", [k.paused, k.control], [])
 
     async def is_paused(self) -> bool:
+        """True when the home partition's pause flag is set."""
         with translate_redis_errors(self.redis_url):
             return bool(await self.redis.exists(self.keys.paused))
 
-    async def dead_letters(self, limit: int = 100, *, after: str = "-") -> list[DeadLetter]:
-        """The oldest ``limit`` dead letters (after the entry id ``after``), with their errors."""
+    async def dead_letters(
+        self, limit: int = 100, *, after: str = "-", partition: int | None = None
+    ) -> list[DeadLetter]:
+        """The oldest ``limit`` dead letters, with their errors: from the start (``-``),
+        after a letter (``"(" + letter.ref``) or from one (``letter.ref``). A partitioned
+        queue's letters are merged in (entry id, partition) order; ``partition`` lists one
+        partition's only (``after`` then names an entry id of that partition)."""
+        n = await self.partition_count()
+        if partition is not None:
+            if not 0 <= partition < n:
+                raise ConfigError(f"partition must be from 0 to {n - 1}, got {partition}")
+            start = after
+            if after not in ("-", ""):
+                exclusive = after.startswith("(")
+                start = ("(" if exclusive else "") + parse_ref(after.lstrip("("))[0]
+            return await self._dead_page(self.layout.keys(partition), start, limit)
+        parts = self.layout.all_keys(n)
+        pages = await each([
+            functools.partial(self._dead_page, k, start, limit)
+            for k, start in zip(parts, dead_bounds(after, n), strict=True)
+        ])
+        return merge_sorted(pages, lambda d: (id_key(d.entry_id), d.partition), limit)
+
+    async def _dead_page(self, k: QueueKeys, start: str, limit: int) -> list[DeadLetter]:
         with translate_redis_errors(self.redis_url):
-            entries = await self.redis.xrange(self.keys.dead, min=after, max="+", count=limit)
-        return parse_dead_entries(entries or [], self.codec)
+            entries = await self.redis.xrange(k.dead, min=start, max="+", count=limit)
+        return parse_dead_entries(entries or [], self.codec, k.partition)
 
     async def replay_dead(self, job_id: str | None = None) -> int:
         """Put dead-lettered jobs back to work with fresh attempts: one job id, or all of
-        them when ``job_id`` is None or ``"all"``. Returns how many were replayed."""
+        them when ``job_id`` is None or ``"all"``. Returns how many were replayed. A job
+        goes back to work in the partition that holds its dead letter."""
+        parts = self.layout.all_keys(await self.partition_count(store=True))
         if job_id is not None and job_id != "all":
             check_job_id(job_id)
-            with translate_redis_errors(self.redis_url):
-                record = await cast(Awaitable[Any], self.redis.get(self.keys.job(job_id)))
-            # a failed record is 'failed|n|a|t|f|type|<dead entry id>|error'
-            parts = _text(record).split("|", 7) if record else []
-            dead_id = parts[6] if len(parts) == 8 and parts[0] == "failed" else ""
-            ids = [dead_id] if dead_id else await self._find_dead(job_id)
-            return sum([await self._replay_one(i, job_id) for i in ids])
+            for k in self.layout.lookup(job_id):
+                with translate_redis_errors(self.redis_url):
+                    record = await cast(Awaitable[Any], self.redis.get(k.job(job_id)))
+                # a failed record is 'failed|n|a|t|f|type|<dead entry id>|error'
+                fields = _text(record).split("|", 7) if record else []
+                if len(fields) == 8 and fields[0] == "failed" and fields[6]:
+                    return await self._replay_one(fields[6], job_id, k.partition)
+            letters = await self._find_dead(job_id)
+            return sum([await self._replay_one(d.entry_id, job_id, d.partition)
+                        for d in letters])
+        return sum([await self._replay_partition(k) for k in parts])
+
+    async def _replay_partition(self, k: QueueKeys) -> int:
         replayed = 0
         after = "-"
         with translate_redis_errors(self.redis_url):
-            newest = await self.redis.xrevrange(self.keys.dead, count=1)
+            newest = await self.redis.xrevrange(k.dead, count=1)
         if not newest:
             return 0
         # stop at the newest letter present now: jobs that fail again meanwhile are new
@@ -318,26 +422,26 @@ class Queue:
         end = _text(newest[0][0])
         while True:
             with translate_redis_errors(self.redis_url):
-                entries = await self.redis.xrange(self.keys.dead, min=after, max=end, count=500)
-            batch = parse_dead_entries(entries or [], self.codec)
+                entries = await self.redis.xrange(k.dead, min=after, max=end, count=500)
+            batch = parse_dead_entries(entries or [], self.codec, k.partition)
             if not batch:
                 return replayed
             for d in batch:
-                replayed += await self._replay_one(d.entry_id, d.job_id)
+                replayed += await self._replay_one(d.entry_id, d.job_id, k.partition)
             after = "(" + batch[-1].entry_id
 
-    async def _find_dead(self, job_id: str) -> list[str]:
-        found: list[str] = []
+    async def _find_dead(self, job_id: str) -> list[DeadLetter]:
+        found: list[DeadLetter] = []
         after = "-"
         while True:
             batch = await self.dead_letters(1000, after=after)
             if not batch:
                 return found
-            found.extend(d.entry_id for d in batch if d.job_id == job_id)
-            after = "(" + batch[-1].entry_id
+            found.extend(d for d in batch if d.job_id == job_id)
+            after = "(" + batch[-1].ref
 
-    async def _replay_one(self, entry_id: str, job_id: str) -> int:
-        k = self.keys
+    async def _replay_one(self, entry_id: str, job_id: str, partition: int = 0) -> int:
+        k = self.layout.keys(partition)
         r = await self._run(
             "replay",
             [*k.lanes, k.events, k.dead, k.stats, k.moves, k.bucket(job_id), k.job(job_id)],
@@ -348,29 +452,36 @@ class Queue:
     async def read_events(
         self, after: str = "0-0", count: int = 100, block: float | None = None
     ) -> list[QueueEvent]:
-        """Events after the stream id ``after`` ("$" for only new ones); waits up to
-        ``block`` seconds for the first (below the client's socket timeout)."""
+        """Events after the position ``after`` ("$" for only new ones); waits up to
+        ``block`` seconds for the first (below the client's socket timeout). The position
+        is a stream id; a partitioned queue's is one id per partition joined by ``,``,
+        and each event's ``id`` is the position just after it (see ``fanout.py``)."""
         block_ms = None if block is None else max(1, min(round(block * 1000), MAX_BLOCK_MS))
+        n = await self.partition_count()
         with translate_redis_errors(self.redis_url):
+            if n > 1:
+                return await read_merged_events(self.redis, self.layout.all_keys(n), after,
+                                                count, block_ms)
             reply = await self.redis.xread({self.keys.events: after}, count=count,
                                            block=block_ms)
         return parse_events(reply)
 
     async def purge_completed(self, batch: int = 1000) -> int:
         """Delete the records of completed jobs now, instead of at their TTL. An operator
-        command: it SCANs the queue's record keys (the queue's counters are untouched).
-        Returns how many records were deleted."""
+        command: it SCANs the queue's record keys, partition by partition (the queue's
+        counters are untouched). Returns how many records were deleted."""
         deleted = 0
-        pattern = self.keys.job("*")
-        with translate_redis_errors(self.redis_url):
-            keys: list[bytes] = []
-            async for key in self.redis.scan_iter(match=pattern, count=batch):
-                keys.append(key)
-                if len(keys) >= batch:
+        for k in self.layout.all_keys(await self.partition_count()):
+            pattern = k.job("*")
+            with translate_redis_errors(self.redis_url):
+                keys: list[bytes] = []
+                async for key in self.redis.scan_iter(match=pattern, count=batch):
+                    keys.append(key)
+                    if len(keys) >= batch:
+                        deleted += await self._purge_records(keys, b"completed|")
+                        keys = []
+                if keys:
                     deleted += await self._purge_records(keys, b"completed|")
-                    keys = []
-            if keys:
-                deleted += await self._purge_records(keys, b"completed|")
         return deleted
 
     async def _purge_records(self, keys: list[bytes], prefix: bytes) -> int:
@@ -382,10 +493,13 @@ class Queue:
         return len(doomed)
 
     async def purge_dead(self) -> int:
-        """Drop every dead letter (their failed records expire on their own)."""
-        with translate_redis_errors(self.redis_url):
-            n = int(await self.redis.xlen(self.keys.dead))
-            await self.redis.delete(self.keys.dead)
+        """Drop every dead letter of every partition (their failed records expire on their
+        own)."""
+        n = 0
+        for k in self.layout.all_keys(await self.partition_count()):
+            with translate_redis_errors(self.redis_url):
+                n += int(await self.redis.xlen(k.dead))
+                await self.redis.delete(k.dead)
         return n
 
     def __repr__(self) -> str:

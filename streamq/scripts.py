@@ -25,6 +25,7 @@ KeyT = str | bytes
 ArgT = str | bytes | int | float
 
 SCRIPT_NAMES: tuple[str, ...] = (
+    "adopt_partitions",
     "breaker_admit",
     "breaker_failure",
     "breaker_success",
@@ -37,6 +38,7 @@ SCRIPT_NAMES: tuple[str, ...] = (
     "enqueue",
     "extend",
     "get_job",
+    "grow_partitions",
     "limiter_take",
     "reclaim",
     "release",
@@ -46,6 +48,7 @@ SCRIPT_NAMES: tuple[str, ...] = (
     "route_begin",
     "route_pin",
     "route_settle",
+    "take_tokens",
 )
 
 _HEADER_RE = re.compile(r"^#!lua(?: flags=([\w,-]+))?\n--\[\[ (\w+):", re.MULTILINE)

@@ -25,7 +25,8 @@ from streamq.cli.output import Console
 from streamq.devredis import free_port
 from tests.support.util import ROOT, running, wait_until
 
-COMMANDS = ("stats", "job", "dead", "replay", "cancel", "pause", "resume", "purge", "events")
+COMMANDS = ("stats", "job", "dead", "replay", "cancel", "pause", "resume", "purge", "events",
+            "partitions")
 
 
 class TTYInput(io.StringIO):
@@ -360,5 +361,5 @@ def test_help_documents_every_command() -> None:
         text = parser.format_help()
         assert parser.description, name
         assert "--queue" in text and "--redis-url" in text, name
-        if name in ("replay", "cancel", "purge"):
+        if name in ("replay", "cancel", "purge", "partitions"):
             assert "--yes" in text, name

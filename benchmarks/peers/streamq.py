@@ -1,12 +1,28 @@
-"""streamq itself: ``Queue.add`` / ``add_bulk`` and a ``Worker`` process with ``rate_limit=None``."""
+"""streamq itself: ``Queue.add`` / ``add_bulk`` and a ``Worker`` process with ``rate_limit=None``.
+
+``STREAMQ_PARTITIONS`` (set by ``python -m benchmarks run --partitions N``) makes the
+queue a partitioned one, producer and worker alike; ``STREAMQ_BENCH_RATE_LIMIT`` gives
+the worker a rate limit (jobs/s; a very high one measures the limiter's own cost).
+"""
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
 from ..common import Probe, WorkerArgs
 from .base import System
+
+
+def partitions_from_env() -> int | None:
+    raw = os.environ.get("STREAMQ_PARTITIONS", "").strip()
+    return int(raw) if raw else None
+
+
+def rate_limit_from_env() -> float | None:
+    raw = os.environ.get("STREAMQ_BENCH_RATE_LIMIT", "").strip()
+    return float(raw) if raw else None
 
 
 class StreamqSystem(System):
@@ -24,7 +40,7 @@ class StreamqSystem(System):
     async def open(self) -> None:
         from streamq import Queue
 
-        self.q = Queue(self.queue, redis_url=self.url)
+        self.q = Queue(self.queue, redis_url=self.url, partitions=partitions_from_env())
         await self.q.connect()
         await self.q.ensure_groups()
 
@@ -59,13 +75,14 @@ async def start_worker(args: WorkerArgs, probe: Probe) -> None:
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr),
                         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 
-    queue = Queue(args.queue, redis_url=args.url)
+    queue = Queue(args.queue, redis_url=args.url, partitions=partitions_from_env())
     await queue.connect()
 
     async def handler(job: Job) -> None:
         await probe.handle(job.data)
 
-    worker = Worker(queue, handler, concurrency=args.concurrency, rate_limit=None)
+    worker = Worker(queue, handler, concurrency=args.concurrency,
+                    rate_limit=rate_limit_from_env())
     task = asyncio.get_running_loop().create_task(worker.run())
     probe.tasks.append(task)
     while not worker.healthy and not task.done():  # noqa: ASYNC110 (no start-up event to wait on)

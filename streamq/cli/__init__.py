@@ -43,16 +43,26 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--redis-url", default=argparse.SUPPRESS,
                         help="Redis location (env REDIS_URL, or REDIS_HOST/REDIS_PORT/"
                         f"REDIS_PASSWORD/REDIS_DB; default {DEFAULT_REDIS_URL})")
+    parser.add_argument("--partitions", type=int, default=argparse.SUPPRESS, metavar="N",
+                        help="the queue's partition count (env STREAMQ_PARTITIONS); none: "
+                        "the count stored in Redis. A different count than the stored one "
+                        "is refused")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if getattr(args, "queue", None) is None:
         env = os.environ
         args.queue = (env.get("STREAMQ_QUEUE", "").strip()
                       or env.get("STREAMQ_SMS_QUEUE", "").strip() or "sms")
     if getattr(args, "redis_url", None) is None:
         args.redis_url = None
+    if getattr(args, "partitions", None) is None:
+        raw = os.environ.get("STREAMQ_PARTITIONS", "").strip()
+        if raw and not raw.isdigit():
+            parser.error(f"STREAMQ_PARTITIONS must be a number, got {raw[:20]!r}")
+        args.partitions = int(raw) if raw else None
     return args
 
 
@@ -135,11 +145,22 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("-f", "--follow", action="store_true",
                     help="then wait for new events and print them as they come, until Ctrl-C")
     ev.add_argument("--job", metavar="JOB_ID", help="only the events of this job")
+
+    pa = sub.add_parser("partitions", parents=[common, confirm],
+                        help="the partition count and each partition's jobs; --grow N",
+                        description="Show the queue's partition count (stored in Redis) and "
+                        "the jobs of each partition. --grow N raises the count (asks first): "
+                        "only while no job is live (stop adding and let the workers drain "
+                        "the queue); finished jobs and dead letters stay where they are and "
+                        "are still found by id. Running workers and producers pick the new "
+                        "count up within seconds. A count never shrinks.")
+    pa.add_argument("--grow", type=int, default=None, metavar="N",
+                    help="raise the partition count to N")
     return p
 
 
 async def _run(args: argparse.Namespace, url: str, con: Console) -> int:
-    async with Queue(args.queue, redis_url=url) as q:
+    async with Queue(args.queue, redis_url=url, partitions=args.partitions) as q:
         await q.connect()  # one clear line naming the URL when Redis is not there
         return await COMMANDS[args.command](args, q, con)
 

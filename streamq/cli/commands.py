@@ -17,9 +17,11 @@ from redis.exceptions import RedisError, ResponseError
 
 from ..connection import translate_redis_errors
 from ..dead import DeadLetter
-from ..errors import StreamqError
+from ..errors import ConfigError, StreamqError
+from ..fanout import COUNT_NAMES, id_key, sum_counts
 from ..job import JobState
-from ..keys import GROUP
+from ..keys import GROUP, MAX_PARTITIONS, partition_tag
+from ..partitions import RECHECK_S, grow_partitions
 from ..queue import Queue
 from ..redact import redact_url
 from .output import CliError, Console, Progress, fmt_dt, now_text, payload_text, shorten, table
@@ -40,7 +42,8 @@ STAT_ROWS: tuple[tuple[str, str], ...] = (
 WORKER_SEEN_S = 60.0  # a consumer quiet for longer is listed only while it holds jobs
 REPLAY_CONCURRENCY = 32
 ERROR_WIDTH = 60
-_ENTRY_ID_RE = re.compile(r"^\d+-\d+$")
+# a dead letter's reference: its entry id, with @<partition> outside partition 0
+_ENTRY_ID_RE = re.compile(r"^\d+-\d+(@\d+)?$")
 
 
 # -- stats ----------------------------------------------------------------------------------
@@ -49,11 +52,13 @@ class Snapshot:
     at: float
     counts: dict[str, int]
     workers: list[tuple[str, int, float]]  # consumer, jobs held, seconds since last seen
+    partitions: list[dict[str, int]] | None = None  # per partition, when there are several
 
 
 async def take_snapshot(q: Queue) -> Snapshot:
-    counts = await q.counts()
-    return Snapshot(time.monotonic(), counts, await _workers(q))
+    per = await q.partition_counts()
+    counts = sum_counts([[c[name] for name in COUNT_NAMES] for c in per])
+    return Snapshot(time.monotonic(), counts, await _workers(q), per if len(per) > 1 else None)
 
 
 async def _workers(q: Queue) -> list[tuple[str, int, float]]:
@@ -62,8 +67,9 @@ async def _workers(q: Queue) -> list[tuple[str, int, float]]:
     7.2 an empty read neither creates nor refreshes a consumer; 7.2's ``inactive`` field
     keeps that meaning, so it is preferred when present."""
     seen: dict[str, list[float]] = {}
+    lanes = [lane for k in q.layout.all_keys(await q.partition_count()) for lane in k.lanes]
     with translate_redis_errors(q.redis_url):
-        for lane in q.keys.lanes:
+        for lane in lanes:
             try:
                 rows: Any = await q.redis.xinfo_consumers(lane, GROUP)
             except ResponseError:  # no such stream or group yet: no worker has run
@@ -83,7 +89,8 @@ async def _workers(q: Queue) -> list[tuple[str, int, float]]:
 def render_stats(q: Queue, snap: Snapshot, prev: Snapshot | None) -> str:
     c = snap.counts
     state = "PAUSED" if c.get("paused") else "running"
-    lines = [f"queue {q.name} ({state}) at {redact_url(q.redis_url)}, {now_text()}", ""]
+    parts = f", {len(snap.partitions)} partitions" if snap.partitions else ""
+    lines = [f"queue {q.name} ({state}{parts}) at {redact_url(q.redis_url)}, {now_text()}", ""]
     headers = ["state", "jobs", "meaning"]
     right = [1]
     if prev is not None:
@@ -98,6 +105,11 @@ def render_stats(q: Queue, snap: Snapshot, prev: Snapshot | None) -> str:
             row += [f"{delta:+d}", f"{delta / span:.1f}"]
         rows.append([*row, meaning])
     lines.append(table(headers, rows, right=right))
+    if snap.partitions:
+        lines.append("")
+        lines.append("per partition (python -m streamq partitions shows more): waiting " +
+                     " / ".join(str(p["waiting"]) for p in snap.partitions) + "; active " +
+                     " / ".join(str(p["active"]) for p in snap.partitions))
     lines.append("")
     if snap.workers:
         lines.append(f"workers holding jobs or busy in the last {WORKER_SEEN_S:.0f}s: "
@@ -208,25 +220,25 @@ async def cmd_dead(args: argparse.Namespace, q: Queue, con: Console) -> int:
     if not found:
         con.print(f"queue {q.name}: no dead letters" + (" after that entry" if args.after else ""))
         return 0
-    rows = [[d.entry_id, d.job_id, fmt_dt(d.failed_at), d.attempts, shorten(d.error, ERROR_WIDTH)]
+    rows = [[d.ref, d.job_id, fmt_dt(d.failed_at), d.attempts, shorten(d.error, ERROR_WIDTH)]
             for d in found]
     con.print(table(["entry id", "job id", "failed at", "attempts", "error"], rows, right=[3]))
     con.print(f"\n{len(found)} shown of {letters(total)} in queue {q.name}")
     if len(found) == args.limit:
-        con.print(f"next page: --after {found[-1].entry_id}; one in full: --show JOB_ID")
+        con.print(f"next page: --after {found[-1].ref}; one in full: --show JOB_ID")
     return 0
 
 
 async def _find_dead(q: Queue, wanted: str) -> list[DeadLetter]:
     if _ENTRY_ID_RE.match(wanted):
         hit = await q.dead_letters(1, after=wanted)
-        if hit and hit[0].entry_id == wanted:
+        if hit and hit[0].ref == wanted:
             return hit
     found: list[DeadLetter] = []
     after = "-"
     while batch := await q.dead_letters(1000, after=after):
         found.extend(d for d in batch if d.job_id == wanted)
-        after = "(" + batch[-1].entry_id
+        after = "(" + batch[-1].ref
     return found
 
 
@@ -239,7 +251,7 @@ async def _show_dead(wanted: str, q: Queue, con: Console) -> int:
         if i:
             con.print()
         con.print(table(["field", "value"], [
-            ["entry id", d.entry_id],
+            ["entry id", d.ref],
             ["job id", d.job_id],
             ["failed at", fmt_dt(d.failed_at)],
             ["attempts", d.attempts],
@@ -251,11 +263,6 @@ async def _show_dead(wanted: str, q: Queue, con: Console) -> int:
 
 def letters(n: int) -> str:
     return f"{n} dead letter" + ("" if n == 1 else "s")
-
-
-def _id_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 async def cmd_replay(args: argparse.Namespace, q: Queue, con: Console) -> int:
@@ -271,30 +278,32 @@ async def cmd_replay(args: argparse.Namespace, q: Queue, con: Console) -> int:
         return 0
     if args.batch < 1:
         raise CliError("--batch must be >= 1")
+    # Stop at the newest letter of now (in each partition): a replayed job that fails again
+    # while this runs is dead-lettered after it, and must not be replayed in a loop.
+    ends: dict[int, tuple[int, int]] = {}
     with translate_redis_errors(q.redis_url):
-        last: Any = await q.redis.xrevrange(q.keys.dead, count=1)
-    if not last:
+        for k in q.layout.all_keys(await q.partition_count()):
+            last: Any = await q.redis.xrevrange(k.dead, count=1)
+            if last:
+                ends[k.partition] = id_key(last[0][0].decode())
+    if not ends:
         con.print(f"queue {q.name} has no dead letters: nothing to replay")
         return 0
-    # Stop at the newest letter of now: a replayed job that fails again while this runs
-    # is dead-lettered after it, and must not be replayed in a loop.
-    end = _id_key(last[0][0].decode())
     total = (await q.counts())["dead"]
     if not await con.confirm(f"Replay all {letters(total)} of queue {q.name}? Each job runs "
                              "again with fresh attempts.", yes=args.yes, action="replay all"):
         con.note("nothing replayed")
         return 1
-    replayed, skipped = await _replay_all(q, con, total, end, args.batch)
+    replayed, skipped = await _replay_all(q, con, total, ends, args.batch)
     con.print(f"replayed {letters(replayed)} of queue {q.name}"
               + (f"; {skipped} skipped (job id live again, or gone)" if skipped else ""))
     return 0
 
 
-async def _replay_all(q: Queue, con: Console, total: int, end: tuple[int, int],
+async def _replay_all(q: Queue, con: Console, total: int, ends: dict[int, tuple[int, int]],
                       batch_size: int) -> tuple[int, int]:
     progress = Progress(con, f"replaying {q.name}", total)
     replayed = skipped = 0
-    after = "-"
     limiter = anyio.CapacityLimiter(REPLAY_CONCURRENCY)
     errors: list[BaseException] = []
 
@@ -304,7 +313,7 @@ async def _replay_all(q: Queue, con: Console, total: int, end: tuple[int, int],
             try:
                 # by entry id: one script call; replay_dead(job_id) would first look the
                 # entry up, and scan the whole stream for a job whose record expired
-                ok = await q._replay_one(d.entry_id, d.job_id)
+                ok = await q._replay_one(d.entry_id, d.job_id, d.partition)
             except (StreamqError, RedisError) as exc:
                 errors.append(exc)
                 return
@@ -313,18 +322,21 @@ async def _replay_all(q: Queue, con: Console, total: int, end: tuple[int, int],
         else:
             skipped += 1
 
-    while True:
-        batch = [d for d in await q.dead_letters(batch_size, after=after) if _id_key(d.entry_id) <= end]
-        if not batch:
-            break
-        async with anyio.create_task_group() as tg:
-            for d in batch:
-                tg.start_soon(one, d)
-        if errors:
-            progress.finish()
-            raise errors[0]
-        progress.update(replayed + skipped, f", {skipped} skipped" if skipped else "")
-        after = "(" + batch[-1].entry_id
+    for partition, end in sorted(ends.items()):
+        after = "-"
+        while True:
+            batch = [d for d in await q.dead_letters(batch_size, after=after, partition=partition)
+                     if id_key(d.entry_id) <= end]
+            if not batch:
+                break
+            async with anyio.create_task_group() as tg:
+                for d in batch:
+                    tg.start_soon(one, d)
+            if errors:
+                progress.finish()
+                raise errors[0]
+            progress.update(replayed + skipped, f", {skipped} skipped" if skipped else "")
+            after = "(" + batch[-1].entry_id
     progress.finish()
     return replayed, skipped
 
@@ -357,6 +369,47 @@ async def cmd_purge(args: argparse.Namespace, q: Queue, con: Console) -> int:
     return 0
 
 
+# -- partitions ------------------------------------------------------------------------------
+async def cmd_partitions(args: argparse.Namespace, q: Queue, con: Console) -> int:
+    if args.grow is not None:
+        return await _grow(args, q, con)
+    n = await q.partition_count()
+    stored = q.layout.stored
+    origin = "stored in Redis" if stored is not None else "none stored yet: the queue is unused"
+    history = (f"; earlier counts {', '.join(map(str, q.layout.history))}"
+               if q.layout.history else "")
+    con.print(f"queue {q.name}: {n} partition{'s' if n != 1 else ''} ({origin}{history})")
+    rows: list[list[object]] = []
+    for p, c in enumerate(await q.partition_counts()):
+        rows.append([f"{p} (home)" if p == 0 else p, "{" + partition_tag(q.name, p) + "}",
+                     c["waiting"], c["active"], c["delayed"], c["failed"], c["dead"],
+                     c["completed"]])
+    con.print(table(["partition", "hash tag", "waiting", "active", "delayed", "failed", "dead",
+                     "completed"], rows, right=[2, 3, 4, 5, 6, 7]))
+    return 0
+
+
+async def _grow(args: argparse.Namespace, q: Queue, con: Console) -> int:
+    if not 1 <= args.grow <= MAX_PARTITIONS:
+        raise CliError(f"--grow takes a count from 2 to {MAX_PARTITIONS}")
+    old = await q.partition_count(store=True)
+    if args.grow <= old:
+        raise CliError(f"queue {q.name} has {old} partitions; the count can only grow")
+    if not await con.confirm(
+        f"Grow queue {q.name} from {old} to {args.grow} partitions? Only while no job is live; "
+        "it cannot be undone.", yes=args.yes, action="grow the partition count",
+    ):
+        con.note("not grown")
+        return 1
+    try:
+        await grow_partitions(q, args.grow)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+    con.print(f"queue {q.name} grown from {old} to {args.grow} partitions; running workers and "
+              f"producers pick the new count up within {RECHECK_S:g}s")
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "stats": cmd_stats,
     "job": cmd_job,
@@ -367,4 +420,5 @@ COMMANDS: dict[str, Command] = {
     "resume": cmd_resume,
     "purge": cmd_purge,
     "events": cmd_events,
+    "partitions": cmd_partitions,
 }

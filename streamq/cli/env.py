@@ -55,6 +55,9 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("STREAMQ_QUEUE", "sms", "queue the worker and the operator CLI work on", "--queue"),
     Setting("STREAMQ_SMS_QUEUE", "sms",
             "queue of the SMS job creators; also the worker's and CLI's when STREAMQ_QUEUE is unset"),
+    Setting("STREAMQ_PARTITIONS", "-",
+            "the queue's partition count for the worker and the operator CLI; unset = the "
+            "count stored in Redis (1 for a new queue)", "--partitions"),
     Setting("STREAMQ_CONCURRENCY", "5", "jobs in flight per worker process", "--concurrency"),
     Setting("STREAMQ_RATE_LIMIT", "10", "jobs/s across all workers of a queue, 0 = unlimited",
             "--rate-limit"),

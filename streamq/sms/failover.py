@@ -56,7 +56,7 @@ import structlog
 
 from streamq import Defer, Job, PermanentError, Queue
 from streamq.errors import ConfigError
-from streamq.keys import check_downstream_name
+from streamq.keys import QueueKeys, check_downstream_name
 from streamq.metrics import ProviderOutcome, record_provider_send
 from streamq.redact import mask_phone, redact_text
 
@@ -282,14 +282,19 @@ class ProviderRouter:
             provider_metrics.rate_limited(self.queue.name, slot.name, waited)
 
     # -- the pin ------------------------------------------------------------------------
+    def _job_keys(self, job_id: str) -> QueueKeys:
+        """The keys of the job's own partition (its pin lives there, next to the job; the
+        breakers and provider buckets are queue-wide, in the queue's home)."""
+        return self.queue.layout.keys_for(job_id)
+
     async def _route_begin(self, job_id: str) -> tuple[str, str]:
-        reply = await self.queue.scripts("route_begin", [self.queue.keys.route(job_id)],
+        reply = await self.queue.scripts("route_begin", [self._job_keys(job_id).route(job_id)],
                                          [round(ROUTE_TTL_S * 1000)])
         return _text(reply[0]), _text(reply[1])
 
     async def _route_pin(self, job: Job, name: str, seen: str,
                          came_from: _Skip | None) -> tuple[bool, str]:
-        k = self.queue.keys
+        k = self._job_keys(job.id)
         reply = await self.queue.scripts(
             "route_pin", [k.route(job.id), k.events],
             [name, seen, round(ROUTE_TTL_S * 1000), came_from.name if came_from else "",
@@ -299,7 +304,7 @@ class ProviderRouter:
 
     async def _route_settle(self, job_id: str, name: str, outcome: str) -> None:
         ttl = SENT_ROUTE_TTL_S if outcome == "sent" else ROUTE_TTL_S
-        await self.queue.scripts("route_settle", [self.queue.keys.route(job_id)],
+        await self.queue.scripts("route_settle", [self._job_keys(job_id).route(job_id)],
                                  [name, outcome, round(ttl * 1000)])
 
     # -- start-up check ----------------------------------------------------------------

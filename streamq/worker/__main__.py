@@ -50,6 +50,7 @@ START_CHECK_S = 5.0
 # Numeric options: dest -> (env twin, type, default, minimum, strictly above the minimum,
 # maximum). A bad value names the variable or the flag it came from.
 NUMBERS: dict[str, tuple[str, type[int] | type[float], int | float, float, bool, float | None]] = {
+    "partitions": ("STREAMQ_PARTITIONS", int, 0, 0, False, 128),
     "concurrency": ("STREAMQ_CONCURRENCY", int, 5, 1, False, None),
     "rate_limit": ("STREAMQ_RATE_LIMIT", float, 10.0, 0, False, None),
     "metrics_port": ("STREAMQ_METRICS_PORT", int, 0, 0, False, 65535),
@@ -90,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queue", default=None,
                    help="queue to work (env STREAMQ_QUEUE, else STREAMQ_SMS_QUEUE, which the "
                    "SMS job creators read too; default sms)")
+    _number_flag(p, "--partitions", "the queue's partition count: 0 = the count stored in "
+                 "Redis (1 for a new queue); a count other than the stored one is refused")
     _number_flag(p, "--concurrency", "jobs in flight in this process")
     _number_flag(p, "--rate-limit", "jobs/s across all workers of the queue, 0 = unlimited")
     p.add_argument("--provider", default=None,
@@ -149,6 +152,7 @@ def resolve_env(args: argparse.Namespace) -> argparse.Namespace:
                     raise ConfigError(f"{env}={value[:40]!r}: use one of {', '.join(allowed)}")
             setattr(args, dest, value)
     args.metrics_port = args.metrics_port or None
+    args.partitions = args.partitions or None  # None: adopt the stored count
     if args.check_provider is None:
         args.check_provider = env_text("STREAMQ_CHECK_PROVIDER", "") not in ("", "0")
     # args.provider stays None unless given: the SMS factory reads SMS_PROVIDERS, else
@@ -296,7 +300,8 @@ async def check_providers(args: argparse.Namespace, url: str) -> int:
 
 
 async def run(args: argparse.Namespace, url: str) -> None:
-    queue = Queue(args.queue, redis_url=url, job_type=job_type_of(args))
+    queue = Queue(args.queue, redis_url=url, job_type=job_type_of(args),
+                  partitions=args.partitions)
     handler, close_handler, start_check, info = make_handler(args, queue)
     worker = Worker(
         queue, handler,

@@ -10,6 +10,10 @@ control stream moves, or the next delayed job falls due.
 Finished jobs are acknowledged in batches by the flush loop (one fenced ``complete``
 call for all jobs finished since the last one). Running entries are kept claimed by
 heartbeats; entries of dead workers are put back by the reclaim sweep.
+
+On a partitioned queue the fetch loop of ``partitioned.py`` claims from every partition
+in turn, and every per-job transition, heartbeat, flush and sweep goes to the job's own
+partition (``Job.partition``), one call per partition.
 """
 
 from __future__ import annotations
@@ -37,12 +41,13 @@ from ..connection import translate_redis_errors
 from ..errors import Defer, PayloadError, PermanentError, RetryAfter, StreamqError
 from ..events import Callback, EventName, Hooks, WorkerEvent
 from ..job import Backoff, Job
-from ..keys import GROUP, PRIORITIES
+from ..keys import GROUP, PRIORITIES, QueueKeys
 from ..queue import Queue
 from ..redact import redact_text, redact_url
 from ..scripts import ScriptRunner
 from ..settings import MAX_BLOCK_MS, make_redis
 from .hold import FetchHold
+from .partitioned import PartitionedFetch
 
 Handler = Callable[[Job], Awaitable[Any]]
 
@@ -275,11 +280,30 @@ class Worker:
         self._ready_event.set()
         self._ready_event = anyio.Event()
 
+    def _keys(self, partition: int) -> QueueKeys:
+        return self.queue.layout.keys(partition)
+
+    def _by_partition(self, jobs: list[Job]) -> dict[int, list[Job]]:
+        groups: dict[int, list[Job]] = {}
+        for job in jobs:
+            groups.setdefault(job.partition, []).append(job)
+        return groups
+
     async def _fetch_loop(self) -> None:
+        # the queue's partition count may grow while we run (re-read by the reclaim loop)
+        while not self._stopping:
+            if self.queue.layout.count == 1:
+                await self._fetch_single()
+            else:
+                await PartitionedFetch(self).run()
+
+    async def _fetch_single(self) -> None:
+        """The fetch loop of a one-partition queue: one claim call takes tokens, due jobs
+        and waiting jobs at once."""
         q = self.queue
         keys = self.claim_keys()
         error_backoff = 0.05
-        while not self._stopping:
+        while not self._stopping and q.layout.count == 1:
             self.last_loop_at = time.monotonic()
             if self._free <= 0:
                 self._slot_freed = anyio.Event()
@@ -340,29 +364,36 @@ class Worker:
                 await anyio.sleep(error_backoff)
                 error_backoff = min(error_backoff * 2, 5.0)
 
-    def claim_keys(self) -> list[str]:
-        k = self.queue.keys
+    def claim_keys(self, partition: int = 0) -> list[str]:
+        k = self._keys(partition)
         return [*k.lanes, k.events, k.delayed, k.delayed_data, k.paused, k.limiter, k.control,
                 k.moves, k.reclaim_lock]
 
-    def claim_args(self, count: int) -> list[Any]:
+    def claim_args(self, count: int, *, limited: bool = True) -> list[Any]:
+        """``limited``: the claim takes the rate limit's tokens itself (one partition); a
+        partitioned queue's worker takes them from the home bucket before claiming."""
         d = self.queue.defaults
-        return [GROUP, self.consumer, count, self.rate_limit or 0, self.burst, 100, d.events_max,
+        rate = (self.rate_limit or 0) if limited else 0
+        return [GROUP, self.consumer, count, rate, self.burst, 100, d.events_max,
                 round(self.visibility_timeout * 1000), self.max_stalled,
                 max(1, round(self.reclaim_interval * 1000)), d.max_payload_bytes]
 
-    async def claim_now(self, count: int) -> list[Job]:
-        """Claim up to ``count`` jobs for this worker's consumer without running them
-        (operators and tests: e.g. to play a worker that then dies). Entries of dead
-        workers are taken over first; ones that stalled too often are dead-lettered."""
-        reply = await self.scripts("claim", self.claim_keys(), self.claim_args(count))
+    async def claim_now(self, count: int, partition: int = 0) -> list[Job]:
+        """Claim up to ``count`` jobs of one partition for this worker's consumer without
+        running them (operators and tests: e.g. to play a worker that then dies). Entries
+        of dead workers are taken over first; ones that stalled too often are
+        dead-lettered. On a one-partition queue the claim takes rate-limit tokens as usual;
+        on a partitioned one no rate limit applies."""
+        reply = await self.scripts("claim", self.claim_keys(partition),
+                                   self.claim_args(count,
+                                                   limited=self.queue.layout.count == 1))
         if int(reply[0]) != 1:
             return []
-        await self._stalled(self._accept(reply[1]))
-        await self._dead_stalled(reply[2])
+        await self._stalled(self._accept(reply[1], partition))
+        await self._dead_stalled(reply[2], partition)
         return self._take_unstarted()
 
-    def _accept(self, claimed: list[Any]) -> list[Job]:
+    def _accept(self, claimed: list[Any], partition: int = 0) -> list[Job]:
         """Turn claimed entries (lane, id, fields, deliveries before, oversize) into jobs;
         return the ones taken over from a dead or silent worker."""
         qname = self.queue.name
@@ -401,6 +432,8 @@ class Worker:
                           stalls=stalls)
             if oversize:
                 job.data = _Oversize(oversize)
+            if partition:
+                job.partition = partition
             if stalls:
                 taken_over.append(job)
             self._free -= 1
@@ -412,7 +445,7 @@ class Worker:
             log.warning("job.stalled", queue=self.queue.name, job_id=job.id, stalls=job.stalls)
             await self.hooks.emit(self._event("stalled", job))
 
-    async def _dead_stalled(self, to_dead: list[Any]) -> None:
+    async def _dead_stalled(self, to_dead: list[Any], partition: int = 0) -> None:
         """Dead-letter entries whose workers died max_stalled times (claimed to us for it)."""
         q = self.queue
         for i in range(0, len(to_dead), 4):
@@ -420,7 +453,8 @@ class Worker:
             job_id = _text(to_dead[i + 2]) or "?malformed"
             job = Job(id=job_id, data=None, attempt=0, max_attempts=0, queue_name=q.name,
                       priority=PRIORITIES[lane],  # type: ignore[arg-type]
-                      created_ms=0, enqueued_ms=0, lane=lane, entry_id=entry_id, stalls=stalls)
+                      created_ms=0, enqueued_ms=0, lane=lane, entry_id=entry_id, stalls=stalls,
+                      partition=partition)
             log.warning("job.stalled", queue=q.name, job_id=job_id, stalls=stalls, final=True)
             await self.hooks.emit(WorkerEvent("stalled", q.name, job_id, stalls=stalls))
             await self._dead(job, f"stalled {stalls} times", attempts_made=0)
@@ -551,7 +585,7 @@ class Worker:
         if delay is None:
             delay = job.backoff.delay(job.attempt)
         delay = min(delay, self.max_retry_delay)
-        k = self.queue.keys
+        k = self._keys(job.partition)
         r = await self._call_retrying(
             "retry",
             [*k.lanes, k.events, k.delayed, k.delayed_data, k.control, k.moves, k.bucket(job.id)],
@@ -573,7 +607,7 @@ class Worker:
         delay = min(exc.delay, self.max_retry_delay)
         if exc.hold:
             self.fetch_hold.hold(job, delay, reason)
-        k = self.queue.keys
+        k = self._keys(job.partition)
         r = await self._call_retrying(
             "defer",
             [*k.lanes, k.events, k.delayed, k.delayed_data, k.control, k.moves, k.bucket(job.id)],
@@ -592,7 +626,7 @@ class Worker:
         self, job: Job, error: str, attempts_made: int | None = None, *, attempt_failed: bool = False
     ) -> None:
         q = self.queue
-        k = q.keys
+        k = self._keys(job.partition)
         made = job.attempt if attempts_made is None else attempts_made
         r = await self._call_retrying(
             "dead_letter",
@@ -662,73 +696,92 @@ class Worker:
     async def _flush_now(self) -> None:
         while self._done:
             batch, self._done = self._done[:FLUSH_BATCH], self._done[FLUSH_BATCH:]
-            q = self.queue
-            k = q.keys
-            args: list[Any] = [GROUP, self.consumer, round(q.defaults.completed_ttl_s * 1000),
-                               len(batch), q.defaults.events_max,
-                               2 * self.concurrency + 2 * FLUSH_BATCH]
-            keys = [*k.lanes, k.events, k.stats, k.moves]
-            prefix = k.prefix + "job:"
-            bucket = k.bucket
-            for job, _ in batch:
-                # one packed argument per job: the client encodes each argument separately
-                args.append(f"{job.lane}|{job.entry_id}|{job.attempt}|{job.created_ms}|"
-                            f"{job.max_attempts}|{job.type_name or ''}|{job.id}")
-                keys.append(bucket(job.id))
-                keys.append(prefix + job.id)
-            try:
-                lost = await self._call_retrying("complete", keys, args)
-            except (RedisError, OSError) as exc:
-                # not ours to fix here: the entries stay pending and are taken over later
-                log.error("worker.complete_failed", queue=q.name, jobs=len(batch),
-                          error=redact_text(str(exc)))
-                lost = None
-            lost_pos = set(range(1, len(batch) + 1)) if lost is None else {int(i) for i in lost}
-            for pos, (job, result) in enumerate(batch, 1):
-                self._unacked.pop(id(job), None)
-                if pos in lost_pos:
-                    log.warning("job.lost_claim", queue=q.name, job_id=job.id,
-                                attempt=job.attempt, transition="complete")
-                elif self.hooks.wants("completed"):
-                    await self.hooks.emit(self._event("completed", job, result=result))
+            if self.queue.layout.count == 1:
+                await self._flush_batch(batch, self.queue.keys)
+                continue
+            groups: dict[int, list[tuple[Job, Any]]] = {}
+            for done in batch:
+                groups.setdefault(done[0].partition, []).append(done)
+            for p, part in groups.items():
+                await self._flush_batch(part, self._keys(p))
+
+    async def _flush_batch(self, batch: list[tuple[Job, Any]], k: QueueKeys) -> None:
+        """One fenced ``complete`` call for jobs of one partition."""
+        q = self.queue
+        args: list[Any] = [GROUP, self.consumer, round(q.defaults.completed_ttl_s * 1000),
+                           len(batch), q.defaults.events_max,
+                           2 * self.concurrency + 2 * FLUSH_BATCH]
+        keys = [*k.lanes, k.events, k.stats, k.moves]
+        prefix = k.prefix + "job:"
+        bucket = k.bucket
+        for job, _ in batch:
+            # one packed argument per job: the client encodes each argument separately
+            args.append(f"{job.lane}|{job.entry_id}|{job.attempt}|{job.created_ms}|"
+                        f"{job.max_attempts}|{job.type_name or ''}|{job.id}")
+            keys.append(bucket(job.id))
+            keys.append(prefix + job.id)
+        try:
+            lost = await self._call_retrying("complete", keys, args)
+        except (RedisError, OSError) as exc:
+            # not ours to fix here: the entries stay pending and are taken over later
+            log.error("worker.complete_failed", queue=q.name, jobs=len(batch),
+                      error=redact_text(str(exc)))
+            lost = None
+        lost_pos = set(range(1, len(batch) + 1)) if lost is None else {int(i) for i in lost}
+        for pos, (job, result) in enumerate(batch, 1):
+            self._unacked.pop(id(job), None)
+            if pos in lost_pos:
+                log.warning("job.lost_claim", queue=q.name, job_id=job.id,
+                            attempt=job.attempt, transition="complete")
+            elif self.hooks.wants("completed"):
+                await self.hooks.emit(self._event("completed", job, result=result))
 
     async def _heartbeat_loop(self) -> None:
-        k = self.queue.keys
         while True:
             await anyio.sleep(self.heartbeat_interval)
-            jobs = list(self._running.values()) + list(self._unacked.values())
-            if not jobs:
-                continue
-            args: list[Any] = [GROUP, self.consumer, len(jobs)]
-            for job in jobs:
-                args += [job.lane, job.entry_id]
-            try:
-                lost = await self.scripts("extend", list(k.lanes), args)
-            except (RedisError, OSError) as exc:
-                log.error("worker.heartbeat_failed", queue=self.queue.name,
-                          error=redact_text(str(exc)))
-                continue
-            for pos in lost:
-                job = jobs[int(pos) - 1]
-                log.warning("job.lost_claim", queue=self.queue.name, job_id=job.id,
-                            attempt=job.attempt, transition="heartbeat")
+            running = list(self._running.values()) + list(self._unacked.values())
+            for p, jobs in self._by_partition(running).items():
+                await self._heartbeat(self._keys(p), jobs)
+
+    async def _heartbeat(self, k: QueueKeys, jobs: list[Job]) -> None:
+        args: list[Any] = [GROUP, self.consumer, len(jobs)]
+        for job in jobs:
+            args += [job.lane, job.entry_id]
+        try:
+            lost = await self.scripts("extend", list(k.lanes), args)
+        except (RedisError, OSError) as exc:
+            log.error("worker.heartbeat_failed", queue=self.queue.name,
+                      error=redact_text(str(exc)))
+            return
+        for pos in lost:
+            job = jobs[int(pos) - 1]
+            log.warning("job.lost_claim", queue=self.queue.name, job_id=job.id,
+                        attempt=job.attempt, transition="heartbeat")
 
     async def _reclaim_loop(self) -> None:
         q = self.queue
         while True:
             try:
+                # a queue grown by an operator is picked up here (and by the fetch loop)
+                await q.partition_count()
                 await self.reclaim_once()
             except (RedisError, OSError, StreamqError) as exc:
                 log.error("worker.sweep_failed", queue=q.name, error=redact_text(str(exc)))
             await anyio.sleep(self.reclaim_interval)
 
-    async def reclaim_once(self) -> int:
-        """One upkeep sweep (if no other worker holds its lock): dead-letter entries whose
-        workers died max_stalled times, re-queue entries no claim took over within twice
-        the visibility timeout, drop orphaned pending entries, prune idle consumers.
-        Returns the number of jobs dead-lettered or re-queued."""
+    async def reclaim_once(self, partition: int | None = None) -> int:
+        """One upkeep sweep of each partition (or of one; each only if no other worker
+        holds that partition's lock): dead-letter entries whose workers died max_stalled
+        times, re-queue entries no claim took over within twice the visibility timeout,
+        drop orphaned pending entries, prune idle consumers. Returns the number of jobs
+        dead-lettered or re-queued."""
+        if partition is None:
+            return sum([await self._sweep(p) for p in range(self.queue.layout.count)])
+        return await self._sweep(partition)
+
+    async def _sweep(self, partition: int) -> int:
         q = self.queue
-        k = q.keys
+        k = self._keys(partition)
         r = await self.scripts(
             "reclaim", [*k.lanes, k.events, k.moves, k.sweep_lock],
             [GROUP, self.consumer, round(self.visibility_timeout * 1000), self.max_stalled,
@@ -744,27 +797,32 @@ class Worker:
             log.warning("job.stalled", queue=q.name, job_id=job_id, stalls=stalls,
                         previous_owner=_text(requeued[i + 2]), requeued=True)
             await self.hooks.emit(WorkerEvent("stalled", q.name, job_id, stalls=stalls))
-        await self._dead_stalled(to_dead)
+        await self._dead_stalled(to_dead, partition)
         return len(to_dead) // 4 + len(requeued) // 3
 
     async def _release(self, jobs: list[Job], why: str) -> None:
         if not jobs:
             return
-        k = self.queue.keys
-        args: list[Any] = [GROUP, self.consumer, len(jobs)]
-        keys = [*k.lanes, k.moves]
-        for job in jobs:
-            args += [job.lane, job.entry_id]
-            keys.append(k.bucket(job.id))
-        try:
-            with anyio.CancelScope(shield=True):
-                n = await self.scripts("release", keys, args)
-        except (RedisError, OSError) as exc:
-            log.error("worker.release_failed", queue=self.queue.name, jobs=len(jobs),
-                      error=redact_text(str(exc)), note="they will be reclaimed after the "
-                      "visibility timeout")
+        n = 0
+        failed = False
+        for p, part in self._by_partition(jobs).items():
+            k = self._keys(p)
+            args: list[Any] = [GROUP, self.consumer, len(part)]
+            keys = [*k.lanes, k.moves]
+            for job in part:
+                args += [job.lane, job.entry_id]
+                keys.append(k.bucket(job.id))
+            try:
+                with anyio.CancelScope(shield=True):
+                    n += int(await self.scripts("release", keys, args))
+            except (RedisError, OSError) as exc:
+                log.error("worker.release_failed", queue=self.queue.name, jobs=len(part),
+                          error=redact_text(str(exc)), note="they will be reclaimed after "
+                          "the visibility timeout")
+                failed = True
+        if failed:
             return
-        log.info("worker.released", queue=self.queue.name, jobs=int(n), reason=why)
+        log.info("worker.released", queue=self.queue.name, jobs=n, reason=why)
         jobs.clear()
 
 

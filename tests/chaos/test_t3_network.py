@@ -132,6 +132,9 @@ async def test_t3a_lost_add_reply_does_not_enqueue_twice(tmp_path: Path) -> None
         direct = Queue("once", redis_url=server.url)
         try:
             await via.connect()
+            # a new queue's partition count is stored by its first write: done before the
+            # fault, so that the call whose reply is lost is the add itself
+            await via.partition_count(store=True)
             calls_before = await _evalsha_calls(r)
             proxy.limit_data(0)  # the next reply on every connection is lost
             with pytest.raises(RedisUnavailable):
@@ -167,6 +170,7 @@ async def test_t3a_negative_control_retry_without_job_id_enqueues_twice(tmp_path
         direct = Queue("twice", redis_url=server.url)
         try:
             await via.connect()
+            await via.partition_count(store=True)  # as above: the lost reply is the add's
             proxy.limit_data(0)
             with pytest.raises(RedisUnavailable):
                 await via.add({"n": 1})

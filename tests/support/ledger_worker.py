@@ -4,6 +4,7 @@
         [--sleep 0.2] [--sleep-max 0] [--concurrency 5] [--rate-limit 0] [--vt 30]
         [--grace 30] [--max-stalled 3]
         [--consumer NAME] [--events] [--ack-first] [--block] [--exit-on-payload]
+        [--partitions N]
 
 Payloads are ``{"sleep": seconds}`` maps (optional) or anything. SIGTERM/SIGINT stop
 it gracefully; a second signal stops it at once.
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ack-first", action="store_true")
     p.add_argument("--block", action="store_true")
     p.add_argument("--exit-on-payload", action="store_true")
+    p.add_argument("--partitions", type=int, default=None)
     a = p.parse_args(argv)
     # logs to stderr (a file the test chose), warnings and up: stdout carries only "ready"
     structlog.configure(
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ledger = LedgerWriter(a.ledger)
     events = EventWriter(a.ledger) if a.events else None
-    queue = Queue(a.queue, redis_url=a.redis_url)
+    queue = Queue(a.queue, redis_url=a.redis_url, partitions=a.partitions)
 
     async def handler(job: Job) -> None:
         # the S line first: a job counts as in flight from the moment this handler has it,
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             # then ack: a kill in between leaves an orphaned pending entry, which the next
             # take-over drops; the other order would leave a delivered entry that no one
             # ever reads again and the queue would never drain.
-            lane = queue.keys.lanes[job.lane]
+            lane = queue.layout.keys(job.partition).lanes[job.lane]
             await queue.redis.xdel(lane, job.entry_id)
             await queue.redis.xack(lane, GROUP, job.entry_id)
         data: Any = job.data
