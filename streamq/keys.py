@@ -49,6 +49,22 @@ def check_job_id(job_id: str) -> str:
 
 INDEX_BUCKETS = 2048
 
+REGISTRY = "streamq:queues"
+"""SET of the names of queues that were ever written to (``registry.py``). The one key
+outside every queue's hash tag: it is written once per ``Queue`` object, never by a
+transition script, so it needs no slot of its own."""
+
+DISCOVERY_PATTERN = "streamq:{*}:lane:normal"
+"""What ``registry.discover`` SCANs for: one key every queue (partition) has."""
+_DISCOVERED_RE = re.compile(r"^streamq:\{([A-Za-z0-9_.-]{1,64})\}:lane:normal$")
+
+
+def queue_of_key(key: str) -> str | None:
+    """The queue name in a key matched by DISCOVERY_PATTERN; None for anything else (a
+    partition's own tag, a foreign key)."""
+    m = _DISCOVERED_RE.match(key)
+    return m.group(1) if m else None
+
 
 @dataclass(frozen=True, slots=True)
 class QueueKeys:
@@ -129,6 +145,12 @@ class QueueKeys:
         """STREAM (capped) of job lifecycle events for external monitors."""
         return self.prefix + "events"
 
+    @property
+    def completed_index(self) -> str:
+        """ZSET job_id scored by finish time (Redis clock, ms): the most recently completed
+        jobs, capped at ``QueueDefaults.completed_index_max``, so they can be listed."""
+        return self.prefix + "done"
+
     def job(self, job_id: str) -> str:
         """HASH record of a delayed-or-finished job (state, attempts, error, timestamps)."""
         return self.prefix + "job:" + job_id
@@ -157,6 +179,7 @@ class QueueKeys:
             self.control,
             self.paused,
             self.stats,
+            self.completed_index,
             self.limiter,
             self.reclaim_lock,
             self.sweep_lock,

@@ -21,7 +21,9 @@ from .errors import ConfigError, PayloadError, RedisUnavailable
 from .events import QueueEvent, parse_events
 from .job import Backoff, JobInfo, JobOptions, JobRef, JobState, Priority, ms_to_dt
 from .keys import GROUP, LANE_INDEX, PRIORITIES, QueueKeys, check_job_id, check_queue_name
+from .listing import JobPage, Payload, WorkerInfo, job_events, list_jobs, list_workers, read_payload
 from .redact import redact_url
+from .registry import register
 from .scripts import ArgT, ScriptRunner
 from .settings import (
     CONCURRENT_CALLS,
@@ -72,6 +74,7 @@ class Queue:
         self._scripts: ScriptRunner | None = None
         self._calls: anyio.Semaphore | None = None
         self._default_backoff = Backoff(base=self.defaults.backoff_s).encode()
+        self._registered = False
 
     # -- connection -----------------------------------------------------------------
     @property
@@ -110,6 +113,7 @@ class Queue:
 
     async def ensure_groups(self) -> None:
         """Create the lanes' consumer group (idempotent). Reading from 0 keeps earlier adds."""
+        await self._register()
         with translate_redis_errors(self.redis_url):
             for lane in self.keys.lanes:
                 try:
@@ -129,6 +133,13 @@ class Queue:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    async def _register(self) -> None:
+        """Once per Queue object: add the name to the registry of queues (registry.py)."""
+        if not self._registered:
+            with translate_redis_errors(self.redis_url):
+                await register(self.redis, self.name)
+            self._registered = True
 
     @property
     def _gate(self) -> anyio.Semaphore:
@@ -169,6 +180,8 @@ class Queue:
         """Add one job. Once this returns, the job is in Redis. A live custom ``job_id`` is
         not added twice: the existing job's reference is returned."""
         job_id, args = self._job_args(data, options)
+        if not self._registered:
+            await self._register()
         await self._run("enqueue", [*self._enqueue_keys(), self.keys.bucket(job_id)],
                         [1, self.defaults.events_max, *args])
         return JobRef(job_id, self.name)
@@ -188,6 +201,8 @@ class Queue:
                 prepared.append(self._job_args(item[0], item[1]))
             else:
                 prepared.append(self._job_args(item, None))
+        if not self._registered:
+            await self._register()
         fixed = self._enqueue_keys()
         bucket = self.keys.bucket
         async with self._gate:
@@ -354,6 +369,33 @@ class Queue:
             reply = await self.redis.xread({self.keys.events: after}, count=count,
                                            block=block_ms)
         return parse_events(reply)
+
+    # -- listing for operators (listing.py) ---------------------------------------------
+    async def _partition_keys(self) -> list[QueueKeys]:
+        """The keys of each of the queue's partitions (one: this queue has no partitions)."""
+        return [self.keys]
+
+    async def list_jobs(self, state: JobState | str, *, cursor: str | None = None,
+                        limit: int = 50) -> JobPage:
+        """One page of the jobs in ``state`` (waiting, active, delayed, completed, failed),
+        in the order listing.py documents; pass ``page.next_cursor`` for the next page.
+        Each page costs the same however deep it is."""
+        return await list_jobs(self, await self._partition_keys(), state, cursor, limit)
+
+    async def job_payload(self, job_id: str) -> Payload | None:
+        """The payload a waiting, active, delayed or failed job holds, decoded through the
+        queue's codec; None when none is kept (completed, cancelled, unknown)."""
+        with translate_redis_errors(self.redis_url):
+            return await read_payload(self, self.keys, job_id)
+
+    async def job_events(self, job_id: str) -> list[QueueEvent]:
+        """The job's events still in the queue's events stream, oldest first."""
+        check_job_id(job_id)
+        return await job_events(self, await self._partition_keys(), job_id)
+
+    async def workers(self) -> list[WorkerInfo]:
+        """The workers (consumers of the queue's group) with the jobs each holds."""
+        return await list_workers(self, await self._partition_keys())
 
     async def purge_completed(self, batch: int = 1000) -> int:
         """Delete the records of completed jobs now, instead of at their TTL. An operator

@@ -37,6 +37,7 @@ SCRIPT_NAMES: tuple[str, ...] = (
     "enqueue",
     "extend",
     "get_job",
+    "get_payload",
     "limiter_take",
     "reclaim",
     "release",

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 import anyio
 from redis.exceptions import RedisError
 
+from ..dashboard.cli import add_parser as add_dashboard_parser
+from ..dashboard.cli import run_dashboard
 from ..errors import StreamqError
 from ..logs import configure_logging
 from ..queue import Queue
@@ -113,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "failed records and dead letters are kept.")
     pu.add_argument("--completed", action="store_true",
                     help="delete completed job records instead of dead letters")
+    add_dashboard_parser(sub)
     return p
 
 
@@ -138,6 +141,8 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
     url = "?"
     try:
         url = args.redis_url or redis_url_from_env()
+        if args.command == "dashboard":
+            return run_dashboard(args, url)
         return anyio.run(_run, args, url, console)
     except KeyboardInterrupt:
         return 0 if getattr(args, "watch", None) else 130

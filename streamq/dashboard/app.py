@@ -1,0 +1,69 @@
+"""The aiohttp application: middlewares, the pages' routes, static files, lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from importlib import resources
+from pathlib import Path
+
+from aiohttp import web
+
+from ..errors import StreamqError
+from ..redact import redact_text
+from .auth import make_middleware
+from .pages import PAGES
+from .pages.login import login_form
+from .render import esc, page
+from .state import STATE_KEY, Dashboard
+
+
+def static_dir() -> Path:
+    return Path(str(resources.files("streamq.dashboard").joinpath("static")))
+
+
+async def _login_page(request: web.Request) -> web.StreamResponse:
+    return login_form(request)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: object) -> web.StreamResponse:
+    """Redis trouble while serving a page: a 503 with one line, not a traceback."""
+    try:
+        return await handler(request)  # type: ignore[operator, no-any-return]
+    except StreamqError as exc:
+        text = redact_text(str(exc))
+        if "text/html" in request.headers.get("Accept", "") and request.get("identity"):
+            return page(request, "unavailable", f"<h1>Unavailable</h1><p class=error>{esc(text)}"
+                        "</p>", status=503)
+        return web.Response(status=503, text=text + "\n")
+
+
+def create_app(dashboard: Dashboard) -> web.Application:
+    """The dashboard as an aiohttp app (for embedding or tests); ``serve`` runs it."""
+    app = web.Application(middlewares=[errors_middleware,
+                                       make_middleware(dashboard.authority, _login_page)],
+                          client_max_size=64 * 1024)
+    app[STATE_KEY] = dashboard
+    for module in PAGES:
+        app.router.add_routes(module.routes)
+    app.router.add_static("/static/", static_dir(), append_version=False)
+    app.cleanup_ctx.append(_lifecycle)
+    return app
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    """Start: check Redis, run the live hub (its own anyio task group, in a task of the
+    server's loop). Stop: end the hub's feeds, then close the Redis clients."""
+    dashboard = app[STATE_KEY]
+    await dashboard.start()
+    hub_task = asyncio.get_running_loop().create_task(dashboard.hub.run())
+    try:
+        yield
+    finally:
+        dashboard.hub.stop()
+        await hub_task
+        await dashboard.close()
+
+
+__all__ = ["create_app", "static_dir"]

@@ -1,0 +1,72 @@
+"""The ``dashboard`` subcommand of ``python -m streamq``: its options and its start."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from ..errors import ConfigError
+
+HELP = "serve the web dashboard"
+DESCRIPTION = (
+    "Serve the web dashboard: queues with counts and rates, jobs by state, a job's details, "
+    "dead letters (replay, purge), workers, search by job id; live over server-sent events. "
+    "Auth: STREAMQ_DASHBOARD_TOKENS='viewer:<token>,operator:<token>' (log in with either; a "
+    "viewer cannot act), optional STREAMQ_DASHBOARD_SECRET (signs the session cookies; "
+    "default: derived from the tokens). Without tokens it refuses to start unless "
+    "--insecure-local. Queues shown: the --queue names, else every queue in the registry "
+    "(each queue registers itself on first use).")
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    d = sub.add_parser("dashboard", help=HELP, description=DESCRIPTION)
+    d.add_argument("--port", type=int, default=None,
+                   help="port to listen on (env STREAMQ_DASHBOARD_PORT, default 8080; 0 = any)")
+    d.add_argument("--host", default=None,
+                   help="address to listen on (env STREAMQ_DASHBOARD_HOST, default 0.0.0.0)")
+    d.add_argument("--queue", dest="queues", action="append", default=None, metavar="NAME",
+                   help="show this queue (repeatable); default: every registered queue")
+    d.add_argument("--insecure-local", action="store_true",
+                   help="run without tokens, bound to 127.0.0.1 only: anyone on this machine "
+                   "is an operator")
+    d.add_argument("--discover", action="store_true",
+                   help="SCAN Redis once at start for queues used before the registry existed")
+    d.add_argument("--session-hours", type=float, default=12.0,
+                   help="how long a login lasts (default 12)")
+    d.add_argument("--allowed-origin", action="append", default=[], metavar="URL",
+                   help="another origin whose pages may post actions (a reverse proxy's "
+                   "public URL, e.g. https://ops.example.com); repeatable")
+    d.add_argument("--secure-cookies", action="store_true",
+                   help="mark the session cookie Secure (behind an HTTPS proxy; set "
+                   "automatically when the dashboard itself is reached over HTTPS)")
+    d.add_argument("--redis-url", default=argparse.SUPPRESS,
+                   help="Redis location (env REDIS_URL, or REDIS_HOST/REDIS_PORT/...)")
+
+
+def run_dashboard(args: argparse.Namespace, redis_url: str) -> int:
+    import anyio
+
+    from .config import DashboardConfig
+    from .server import serve
+
+    env = os.environ
+    port = args.port
+    if port is None and env.get("STREAMQ_DASHBOARD_PORT", "").strip():
+        text = env["STREAMQ_DASHBOARD_PORT"].strip()
+        if not text.isdigit():
+            raise ConfigError("STREAMQ_DASHBOARD_PORT must be a number")
+        port = int(text)
+    host = args.host or env.get("STREAMQ_DASHBOARD_HOST", "").strip() or None
+    config = DashboardConfig.build(
+        host=host, port=port, queues=args.queues or (), insecure_local=args.insecure_local,
+        discover=args.discover, session_hours=args.session_hours,
+        allowed_origins=args.allowed_origin, secure_cookies=args.secure_cookies)
+    try:
+        anyio.run(serve, config, redis_url)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") \
+            from None
+    return 0
+
+
+__all__ = ["add_parser", "run_dashboard"]
