@@ -19,7 +19,7 @@ from pathlib import Path
 import anyio
 from aiohttp import web
 
-from streamq import Job, JobOptions, Queue, Worker
+from streamq import Job, JobOptions, Queue, Worker, WorkerEvent
 from streamq.dashboard.app import create_app
 from streamq.dashboard.config import DashboardConfig
 from streamq.dashboard.state import Dashboard
@@ -48,9 +48,9 @@ def sms(i: int) -> SMSJob:
                            metadata={"order": str(4000 + i)})
 
 
-async def fill(url: str) -> tuple[Worker, anyio.Event, str, str]:
-    """Jobs in every state; returns the holding worker, the event that releases it, a
-    waiting job id and a dead job id."""
+async def fill(url: str) -> tuple[Worker, anyio.Event, anyio.Event, str, str]:
+    """Jobs in every state; returns the holding worker, the event set once it holds its
+    three jobs, the event that releases them, a waiting job id and a dead job id."""
     sms_q = Queue("sms", redis_url=url, job_type=SMSJob)
     email = Queue("email", redis_url=url)
     await sms_q.ensure_groups()
@@ -63,14 +63,29 @@ async def fill(url: str) -> tuple[Worker, anyio.Event, str, str]:
             raise PermanentError(f"provider said 1003 invalid mobile for {number}")
 
     worker = Worker(sms_q, quick, concurrency=10, rate_limit=None)
+    finished = anyio.Event()
+    outcomes = 0
+
+    def count(event: WorkerEvent) -> None:
+        nonlocal outcomes
+        outcomes += 1
+        if outcomes == len(first):
+            finished.set()
+
+    worker.on("completed", count)
+    worker.on("dead", count)
     async with anyio.create_task_group() as tg:
         tg.start_soon(worker.run)
-        while (await sms_q.counts())["waiting"] or (await sms_q.counts())["active"]:
-            await anyio.sleep(0.05)
+        await finished.wait()
         await worker.close()
-    release = anyio.Event()
+    release, holding = anyio.Event(), anyio.Event()
+    held = 0
 
     async def hold(job: Job) -> None:
+        nonlocal held
+        held += 1
+        if held == 3:
+            holding.set()
         await release.wait()
 
     holder = Worker(sms_q, hold, concurrency=3, rate_limit=None, name="sms-worker-a1")
@@ -82,15 +97,14 @@ async def fill(url: str) -> tuple[Worker, anyio.Event, str, str]:
     dead = next(r.job_id for i, r in enumerate(first) if NAMES[i % len(NAMES)] == FAILS)
     await sms_q.close()
     await email.close()
-    return holder, release, waiting[0].job_id, dead
+    return holder, holding, release, waiting[0].job_id, dead
 
 
 async def shoot(out: Path) -> None:
     from playwright.async_api import async_playwright
 
-    out.mkdir(parents=True, exist_ok=True)
     with start_redis_server() as proc:
-        holder, release, waiting_id, dead_id = await fill(proc.url)
+        holder, holding, release, waiting_id, dead_id = await fill(proc.url)
         env = {"STREAMQ_DASHBOARD_TOKENS": f"viewer:{VIEWER},operator:{OPERATOR}"}
         dash = Dashboard(DashboardConfig.build(env=env, host="127.0.0.1", port=0), proc.url)
         runner = web.AppRunner(create_app(dash))
@@ -101,10 +115,7 @@ async def shoot(out: Path) -> None:
         base = f"http://127.0.0.1:{port}"
         async with anyio.create_task_group() as tg:
             tg.start_soon(holder.run)
-            sms_q = Queue("sms", redis_url=proc.url)
-            while (await sms_q.counts())["active"] < 3:
-                await anyio.sleep(0.05)
-            await sms_q.close()
+            await holding.wait()
             async with async_playwright() as pw:
                 browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
                 page = await browser.new_page(viewport={"width": 1280, "height": 760})
@@ -141,7 +152,9 @@ def main() -> int:
     if not os.path.exists(CHROMIUM):
         print(f"{CHROMIUM} is missing: apt-get install -y chromium", file=sys.stderr)
         return 2
-    anyio.run(shoot, Path(args.out))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    anyio.run(shoot, out)
     return 0
 
 

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from ..errors import StreamqError
 from ..redact import redact_text
-from .auth import make_middleware
+from .auth import make_middleware, maybe_identity
 from .pages import PAGES
 from .pages.login import login_form
 from .render import esc, page
@@ -33,7 +33,7 @@ async def errors_middleware(request: web.Request, handler: object) -> web.Stream
         return await handler(request)  # type: ignore[operator, no-any-return]
     except StreamqError as exc:
         text = redact_text(str(exc))
-        if "text/html" in request.headers.get("Accept", "") and request.get("identity"):
+        if "text/html" in request.headers.get("Accept", "") and maybe_identity(request):
             return page(request, "unavailable", f"<h1>Unavailable</h1><p class=error>{esc(text)}"
                         "</p>", status=503)
         return web.Response(status=503, text=text + "\n")

@@ -24,6 +24,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -35,6 +36,10 @@ PUBLIC_PREFIXES = ("/static/", "/login", "/healthz")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# typed request storage where aiohttp has it (3.12+), a plain key before
+_RequestKey: Any = getattr(web, "RequestKey", None)
+IDENTITY: Any = _RequestKey("streamq_identity") if _RequestKey else "streamq_identity"
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +202,7 @@ def make_middleware(authority: Authority,
             raise web.HTTPUnauthorized(
                 text="unauthorized: send Authorization: Bearer <token>, or log in at /login\n",
                 content_type="text/plain", headers={"WWW-Authenticate": 'Bearer realm="streamq"'})
-        request["identity"] = identity
+        request[IDENTITY] = identity
         if request.method not in SAFE_METHODS:
             await check_action(request, authority, identity)
         response = await handler(request)
@@ -209,9 +214,15 @@ def make_middleware(authority: Authority,
 
 
 def identity_of(request: web.Request) -> Identity:
-    identity: Identity = request["identity"]
+    identity: Identity = request[IDENTITY]
     return identity
 
 
+def maybe_identity(request: web.Request) -> Identity | None:
+    """The identity of an authenticated request; None on public pages (login)."""
+    found: Identity | None = request.get(IDENTITY)
+    return found
+
+
 __all__ = ["COOKIE", "Authority", "Identity", "Refused", "check_action", "identity_of",
-           "make_middleware"]
+           "make_middleware", "maybe_identity"]

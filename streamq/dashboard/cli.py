@@ -39,6 +39,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     d.add_argument("--secure-cookies", action="store_true",
                    help="mark the session cookie Secure (behind an HTTPS proxy; set "
                    "automatically when the dashboard itself is reached over HTTPS)")
+    d.add_argument("--log-format", choices=("json", "console"), default=None,
+                   help="json for production, console for development (env STREAMQ_LOG_FORMAT, "
+                   "default console)")
+    d.add_argument("--log-level", default=None,
+                   help="debug, info, warning or error (env STREAMQ_LOG_LEVEL, default info; "
+                   "info logs every request and action)")
     d.add_argument("--redis-url", default=argparse.SUPPRESS,
                    help="Redis location (env REDIS_URL, or REDIS_HOST/REDIS_PORT/...)")
 
@@ -46,10 +52,16 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def run_dashboard(args: argparse.Namespace, redis_url: str) -> int:
     import anyio
 
+    from ..logs import configure_logging
     from .config import DashboardConfig
     from .server import serve
 
     env = os.environ
+    fmt = args.log_format or env.get("STREAMQ_LOG_FORMAT", "").strip() or "console"
+    if fmt not in ("json", "console"):
+        raise ConfigError("STREAMQ_LOG_FORMAT must be json or console")
+    level = args.log_level or env.get("STREAMQ_LOG_LEVEL", "").strip() or "info"
+    configure_logging("json" if fmt == "json" else "console", level)
     port = args.port
     if port is None and env.get("STREAMQ_DASHBOARD_PORT", "").strip():
         text = env["STREAMQ_DASHBOARD_PORT"].strip()

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from ..logs import DROPPED_KEYS
 from ..redact import redact_text
-from .auth import identity_of
+from .auth import identity_of, maybe_identity
 from .state import dashboard_of
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -148,7 +148,7 @@ def page(request: web.Request, title: str, body: str, *, queue: str | None = Non
          data: Mapping[str, str] = {}) -> web.Response:
     """The frame every page shares: header with search and who is logged in, the queue's
     tabs, a flash message from ``?msg=``, the body, and the live-update hooks."""
-    ident = request.get("identity")
+    ident = maybe_identity(request)
     dash = dashboard_of(request)
     csrf = dash.authority.csrf_token(ident) if ident is not None else ""
     nav = ""

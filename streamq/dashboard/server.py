@@ -8,9 +8,11 @@ import sys
 import anyio
 import structlog
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 
 from ..redact import redact_url
 from .app import create_app
+from .auth import maybe_identity
 from .config import DashboardConfig
 from .state import Dashboard
 
@@ -18,14 +20,26 @@ log = structlog.get_logger("streamq.dashboard")
 SHUTDOWN_GRACE_S = 3.0
 
 
+class AccessLog(AbstractAccessLogger):
+    """One structlog line per request: method, path (never the query string), status,
+    time, role. No headers: a token is never logged (nor accepted in a URL)."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        ident = maybe_identity(request)  # type: ignore[arg-type]
+        log.info("dashboard.request", method=request.method, path=request.path,
+                 status=response.status, ms=round(time * 1000, 1),
+                 role=ident.role if ident else None)
+
+    @property
+    def enabled(self) -> bool:
+        return True
+
+
 async def serve(config: DashboardConfig, redis_url: str) -> None:
     """Listen on ``config.host:port`` until a stop signal; Redis must answer at start."""
     dashboard = Dashboard(config, redis_url)
     app = create_app(dashboard)
-    # access log: method, path and status (a URL never carries a token: they are not
-    # accepted there), no headers
-    runner = web.AppRunner(app, access_log_format='%a "%r" %s %b %Tfs',
-                           shutdown_timeout=SHUTDOWN_GRACE_S)
+    runner = web.AppRunner(app, access_log_class=AccessLog, shutdown_timeout=SHUTDOWN_GRACE_S)
     await runner.setup()
     try:
         site = web.TCPSite(runner, config.host, config.port)

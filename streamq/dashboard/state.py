@@ -35,10 +35,11 @@ STATE_KEY: web.AppKey[Dashboard] = web.AppKey("streamq_dashboard")
 
 class Dashboard:
     def __init__(self, config: DashboardConfig, redis_url: str,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.redis_url = redis_url
-        self.authority = Authority(config)
+        self.authority = Authority(config, wall_clock)
         self.hub = Hub(self.meter)
         self._clock = clock
         self._queues: dict[str, Queue] = {}
