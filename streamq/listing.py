@@ -475,15 +475,17 @@ async def read_payload(q: Queue, k: QueueKeys, job_id: str) -> Payload | None:
 
 
 async def job_events(q: Queue, parts: Sequence[QueueKeys], job_id: str,
-                     scan: int = 2000) -> list[QueueEvent]:
+                     scan: int = 1000) -> list[QueueEvent]:
     """The events of one job still in the events stream (the newest ``scan`` entries of
-    each partition are searched), oldest first."""
+    each partition are searched), oldest first. An entry of a batch transition names up
+    to 100 jobs: only entries whose id list holds the job's id are expanded."""
     found: list[QueueEvent] = []
+    needle = job_id.encode()
     with translate_redis_errors(q.redis_url):
         for k in parts:
-            entries = await q.redis.xrevrange(k.events, count=scan)
-            entries = list(reversed(entries or []))
-            found.extend(e for e in parse_events([(k.events, entries)]) if e.job_id == job_id)
+            entries = await _r(q).xrevrange(k.events, count=scan)
+            hits = [e for e in reversed(entries or []) if needle in e[1].get(b"j", b"")]
+            found.extend(e for e in parse_events([(k.events, hits)]) if e.job_id == job_id)
     if len(parts) > 1:
         found.sort(key=lambda e: _id_key(e.id))
     return found

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from ..errors import StreamqError
+from ..errors import ConfigError, JobIdError, PayloadError, QueueFull, RedisUnavailable, StreamqError
 from ..redact import redact_text
 from .auth import make_middleware, maybe_identity
 from .pages import PAGES
@@ -28,15 +28,19 @@ async def _login_page(request: web.Request) -> web.StreamResponse:
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler: object) -> web.StreamResponse:
-    """Redis trouble while serving a page: a 503 with one line, not a traceback."""
+    """streamq's errors while serving a page: one line, not a traceback. Bad input (a
+    malformed id, cursor or setting) is 400, Redis trouble 503."""
     try:
         return await handler(request)  # type: ignore[operator, no-any-return]
     except StreamqError as exc:
         text = redact_text(str(exc))
+        status = 503 if isinstance(exc, RedisUnavailable | QueueFull) else (
+            400 if isinstance(exc, ConfigError | JobIdError | PayloadError) else 500)
         if "text/html" in request.headers.get("Accept", "") and maybe_identity(request):
-            return page(request, "unavailable", f"<h1>Unavailable</h1><p class=error>{esc(text)}"
-                        "</p>", status=503)
-        return web.Response(status=503, text=text + "\n")
+            title = "Unavailable" if status == 503 else "Error"
+            return page(request, title.lower(), f"<h1>{title}</h1><p class=error>{esc(text)}</p>",
+                        status=status)
+        return web.Response(status=status, text=text + "\n")
 
 
 def create_app(dashboard: Dashboard) -> web.Application:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ...errors import ConfigError
+from ...errors import ConfigError, JobIdError
 from ...keys import check_job_id
 from ...listing import MAX_PAGE
 from ..render import action_form, esc, link, mask, masked_payload, page, q_path, table, when, with_query
@@ -81,7 +81,7 @@ async def replay(request: web.Request) -> web.StreamResponse:
     if not everything:
         try:
             check_job_id(job_id)
-        except ConfigError as exc:
+        except (ConfigError, JobIdError) as exc:
             raise web.HTTPBadRequest(text=f"{exc}\n") from None
     target = "*" if everything else job_id
     return await act(request, q, "replay", target,

@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ...errors import ConfigError
+from ...errors import ConfigError, JobIdError
 from ...job import JobInfo, JobState
 from ...keys import check_job_id
 from ...redact import redact_text
@@ -23,7 +23,7 @@ def _job_id(request: web.Request) -> str:
     job_id = request.match_info["job_id"]
     try:
         return check_job_id(job_id)
-    except ConfigError as exc:
+    except (ConfigError, JobIdError) as exc:
         raise web.HTTPBadRequest(text=f"{exc}\n") from None
 
 

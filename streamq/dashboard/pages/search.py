@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ...errors import ConfigError
+from ...errors import ConfigError, JobIdError
 from ...keys import check_job_id
 from ..render import esc, link, mask, page, q_path, table
 from ..state import dashboard_of
@@ -18,7 +18,7 @@ async def search(request: web.Request) -> web.StreamResponse:
     job_id = request.query.get("id", "").strip()
     try:
         check_job_id(job_id)
-    except ConfigError as exc:
+    except (ConfigError, JobIdError) as exc:
         return page(request, "search", f"<h1>Search</h1><p class=error>{mask(exc)}</p>",
                     status=400)
     hits = []
