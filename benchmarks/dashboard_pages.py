@@ -137,9 +137,11 @@ async def main(n: int, repeat: int) -> None:
                 job_ms = (await timed(s, base + job.group(1), repeat))[0] if job else None
                 extra = ""
                 if state == "failed":
-                    extra = f"dead letters page {(await timed(s, f'{base}/q/{q.name}/dead', repeat))[0]:.1f} ms"
+                    took = (await timed(s, f"{base}/q/{q.name}/dead", repeat))[0]
+                    extra = f"dead letters page {took:.1f} ms"
                 if state == "active":
-                    extra = f"workers page {(await timed(s, f'{base}/q/{q.name}/workers', repeat))[0]:.1f} ms"
+                    took = (await timed(s, f"{base}/q/{q.name}/workers", repeat))[0]
+                    extra = f"workers page {took:.1f} ms"
                 rows.append((state, first, nxt, deep, walk_s, job_ms, extra))
             overview = (await timed(s, base + "/", repeat))[0]
         await runner.cleanup()
@@ -152,7 +154,7 @@ async def main(n: int, repeat: int) -> None:
     print(f"| state ({n:,} jobs in it) | queue page (ms) | next page (ms) | page at 90% depth (ms) "
           "| job page (ms) | other |")
     print("|---|---|---|---|---|---|")
-    for state, first, nxt, deep, walk_s, job_ms, extra in rows:
+    for state, first, nxt, deep, _walk_s, job_ms, extra in rows:
         print(f"| {state} | {ms(first)} | {ms(nxt)} | {ms(deep)} | {ms(job_ms)} | {extra} |")
     print(f"\nOverview of the five queues: {overview:.1f} ms. Median of {repeat} fetches over "
           "loopback HTTP, dashboard and Redis on this machine. Walking 90% of a listing "
