@@ -28,6 +28,7 @@ import anyio
 from streamq import Job, JobOptions, PermanentError, Queue, QueueDefaults, Worker, WorkerEvent
 from streamq.devredis import start_redis_server
 from streamq.keys import GROUP
+from streamq.logs import configure_logging
 
 from .common import payloads
 
@@ -115,6 +116,7 @@ async def main(n: int, repeat: int) -> None:
     from streamq.dashboard.config import DashboardConfig
     from streamq.dashboard.state import Dashboard
 
+    configure_logging("console", "error")  # not a line per dead-lettered job
     with start_redis_server() as proc:
         qs = await fill(proc.url, n)
         dash = Dashboard(DashboardConfig.build(env=ENV, host="127.0.0.1", port=0), proc.url)

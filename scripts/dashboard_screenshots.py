@@ -101,7 +101,7 @@ async def fill(url: str) -> tuple[Worker, anyio.Event, anyio.Event, str, str]:
 
 
 async def shoot(out: Path) -> None:
-    from playwright.async_api import async_playwright
+    from playwright.async_api import async_playwright, expect
 
     with start_redis_server() as proc:
         holder, holding, release, waiting_id, dead_id = await fill(proc.url)
@@ -113,8 +113,25 @@ async def shoot(out: Path) -> None:
         await site.start()
         port = runner.addresses[0][1]
         base = f"http://127.0.0.1:{port}"
+        email = Queue("email", redis_url=proc.url)
+
+        async def send(job: Job) -> None:
+            return None
+
+        mailer = Worker(email, send, concurrency=5, rate_limit=40.0)
+
+        async def traffic() -> None:  # steady adds and sends, so the overview has rates
+            i = 0
+            while True:
+                await email.add_bulk([{"to": f"user{i + k}@example.com", "subject": "Receipt"}
+                                      for k in range(10)])
+                i += 10
+                await anyio.sleep(0.2)
+
         async with anyio.create_task_group() as tg:
             tg.start_soon(holder.run)
+            tg.start_soon(mailer.run)
+            tg.start_soon(traffic)
             await holding.wait()
             async with async_playwright() as pw:
                 browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -137,11 +154,17 @@ async def shoot(out: Path) -> None:
                 for name, path in shots:
                     await page.goto(base + path)
                     await page.wait_for_selector("body[data-live-state=open], body:not([data-live])")
+                    if path == "/":  # rates need two readings a second apart
+                        await expect(page.locator('[data-rate="email:done"]')).not_to_have_text(
+                            "-", timeout=15_000)
                     await page.screenshot(path=str(out / name))
                     print(f"wrote {out / name}", file=sys.stderr)
                 await browser.close()
             release.set()
             await holder.close()
+            await mailer.close()
+            tg.cancel_scope.cancel()
+        await email.close()
         await runner.cleanup()
 
 
