@@ -49,13 +49,9 @@ def check_job_id(job_id: str) -> str:
 
 INDEX_BUCKETS = 2048
 
-REGISTRY = "streamq:queues"
-"""SET of the names of queues that were ever written to (``registry.py``). The one key
-outside every queue's hash tag: it is written once per ``Queue`` object, never by a
-transition script, so it needs no slot of its own."""
-
 DISCOVERY_PATTERN = "streamq:{*}:lane:normal"
-"""What ``registry.discover`` SCANs for: one key every queue (partition) has."""
+"""What ``discovery.find_queues`` SCANs for: a key every queue has once a job was added
+or a worker started (each partition has one; only the home's name is a queue name)."""
 _DISCOVERED_RE = re.compile(r"^streamq:\{([A-Za-z0-9_.-]{1,64})\}:lane:normal$")
 
 

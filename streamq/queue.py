@@ -23,7 +23,6 @@ from .job import Backoff, JobInfo, JobOptions, JobRef, JobState, Priority, ms_to
 from .keys import GROUP, LANE_INDEX, PRIORITIES, QueueKeys, check_job_id, check_queue_name
 from .listing import JobPage, Payload, WorkerInfo, job_events, list_jobs, list_workers, read_payload
 from .redact import redact_url
-from .registry import register
 from .scripts import ArgT, ScriptRunner
 from .settings import (
     CONCURRENT_CALLS,
@@ -74,7 +73,6 @@ class Queue:
         self._scripts: ScriptRunner | None = None
         self._calls: anyio.Semaphore | None = None
         self._default_backoff = Backoff(base=self.defaults.backoff_s).encode()
-        self._registered = False
 
     # -- connection -----------------------------------------------------------------
     @property
@@ -113,7 +111,6 @@ class Queue:
 
     async def ensure_groups(self) -> None:
         """Create the lanes' consumer group (idempotent). Reading from 0 keeps earlier adds."""
-        await self._register()
         with translate_redis_errors(self.redis_url):
             for lane in self.keys.lanes:
                 try:
@@ -133,13 +130,6 @@ class Queue:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-    async def _register(self) -> None:
-        """Once per Queue object: add the name to the registry of queues (registry.py)."""
-        if not self._registered:
-            with translate_redis_errors(self.redis_url):
-                await register(self.redis, self.name)
-            self._registered = True
 
     @property
     def _gate(self) -> anyio.Semaphore:
@@ -180,8 +170,6 @@ class Queue:
         """Add one job. Once this returns, the job is in Redis. A live custom ``job_id`` is
         not added twice: the existing job's reference is returned."""
         job_id, args = self._job_args(data, options)
-        if not self._registered:
-            await self._register()
         await self._run("enqueue", [*self._enqueue_keys(), self.keys.bucket(job_id)],
                         [1, self.defaults.events_max, *args])
         return JobRef(job_id, self.name)
@@ -201,8 +189,6 @@ class Queue:
                 prepared.append(self._job_args(item[0], item[1]))
             else:
                 prepared.append(self._job_args(item, None))
-        if not self._registered:
-            await self._register()
         fixed = self._enqueue_keys()
         bucket = self.keys.bucket
         async with self._gate:

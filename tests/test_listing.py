@@ -11,9 +11,9 @@ import pytest
 
 from streamq import ConfigError, Job, JobOptions, JobState, PermanentError, Queue, QueueDefaults, Worker
 from streamq.audit import record_action
-from streamq.keys import REGISTRY, QueueKeys
+from streamq.discovery import find_queues
+from streamq.keys import QueueKeys
 from streamq.listing import list_jobs
-from streamq.registry import discover, known_queues
 from tests.support.util import running, wait_until
 
 
@@ -259,24 +259,20 @@ async def test_job_events_and_workers(redis_url: str, queue_name: str) -> None:
         assert names == ["added", "active", "completed"]
 
 
-async def test_queues_register_themselves_and_discovery_finds_older_ones(
+async def test_queues_are_found_by_scan_and_partition_keys_are_not_queues(
         redis_url: str, queue_name: str) -> None:
     async with Queue(queue_name, redis_url=redis_url) as q:
-        assert queue_name not in await known_queues(q.redis)
+        assert queue_name not in await find_queues(q.redis)
         await q.add({"a": 1})
-        assert queue_name in await known_queues(q.redis)
         other = queue_name + "w"
         async with Queue(other, redis_url=redis_url) as w:
-            await w.ensure_groups()  # a worker starting registers it too
-        assert other in await known_queues(q.redis)
-        # a queue used before the registry existed: only its keys are there
-        await q.redis.srem(REGISTRY, queue_name, other)
-        await q.redis.sadd(REGISTRY, "bad name!")
-        assert queue_name not in await known_queues(q.redis)
-        assert "bad name!" not in await known_queues(q.redis)
-        found = await discover(q.redis)
+            await w.ensure_groups()  # a worker that started on an empty queue
+        # a partition's own tag and a foreign key look alike but are no queue names
+        await q.redis.xadd(f"streamq:{{{queue_name}~1}}:lane:normal", {"j": "x"})
+        await q.redis.xadd("streamq:{bad name}:lane:normal", {"j": "x"})
+        found = await find_queues(q.redis)
         assert {queue_name, other} <= set(found)
-        assert {queue_name, other} <= set(await known_queues(q.redis))
+        assert not [n for n in found if "~" in n or " " in n]
 
 
 async def test_actions_are_written_to_the_events_stream(redis_url: str, queue_name: str) -> None:

@@ -57,16 +57,17 @@ def create_app(dashboard: Dashboard) -> web.Application:
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
-    """Start: check Redis, run the live hub (its own anyio task group, in a task of the
-    server's loop). Stop: end the hub's feeds, then close the Redis clients."""
+    """Start: check Redis and find the queues, then run the background work (the live hub
+    and the rescans: one anyio task group, in a task of the server's loop). Stop: end it,
+    then close the Redis clients."""
     dashboard = app[STATE_KEY]
     await dashboard.start()
-    hub_task = asyncio.get_running_loop().create_task(dashboard.hub.run())
+    background = asyncio.get_running_loop().create_task(dashboard.run())
     try:
         yield
     finally:
-        dashboard.hub.stop()
-        await hub_task
+        dashboard.stop()
+        await background
         await dashboard.close()
 
 

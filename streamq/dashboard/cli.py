@@ -14,8 +14,8 @@ DESCRIPTION = (
     "Auth: STREAMQ_DASHBOARD_TOKENS='viewer:<token>,operator:<token>' (log in with either; a "
     "viewer cannot act), optional STREAMQ_DASHBOARD_SECRET (signs the session cookies; "
     "default: derived from the tokens). Without tokens it refuses to start unless "
-    "--insecure-local. Queues shown: the --queue names, else every queue in the registry "
-    "(each queue registers itself on first use).")
+    "--insecure-local. Queues shown: the --queue names, else every queue found in Redis "
+    "(a SCAN at start and every --rescan seconds).")
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -25,12 +25,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     d.add_argument("--host", default=None,
                    help="address to listen on (env STREAMQ_DASHBOARD_HOST, default 0.0.0.0)")
     d.add_argument("--queue", dest="queues", action="append", default=None, metavar="NAME",
-                   help="show this queue (repeatable); default: every registered queue")
+                   help="show only this queue (repeatable); default: every queue found in Redis")
     d.add_argument("--insecure-local", action="store_true",
                    help="run without tokens, bound to 127.0.0.1 only: anyone on this machine "
                    "is an operator")
-    d.add_argument("--discover", action="store_true",
-                   help="SCAN Redis once at start for queues used before the registry existed")
+    d.add_argument("--rescan", type=float, default=300.0, metavar="SECONDS",
+                   help="SCAN Redis for new queues this often (default 300; 0 = only at "
+                   "start); a queue opened by its URL is shown at once")
     d.add_argument("--session-hours", type=float, default=12.0,
                    help="how long a login lasts (default 12)")
     d.add_argument("--allowed-origin", action="append", default=[], metavar="URL",
@@ -71,7 +72,7 @@ def run_dashboard(args: argparse.Namespace, redis_url: str) -> int:
     host = args.host or env.get("STREAMQ_DASHBOARD_HOST", "").strip() or None
     config = DashboardConfig.build(
         host=host, port=port, queues=args.queues or (), insecure_local=args.insecure_local,
-        discover=args.discover, session_hours=args.session_hours,
+        rescan_s=args.rescan, session_hours=args.session_hours,
         allowed_origins=args.allowed_origin, secure_cookies=args.secure_cookies)
     try:
         anyio.run(serve, config, redis_url)

@@ -24,6 +24,7 @@ ROLES = ("viewer", "operator")
 MIN_TOKEN_CHARS = 16
 DEFAULT_PORT = 8080
 DEFAULT_SESSION_HOURS = 12.0
+DEFAULT_RESCAN_S = 300.0
 LOCAL_HOST = "127.0.0.1"
 TOKEN_HINT = "make one with: python -c 'import secrets; print(secrets.token_urlsafe(24))'"
 
@@ -64,10 +65,11 @@ class DashboardConfig:
     host: str = "0.0.0.0"
     port: int = DEFAULT_PORT
     queues: tuple[str, ...] = ()
-    """Only these queues; empty: every queue in the registry (registry.py)."""
+    """Only these queues; empty: every queue found in Redis (discovery.py)."""
     insecure_local: bool = False
     """No tokens: everyone who can reach 127.0.0.1 is an operator (actor 'local')."""
-    discover: bool = False
+    rescan_s: float = DEFAULT_RESCAN_S
+    """Seconds between SCANs for new queues (0: only at start)."""
     session_hours: float = DEFAULT_SESSION_HOURS
     allowed_origins: tuple[str, ...] = ()
     """Origins accepted on actions besides the dashboard's own (a reverse proxy's)."""
@@ -80,7 +82,7 @@ class DashboardConfig:
     @classmethod
     def build(cls, *, env: Mapping[str, str] | None = None, host: str | None = None,
               port: int | None = None, queues: Sequence[str] = (), insecure_local: bool = False,
-              discover: bool = False, session_hours: float = DEFAULT_SESSION_HOURS,
+              rescan_s: float = DEFAULT_RESCAN_S, session_hours: float = DEFAULT_SESSION_HOURS,
               allowed_origins: Sequence[str] = (), secure_cookies: bool = False) -> DashboardConfig:
         env = os.environ if env is None else env
         tokens = parse_tokens(env.get("STREAMQ_DASHBOARD_TOKENS", ""))
@@ -99,6 +101,8 @@ class DashboardConfig:
             port = DEFAULT_PORT
         if not 0 <= port <= 65535:
             raise ConfigError(f"--port must be from 0 to 65535, got {port}")
+        if rescan_s < 0:
+            raise ConfigError("--rescan must be >= 0 seconds")
         if not session_hours > 0:
             raise ConfigError("--session-hours must be > 0")
         for origin in allowed_origins:
@@ -111,7 +115,7 @@ class DashboardConfig:
                               "characters")
         secret = derive_secret(tokens, secret_text)
         return cls(tokens=tokens, secret=secret, host=host or "0.0.0.0", port=port, queues=names,
-                   insecure_local=insecure_local, discover=discover, session_hours=session_hours,
+                   insecure_local=insecure_local, rescan_s=rescan_s, session_hours=session_hours,
                    allowed_origins=tuple(o.rstrip("/") for o in allowed_origins),
                    secure_cookies=secure_cookies)
 

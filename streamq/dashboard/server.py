@@ -44,7 +44,7 @@ async def serve(config: DashboardConfig, redis_url: str) -> None:
     try:
         site = web.TCPSite(runner, config.host, config.port)
         await site.start()
-        names = ", ".join(config.queues) if config.queues else "every registered queue"
+        names = ", ".join(config.queues) if config.queues else "every queue found in Redis"
         auth = ("NO AUTH (--insecure-local): anyone on this machine is an operator"
                 if config.insecure_local else
                 f"tokens for {', '.join(sorted({t.role for t in config.tokens}))}")

@@ -1,10 +1,11 @@
 """What the dashboard process holds: its settings, one ``Queue`` per shown queue, the
-live hub and rate meters. Nothing here is history: every page reads Redis afresh.
+live hub, rate meters and the list of queues. Nothing here is history: every page reads
+Redis afresh.
 
-Which queues are shown: the ``--queue`` names when given (and only those), else every
-name in the queue registry (``streamq.registry``: a set each ``Queue`` writes its name
-to on first use), re-read every ``NAMES_TTL_S``. ``--discover`` runs one SCAN at start
-to register queues that were used before the registry existed.
+Which queues are shown: the ``--queue`` names when given (and only those); else every
+queue found in Redis by a SCAN (``streamq.discovery``) at start and again every
+``--rescan`` seconds, plus any existing queue asked for by name meanwhile (its page
+opened by URL), so a new queue is reachable at once and listed within a rescan.
 """
 
 from __future__ import annotations
@@ -13,14 +14,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import anyio
 import structlog
 from aiohttp import web
 
 from ..connection import translate_redis_errors
+from ..discovery import find_queues
 from ..errors import ConfigError
-from ..keys import check_queue_name
+from ..keys import QueueKeys, check_queue_name
 from ..queue import Queue
-from ..registry import discover, known_queues
+from ..redact import redact_text
 from ..settings import make_redis
 from .auth import Authority
 from .config import DashboardConfig
@@ -29,7 +32,6 @@ from .rates import RateMeter
 
 log = structlog.get_logger("streamq.dashboard")
 
-NAMES_TTL_S = 5.0
 STATE_KEY: web.AppKey[Dashboard] = web.AppKey("streamq_dashboard")
 
 
@@ -44,31 +46,57 @@ class Dashboard:
         self._clock = clock
         self._queues: dict[str, Queue] = {}
         self._meters: dict[str, RateMeter] = {}
-        self._names: tuple[float, list[str]] | None = None
+        self._found: set[str] = set()
+        self._stopped = anyio.Event()
         self._redis: Any = None
 
     @property
     def redis(self) -> Any:
-        """A client for the registry (the queues use their own)."""
+        """A client for discovery (the queues use their own)."""
         if self._redis is None:
             self._redis = make_redis(self.redis_url)
         return self._redis
 
     async def start(self) -> None:
-        """Check that Redis answers (one clear line if not), and run discovery if asked."""
+        """Check that Redis answers (one clear line if not), and find the queues."""
         probe = Queue(self.config.queues[0] if self.config.queues else "streamq",
                       redis_url=self.redis_url)
         try:
             await probe.connect()
         finally:
             await probe.close()
-        if self.config.discover:
-            with translate_redis_errors(self.redis_url):
-                found = await discover(self.redis)
-            log.info("dashboard.discovered", queues=len(found))
+        if not self.config.queues:
+            await self.rescan()
+
+    async def rescan(self) -> None:
+        with translate_redis_errors(self.redis_url):
+            found = await find_queues(self.redis)
+        self._found |= set(found)
+        log.info("dashboard.queues_found", queues=len(found))
+
+    async def run(self) -> None:
+        """Background work until ``stop``: the live hub, and the periodic rescan."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self.hub.run)
+            if not self.config.queues and self.config.rescan_s > 0:
+                tg.start_soon(self._rescan_loop)
+            await self._stopped.wait()
+            self.hub.stop()
+            tg.cancel_scope.cancel()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    async def _rescan_loop(self) -> None:
+        while True:
+            await anyio.sleep(self.config.rescan_s)
+            try:
+                await self.rescan()
+            except Exception as exc:  # logged; the next rescan tries again
+                log.warning("dashboard.rescan_failed", error=redact_text(str(exc)))
 
     async def close(self) -> None:
-        self.hub.stop()
+        self.stop()
         for q in self._queues.values():
             await q.close()
         self._queues.clear()
@@ -79,14 +107,10 @@ class Dashboard:
     async def names(self) -> list[str]:
         if self.config.queues:
             return list(self.config.queues)
-        now = self._clock()
-        if self._names is None or now - self._names[0] > NAMES_TTL_S:
-            with translate_redis_errors(self.redis_url):
-                self._names = (now, await known_queues(self.redis))
-        return list(self._names[1])
+        return sorted(self._found)
 
     async def queue(self, name: str) -> Queue:
-        """The shown queue ``name``; 404 for an invalid or unknown (not shown) one."""
+        """The shown queue ``name``; 404 for an invalid, unknown or not shown one."""
         try:
             check_queue_name(name)
         except ConfigError:
@@ -94,10 +118,16 @@ class Dashboard:
         q = self._queues.get(name)
         if q is not None:
             return q
-        if name not in await self.names():
-            self._names = None  # it may have been registered since the last read
-            if name not in await self.names():
+        if self.config.queues:
+            if name not in self.config.queues:
                 raise web.HTTPNotFound(text=f"no queue {name!r} here\n")
+        elif name not in self._found:
+            k = QueueKeys(name)  # not found by the last scan: does it exist now?
+            with translate_redis_errors(self.redis_url):
+                exists = await self.redis.exists(*k.lanes, k.delayed, k.dead)
+            if not exists:
+                raise web.HTTPNotFound(text=f"no queue {name!r} here\n")
+            self._found.add(name)
         q = self._queues.get(name)
         if q is None:
             q = Queue(name, redis_url=self.redis_url)

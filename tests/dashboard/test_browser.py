@@ -49,7 +49,8 @@ def dash_redis() -> Any:
 
 @pytest.fixture(scope="module")
 async def dash(dash_redis: RedisProcess) -> AsyncIterator[Running]:
-    async with running_dashboard(dash_redis.url) as d:
+    # rescans five times a second: queues made by the tests show up in the overview
+    async with running_dashboard(dash_redis.url, rescan_s=0.2) as d:
         yield d
 
 
@@ -103,14 +104,20 @@ async def make_dead(q: Queue, n: int = 1) -> list[str]:
     return [r.job_id for r in refs]
 
 
+async def _listed(dash: Running, name: str) -> bool:
+    return name in await dash.dashboard.names()
+
+
 async def _dead(q: Queue, n: int) -> bool:
     return (await q.counts())["dead"] == n
 
 
-async def test_login_then_the_overview_counts_match_queue_counts(q: Queue, login_as: Login) -> None:
+async def test_login_then_the_overview_counts_match_queue_counts(
+        q: Queue, login_as: Login, dash: Running) -> None:
     await make_dead(q, 2)
     await q.add_bulk([{"i": i} for i in range(7)])
     await q.add_bulk([({"i": i}, JobOptions(delay=300)) for i in range(3)])
+    await wait_until(lambda: _listed(dash, q.name), 10, 0.05, "the queue found by a rescan")
     page = await login_as(VIEWER)
     await expect(page.locator("header .who")).to_have_text("viewer")
     counts = await q.counts()

@@ -13,6 +13,7 @@ import anyio
 
 from streamq import Queue
 from streamq.dashboard.hub import RESYNC, Subscriber, sse
+from streamq.devredis import start_redis_server
 from tests.support.dashboard import VIEWER, bearer, running_dashboard
 from tests.support.util import wait_until
 
@@ -133,3 +134,27 @@ async def test_a_slow_client_gets_resync_and_bounded_memory_while_others_keep_up
             await wait_until(read_some, 30, 0.01, "the resync message")
         finally:
             slow.close()
+
+
+async def test_the_feed_reports_a_redis_outage_and_recovers(queue_name: str) -> None:
+    with start_redis_server() as proc:
+        async with Queue(queue_name, redis_url=proc.url) as q:
+            await q.add({"a": 1})
+        async with running_dashboard(proc.url, queues=[queue_name]) as d, \
+                aiohttp.ClientSession() as s, \
+                s.get(d.url + f"/live?queue={queue_name}", headers=bearer(VIEWER)) as r:
+            reader = SSEReader(r)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(reader.pump)
+                await wait_until(lambda: reader.counts(queue_name), 10, 0.01, "first counts")
+                proc.kill()
+                await wait_until(lambda: any(e == "problem" for e, _ in reader.messages), 20, 0.02,
+                                 "a problem message")
+                problem = next(d for e, d in reader.messages if e == "problem")
+                assert "Redis" in problem["error"] and problem["queue"] == queue_name
+                proc.start()  # a fresh, empty Redis (no persistence): the feed goes on
+                async with Queue(queue_name, redis_url=proc.url) as q2:
+                    await q2.add_bulk([{"i": i} for i in range(3)])
+                    await wait_until(lambda: any(c["waiting"] == 3 for c in reader.counts(queue_name)),
+                                     30, 0.02, "counts after the outage")
+                tg.cancel_scope.cancel()

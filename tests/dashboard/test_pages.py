@@ -28,9 +28,20 @@ async def test_shown_queues_unknown_queues_and_bad_input(redis_url: str, queue_n
             Queue(other, redis_url=redis_url) as o, aiohttp.ClientSession() as s:
         await q.add({"a": 1})
         await o.add({"a": 1})
-        async with running_dashboard(redis_url) as d:  # every registered queue
+        async with running_dashboard(redis_url, rescan_s=0) as d:  # every queue found
             status, text, _ = await get(s, d.url + "/")
             assert status == 200 and queue_name in text and other in text
+            late = queue_name + "late"  # made after the scan: reachable by name at once
+            async with Queue(late, redis_url=redis_url) as lq:
+                await lq.add({"a": 1})
+            status, text, _ = await get(s, d.url + "/")
+            assert late not in text
+            status, text, _ = await get(s, d.url + f"/q/{late}")
+            assert status == 200
+            status, text, _ = await get(s, d.url + "/")
+            assert late in text
+            status, text, _ = await get(s, d.url + f"/q/{queue_name}never")
+            assert status == 404
         async with running_dashboard(redis_url, queues=[queue_name]) as d:  # only --queue
             status, text, r = await get(s, d.url + "/")
             assert status == 200 and queue_name in text and other not in text

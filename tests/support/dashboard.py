@@ -20,7 +20,7 @@ OPERATOR = "operator-test-token-0123456789abcdef"
 TOKENS = {"STREAMQ_DASHBOARD_TOKENS": f"viewer:{VIEWER},operator:{OPERATOR}"}
 
 
-BUILD_OPTIONS = ("session_hours", "allowed_origins", "secure_cookies", "discover")
+BUILD_OPTIONS = ("session_hours", "allowed_origins", "secure_cookies", "rescan_s")
 
 
 @dataclass

@@ -48,9 +48,9 @@ async def overview(request: web.Request) -> web.StreamResponse:
                  "failed counts dead letters not yet replayed. Rates are measured by this "
                  "dashboard while it is open.</p>")
     else:
-        body = ("<p class=empty>No queues yet. A queue appears here once a producer adds to it or "
-                "a worker starts on it; queues used before this version are found with "
-                "<code>--discover</code>, or name them with <code>--queue</code>.</p>")
+        body = ("<p class=empty>No queues found yet. A queue is found once a producer has added "
+                "to it or a worker has started on it, at the next rescan (<code>--rescan</code>), "
+                "or at once when its page is opened by name (<code>/q/NAME</code>).</p>")
     return page(request, "Queues", "<h1>Queues</h1>" + body, live=names)
 
 
