@@ -179,16 +179,18 @@ class Hub:
         self._stopped.set()
 
     async def subscribe(self, queues: list[Queue], capacity: int) -> Subscriber:
+        """A new client of these queues' feeds (started as needed). Raises (Redis down)
+        before anything is registered."""
         await self._ready.wait()
+        starts = {q.name: await _now_position(q) for q in queues if q.name not in self._feeds}
         sub = Subscriber((q.name for q in queues), capacity)
         self.subscribers.add(sub)
         for q in queues:
             feed = self._feeds.get(q.name)
             if feed is None:
                 feed = self._feeds[q.name] = Feed(q, self._meter_of(q.name))
-                start = await _now_position(q)
                 assert self._tg is not None
-                self._tg.start_soon(feed.run, start)
+                self._tg.start_soon(feed.run, starts.get(q.name, "$"))
             feed.subscribers.add(sub)
         return sub
 

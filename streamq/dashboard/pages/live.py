@@ -37,14 +37,14 @@ async def live(request: web.Request) -> web.StreamResponse:
     queues = [await dash.queue(n) for n in names]
     if len(dash.hub.subscribers) >= dash.config.max_sse_clients:
         raise web.HTTPServiceUnavailable(text="too many live clients; try again later\n")
+    first = [sse("counts", {"queue": q.name, "counts": await dash.counts(q),
+                            "rates": dash.meter(q.name).rates()}) for q in queues]
+    sub = await dash.hub.subscribe(queues, dash.config.sse_buffer)  # Redis down: 503 here
     response = web.StreamResponse(headers={
         "Content-Type": "text/event-stream", "Cache-Control": "no-store",
         "X-Accel-Buffering": "no"})
-    await response.prepare(request)
-    sub = await dash.hub.subscribe(queues, dash.config.sse_buffer)
     try:
-        first = [sse("counts", {"queue": q.name, "counts": await dash.counts(q),
-                                "rates": dash.meter(q.name).rates()}) for q in queues]
+        await response.prepare(request)
         await response.write(("retry: 2000\n\n" + "".join(first)).encode())
         last_write = time.monotonic()
         while True:
