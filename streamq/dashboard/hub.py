@@ -57,6 +57,9 @@ def event_json(e: QueueEvent) -> dict[str, Any]:
         for k in ("act", "actor", "n"):
             if k in e.fields:
                 out[k] = e.fields[k]
+        detail = " ".join(f"{k}={v}" for k, v in e.fields.items() if k not in out)
+        if detail:  # e.g. a provider breaker's provider and state
+            out["detail"] = redact_text(detail)[:ERROR_CHARS]
     return out
 
 

@@ -91,6 +91,12 @@
         a.className = "mono";
         li.append(a);
       }
+      if (e.detail) {
+        const detail = document.createElement("span");
+        detail.className = "hint";
+        detail.textContent = " " + e.detail;
+        li.append(detail);
+      }
       if (e.error) {
         const err = document.createElement("span");
         err.className = "error";
