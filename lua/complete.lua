@@ -11,23 +11,27 @@
                    100 jobs, j/y/a holding space-separated job ids, types, attempts
   KEYS[5] stats    HASH  completed counter
   KEYS[6] moves    HASH
-  KEYS[5 + 2i] index bucket of the i-th job   HASH
-  KEYS[6 + 2i] record of the i-th job         STRING 'completed|attempt|max|created|finished|type||'
+  KEYS[7] completed index   ZSET job_id scored by finish ms, capped at ARGV[7] (the newest
+                   kept: trimmed once per call, so a call adds N and removes the overflow)
+  KEYS[6 + 2i] index bucket of the i-th job   HASH
+  KEYS[7 + 2i] record of the i-th job         STRING 'completed|attempt|max|created|finished|type||'
   ARGV[1] group   ARGV[2] consumer   ARGV[3] record ttl (ms; 0 = keep no record)
   ARGV[4] N   ARGV[5] events max length   ARGV[6] bound on this consumer's pending entries
+  ARGV[7] completed index max length (0 = no index)
   then per job one string 'lane|entry_id|attempt|created ms|max attempts|type|job_id'
     (packed: one argument per job keeps the client's encoding work small)
   Returns: array of the 1-based positions of the jobs whose claim was lost (not recorded).
 ]]
-local events, stats, moves = KEYS[4], KEYS[5], KEYS[6]
+local events, stats, moves, done = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local group, consumer, ttl, ttl_s = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[3]
 local n, evmax, bound = tonumber(ARGV[4]), ARGV[5], ARGV[6]
+local done_max = tonumber(ARGV[7])
 local now = now_ms()
 local jobs = {}
 local by_lane = {{}, {}, {}}
 for i = 1, n do
   local lane_no, id, attempt, created, max_attempts, jtype, job_id =
-    string.match(ARGV[6 + i], '^(%d)|([^|]+)|(%d+)|(%d+)|(%d+)|([^|]*)|(.+)$')
+    string.match(ARGV[7 + i], '^(%d)|([^|]+)|(%d+)|(%d+)|(%d+)|([^|]*)|(.+)$')
   local lane_i = tonumber(lane_no) + 1
   jobs[i] = {lane_i, id, attempt, created, max_attempts, jtype, job_id}
   by_lane[lane_i][#by_lane[lane_i] + 1] = i
@@ -63,9 +67,9 @@ for i = 1, n do
   local j = jobs[i]
   if owned[i] then
     done_ids[#done_ids + 1] = j[7]
-    redis.call('HDEL', KEYS[5 + 2 * i], j[7])
+    redis.call('HDEL', KEYS[6 + 2 * i], j[7])
     if ttl > 0 then
-      redis.call('SET', KEYS[6 + 2 * i],
+      redis.call('SET', KEYS[7 + 2 * i],
         'completed|' .. j[3] .. '|' .. j[5] .. '|' .. j[4] .. '|' .. now_s .. '|' .. j[6] .. '||',
         'PX', ttl_s)
     end
@@ -81,5 +85,15 @@ if #done_ids > 0 then
   end
   redis.call('HDEL', moves, unpack(done_ids))
   redis.call('HINCRBY', stats, 'completed', #done_ids)
+  if done_max > 0 then
+    local pairs_ = {}
+    for k = 1, #done_ids do
+      pairs_[#pairs_ + 1] = now
+      pairs_[#pairs_ + 1] = done_ids[k]
+    end
+    redis.call('ZADD', done, unpack(pairs_))
+    -- ranks 0 .. -(max+1) are the oldest beyond the cap; O(log n) when there are none
+    redis.call('ZREMRANGEBYRANK', done, 0, -(done_max + 1))
+  end
 end
 return lost

@@ -22,7 +22,16 @@ if [ -n "$missing" ]; then
 fi
 redis-server --version
 
-$PY -m pip install -q --disable-pip-version-check -e '.[dev]'
+# chromium for the dashboard's browser tests (Playwright drives it; they skip without it)
+if [ ! -x /usr/bin/chromium ]; then
+  echo "installing chromium with apt-get (dashboard browser tests)" >&2
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq || true
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null \
+    || echo "apt-get could not install chromium: the browser tests will skip" >&2
+fi
+
+$PY -m pip install -q --disable-pip-version-check -e '.[dev,test]'
 
 echo "== ruff"
 $PY -m ruff check streamq tests benchmarks examples

@@ -62,6 +62,18 @@ def check_job_id(job_id: str) -> str:
 
 INDEX_BUCKETS = 2048
 
+DISCOVERY_PATTERN = "streamq:{*}:lane:normal"
+"""What ``discovery.find_queues`` SCANs for: a key every queue has once a job was added
+or a worker started (each partition has one; only the home's name is a queue name)."""
+_DISCOVERED_RE = re.compile(r"^streamq:\{([A-Za-z0-9_.-]{1,64})\}:lane:normal$")
+
+
+def queue_of_key(key: str) -> str | None:
+    """The queue name in a key matched by DISCOVERY_PATTERN; None for anything else (a
+    partition's own tag, a foreign key)."""
+    m = _DISCOVERED_RE.match(key)
+    return m.group(1) if m else None
+
 
 def check_partitions(n: object, what: str = "partitions") -> int:
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_PARTITIONS:
@@ -163,6 +175,12 @@ class QueueKeys:
         """STREAM (capped) of job lifecycle events for external monitors."""
         return self.prefix + "events"
 
+    @property
+    def completed_index(self) -> str:
+        """ZSET job_id scored by finish time (Redis clock, ms): the most recently completed
+        jobs, capped at ``QueueDefaults.completed_index_max``, so they can be listed."""
+        return self.prefix + "done"
+
     def job(self, job_id: str) -> str:
         """HASH record of a delayed-or-finished job (state, attempts, error, timestamps)."""
         return self.prefix + "job:" + job_id
@@ -191,6 +209,7 @@ class QueueKeys:
             self.control,
             self.paused,
             self.stats,
+            self.completed_index,
             self.limiter,
             self.reclaim_lock,
             self.sweep_lock,

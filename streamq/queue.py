@@ -26,6 +26,7 @@ from .fanout import dead_bounds, each, id_key, merge_sorted, parse_ref, sum_coun
 from .fanout import read_events as read_merged_events
 from .job import Backoff, JobInfo, JobOptions, JobRef, JobState, Priority, ms_to_dt
 from .keys import GROUP, LANE_INDEX, PRIORITIES, QueueKeys, check_job_id, check_queue_name
+from .listing import JobPage, Payload, WorkerInfo, job_events, list_jobs, list_workers, read_payload
 from .partitions import Layout
 from .redact import redact_url
 from .routing import partition_of
@@ -465,6 +466,38 @@ class Queue:
             reply = await self.redis.xread({self.keys.events: after}, count=count,
                                            block=block_ms)
         return parse_events(reply)
+
+    # -- listing for operators (listing.py) ---------------------------------------------
+    async def _partition_keys(self) -> list[QueueKeys]:
+        """The keys of each of the queue's partitions."""
+        return self.layout.all_keys(await self.partition_count())
+
+    async def list_jobs(self, state: JobState | str, *, cursor: str | None = None,
+                        limit: int = 50) -> JobPage:
+        """One page of the jobs in ``state`` (waiting, active, delayed, completed, failed),
+        in the order listing.py documents; pass ``page.next_cursor`` for the next page.
+        Each page costs the same however deep it is."""
+        return await list_jobs(self, await self._partition_keys(), state, cursor, limit)
+
+    async def job_payload(self, job_id: str) -> Payload | None:
+        """The payload a waiting, active, delayed or failed job holds, decoded through the
+        queue's codec; None when none is kept (completed, cancelled, unknown)."""
+        check_job_id(job_id)
+        for k in self.layout.lookup(job_id, await self.partition_count()):
+            with translate_redis_errors(self.redis_url):
+                found = await read_payload(self, k, job_id)
+            if found is not None:
+                return found
+        return None
+
+    async def job_events(self, job_id: str) -> list[QueueEvent]:
+        """The job's events still in the queue's events stream, oldest first."""
+        check_job_id(job_id)
+        return await job_events(self, await self._partition_keys(), job_id)
+
+    async def workers(self) -> list[WorkerInfo]:
+        """The workers (consumers of the queue's group) with the jobs each holds."""
+        return await list_workers(self, await self._partition_keys())
 
     async def purge_completed(self, batch: int = 1000) -> int:
         """Delete the records of completed jobs now, instead of at their TTL. An operator

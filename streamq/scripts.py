@@ -38,6 +38,7 @@ SCRIPT_NAMES: tuple[str, ...] = (
     "enqueue",
     "extend",
     "get_job",
+    "get_payload",
     "grow_partitions",
     "limiter_take",
     "reclaim",

@@ -49,6 +49,9 @@ class QueueDefaults(msgspec.Struct, frozen=True, kw_only=True):
     failed_ttl_s: float = 7 * 24 * 3600.0
     max_payload_bytes: int = 64 * 1024
     dead_letter_max: int = 100_000
+    completed_index_max: int = 10_000
+    """Completed job ids kept listable (``Queue.list_jobs("completed")``), newest first;
+    0 keeps none. Their records still expire after ``completed_ttl_s``."""
     events_max: int = 2_000
     """Entries (approximate) kept in the queue's events stream; 0 turns events off. The
     batch transitions write one entry per 100 jobs, so memory stays under ~5 MB."""

@@ -91,6 +91,8 @@ def test_built_wheel_carries_and_finds_the_lua_scripts(tmp_path: Path) -> None:
     for name in [*SCRIPT_NAMES, SHARED]:
         assert f"streamq/lua/{name}.lua" in names
     assert "streamq/py.typed" in names
+    for name in ("app.js", "style.css"):  # the dashboard's files, served from the package
+        assert f"streamq/dashboard/static/{name}" in names
     # the installed package finds its scripts inside itself, not in a source tree
     out = subprocess.run(
         [sys.executable, "-c",

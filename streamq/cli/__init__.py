@@ -21,6 +21,8 @@ from collections.abc import Sequence
 import anyio
 from redis.exceptions import RedisError
 
+from ..dashboard.cli import add_parser as add_dashboard_parser
+from ..dashboard.cli import run_dashboard
 from ..errors import StreamqError
 from ..logs import configure_logging
 from ..queue import Queue
@@ -156,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "count up within seconds. A count never shrinks.")
     pa.add_argument("--grow", type=int, default=None, metavar="N",
                     help="raise the partition count to N")
+
+    add_dashboard_parser(sub)
     return p
 
 
@@ -182,6 +186,8 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
     try:
         url = (check_redis_url(args.redis_url, "--redis-url") if args.redis_url
                else redis_url_from_env())
+        if args.command == "dashboard":
+            return run_dashboard(args, url)
         return anyio.run(_run, args, url, console)
     except KeyboardInterrupt:
         return 0 if getattr(args, "watch", None) or getattr(args, "follow", False) else 130

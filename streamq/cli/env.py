@@ -81,6 +81,13 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("STREAMQ_LOG_LEVEL", "info",
             "debug, info, warning or error; debug adds a start and a finish line per job",
             "--log-level"),
+    # -- the dashboard (python -m streamq dashboard) ----------------------------------------
+    Setting("STREAMQ_DASHBOARD_TOKENS", "-",
+            "viewer:<token>,operator:<token>: who may log in (a viewer cannot act); secrets"),
+    Setting("STREAMQ_DASHBOARD_SECRET", "-",
+            "signs the dashboard's session cookies (default: derived from the tokens)"),
+    Setting("STREAMQ_DASHBOARD_PORT", "8080", "the dashboard's port"),
+    Setting("STREAMQ_DASHBOARD_HOST", "0.0.0.0", "the dashboard's address"),
     # -- SMS --------------------------------------------------------------------------------
     Setting("SMS_PROVIDERS", "-",
             "ordered SMS provider list for failover, e.g. salum,africastalking",

@@ -710,8 +710,9 @@ class Worker:
         q = self.queue
         args: list[Any] = [GROUP, self.consumer, round(q.defaults.completed_ttl_s * 1000),
                            len(batch), q.defaults.events_max,
-                           2 * self.concurrency + 2 * FLUSH_BATCH]
-        keys = [*k.lanes, k.events, k.stats, k.moves]
+                           2 * self.concurrency + 2 * FLUSH_BATCH,
+                           q.defaults.completed_index_max]
+        keys = [*k.lanes, k.events, k.stats, k.moves, k.completed_index]
         prefix = k.prefix + "job:"
         bucket = k.bucket
         for job, _ in batch:

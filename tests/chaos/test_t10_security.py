@@ -41,7 +41,7 @@ WORKER_ACL = ["+evalsha", "+script|load", "+time", "+exists", "+set", "+pexpire"
               "+hget", "+hset", "+hdel", "+hmget", "+hincrby",
               "+xadd", "+xdel", "+xrange", "+xpending", "+xack", "+xread", "+xreadgroup",
               "+xgroup|create", "+xinfo|stream", "+xinfo|consumers",
-              "+zadd", "+zrange", "+zrangebyscore", "+zrem"]
+              "+zadd", "+zrange", "+zrangebyscore", "+zrem", "+zremrangebyrank"]
 QUEUE = "acl"
 KEYS = "~streamq:{acl}:*"
 

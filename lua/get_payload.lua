@@ -1,0 +1,41 @@
+#!lua flags=no-writes
+--[[ get_payload: read the stored payload of one job, wherever it lives now.
+  A waiting or active job's payload is in its lane entry, a delayed job's in the
+  delayed data, a failed job's in its dead letter. Completed and cancelled jobs keep
+  no payload (their records hold facts only).
+
+  KEYS[1..3] lanes high, normal, low   STREAM
+  KEYS[4] moves          HASH
+  KEYS[5] delayed data   HASH
+  KEYS[6] index bucket of the job   HASH
+  KEYS[7] job record     STRING 'state|attempts made|max|created|finished|type|dead id|error'
+  KEYS[8] dead           STREAM
+  ARGV[1] job_id
+  Returns: {} when no payload is kept (unknown, expired, completed, cancelled, or a dead
+    letter already purged), else {where, payload bytes} with where 'lane', 'delayed' or 'dead'.
+]]
+local moves, ddata, bucket, rec, dead = KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local job_id = ARGV[1]
+local loc = redis.call('HGET', moves, job_id) or redis.call('HGET', bucket, job_id)
+if not loc then
+  local r = redis.call('GET', rec)
+  if not r then return {} end
+  local st, dead_id = string.match(r, '^(%a+)|[^|]*|[^|]*|[^|]*|[^|]*|[^|]*|([^|]*)|')
+  if st ~= 'failed' or not dead_id or dead_id == '' then return {} end
+  local e = redis.call('XRANGE', dead, dead_id, dead_id)
+  if not e[1] then return {} end
+  local f = fields_of(e[1][2])
+  if f['j'] ~= job_id or not f['d'] then return {} end
+  return {'dead', f['d']}
+end
+if loc == 'd' then
+  local packed = redis.call('HGET', ddata, job_id)
+  if not packed then return {} end
+  return {'delayed', cmsgpack.unpack(packed)[2]}
+end
+local lane_no = tonumber(string.sub(loc, 1, 1))
+local r = redis.call('XRANGE', KEYS[1 + lane_no], string.sub(loc, 3), string.sub(loc, 3))
+if not r[1] then return {} end
+local f = fields_of(r[1][2])
+if not f['d'] then return {} end
+return {'lane', f['d']}

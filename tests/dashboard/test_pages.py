@@ -1,0 +1,153 @@
+"""The dashboard's pages over HTTP (no browser): which queues are shown, bad input,
+search, workers, dead-letter paging, cancel, escaping, security headers, Redis down."""
+
+from __future__ import annotations
+
+import re
+
+import aiohttp
+import anyio
+
+from streamq import Job, JobOptions, PermanentError, Queue, Worker
+from streamq.devredis import start_redis_server
+from tests.support.dashboard import OPERATOR, VIEWER, bearer, running_dashboard
+from tests.support.util import running, wait_until
+
+HTML = {"Accept": "text/html"}
+
+
+async def get(s: aiohttp.ClientSession, url: str, token: str = VIEWER,
+              **kw: object) -> tuple[int, str, aiohttp.ClientResponse]:
+    async with s.get(url, headers={**bearer(token), **HTML}, allow_redirects=False, **kw) as r:  # type: ignore[arg-type]
+        return r.status, await r.text(), r
+
+
+async def test_shown_queues_unknown_queues_and_bad_input(redis_url: str, queue_name: str) -> None:
+    other = queue_name + "x"
+    async with Queue(queue_name, redis_url=redis_url) as q, \
+            Queue(other, redis_url=redis_url) as o, aiohttp.ClientSession() as s:
+        await q.add({"a": 1})
+        await o.add({"a": 1})
+        async with running_dashboard(redis_url, rescan_s=0) as d:  # every queue found
+            status, text, _ = await get(s, d.url + "/")
+            assert status == 200 and queue_name in text and other in text
+            late = queue_name + "late"  # made after the scan: reachable by name at once
+            async with Queue(late, redis_url=redis_url) as lq:
+                await lq.add({"a": 1})
+            status, text, _ = await get(s, d.url + "/")
+            assert late not in text
+            status, text, _ = await get(s, d.url + f"/q/{late}")
+            assert status == 200
+            status, text, _ = await get(s, d.url + "/")
+            assert late in text
+            status, text, _ = await get(s, d.url + f"/q/{queue_name}never")
+            assert status == 404
+        async with running_dashboard(redis_url, queues=[queue_name]) as d:  # only --queue
+            status, text, r = await get(s, d.url + "/")
+            assert status == 200 and queue_name in text and other not in text
+            assert "default-src 'self'" in r.headers["Content-Security-Policy"]
+            assert r.headers["X-Frame-Options"] == "DENY"
+            for path, code in [(f"/q/{other}", 404), ("/q/nosuchqueue", 404), ("/q/bad%20name", 404),
+                               (f"/q/{queue_name}?state=sleeping", 400),
+                               (f"/q/{queue_name}?state=waiting&cursor=w0.zz", 400),
+                               (f"/q/{queue_name}?limit=abc", 400),
+                               (f"/q/{queue_name}/jobs/nosuchjob", 404),
+                               (f"/q/{queue_name}/jobs/bad%20id", 400),
+                               (f"/q/{queue_name}/dead?after=notanid", 400),
+                               (f"/q/{queue_name}?state=cancelled", 200)]:
+                status, text, _ = await get(s, d.url + path)
+                assert status == code, (path, status, text[:200])
+            status, text, _ = await get(s, d.url + f"/q/{queue_name}?state=cancelled")
+            assert "counted, not listed" in text
+            async with s.get(d.url + f"/api/counts?queue={queue_name}", headers=bearer(VIEWER)) as r:
+                body = await r.json()
+                assert body[queue_name]["counts"] == await q.counts()
+
+
+async def test_search_by_job_id(redis_url: str, queue_name: str) -> None:
+    a, b = queue_name, queue_name + "b"
+    async with Queue(a, redis_url=redis_url) as qa, Queue(b, redis_url=redis_url) as qb, \
+            running_dashboard(redis_url, queues=[a, b]) as d, aiohttp.ClientSession() as s:
+        one = await qa.add({"x": 1})
+        await qa.add({"x": 1}, JobOptions(job_id="shared-id"))
+        await qb.add({"x": 1}, JobOptions(job_id="shared-id"))
+        status, _, r = await get(s, d.url + f"/search?id={one.job_id}")
+        assert status == 303 and r.headers["Location"] == f"/q/{a}/jobs/{one.job_id}"
+        status, text, _ = await get(s, d.url + "/search?id=shared-id")
+        assert status == 200 and "in 2 queues" in text and f"/q/{b}/jobs/shared-id" in text
+        status, text, _ = await get(s, d.url + "/search?id=nothing-here")
+        assert status == 404 and "No job" in text
+        status, text, _ = await get(s, d.url + "/search?id=<script>")
+        assert status == 400 and "<script>" not in text
+
+
+async def test_workers_and_dead_letter_pages(redis_url: str, queue_name: str) -> None:
+    async with Queue(queue_name, redis_url=redis_url) as q, \
+            running_dashboard(redis_url, queues=[queue_name], page_size=3) as d, \
+            aiohttp.ClientSession() as s:
+        refs = await q.add_bulk([({"i": i}, JobOptions(attempts=1)) for i in range(7)])
+        release = anyio.Event()
+
+        async def handler(job: Job) -> None:
+            if job.data["i"] == 6:
+                await release.wait()
+                return
+            raise PermanentError(f"bad number +25471234567{job.data['i']}")
+
+        async with running(Worker(q, handler, rate_limit=None, name="dash-worker-1")):
+            await wait_until(lambda: _dead(q, 6), 10, 0.02, "six dead letters")
+            status, text, _ = await get(s, d.url + f"/q/{queue_name}/workers")
+            assert status == 200 and "dash-worker-1" in text
+            status, text, _ = await get(s, d.url + f"/q/{queue_name}?state=active")
+            assert refs[6].job_id in text and "dash-worker-1" in text
+            release.set()
+        seen: list[str] = []
+        path = f"/q/{queue_name}/dead"
+        while True:
+            status, text, _ = await get(s, d.url + path)
+            assert status == 200 and "+25471234567" not in text and "+2547****67" in text
+            seen += re.findall(r'/jobs/([a-z]+)" class="mono"', text)
+            m = re.search(r'href="([^"]+)" class="next"', text)
+            if not m:
+                break
+            path = m.group(1).replace("&amp;", "&")
+        # oldest first, 3 a page, each once
+        assert seen == [dl.job_id for dl in await q.dead_letters(100)]
+        assert sorted(seen) == sorted(r.job_id for r in refs[:6])
+
+
+async def _dead(q: Queue, n: int) -> bool:
+    return (await q.counts())["dead"] == n
+
+
+async def test_cancel_from_the_job_page_and_values_are_escaped(redis_url: str, queue_name: str) -> None:
+    async with Queue(queue_name, redis_url=redis_url) as q, \
+            running_dashboard(redis_url, queues=[queue_name]) as d, aiohttp.ClientSession() as s:
+        ref = await q.add({"name": "<script>alert(1)</script>", "to": "+254712345678"},
+                          JobOptions(delay=60))
+        status, text, _ = await get(s, d.url + f"/q/{queue_name}/jobs/{ref.job_id}")
+        assert status == 200 and "<script>alert" not in text
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text and "+2547****678" in text
+        assert "cancel job" in text
+        async with s.post(d.url + f"/q/{queue_name}/jobs/{ref.job_id}/cancel",
+                          headers={**bearer(OPERATOR), "Accept": "application/json"}) as r:
+            assert r.status == 200 and (await r.json())["affected"] == 1
+        async with s.get(d.url + f"/api/q/{queue_name}/jobs/{ref.job_id}",
+                         headers=bearer(VIEWER)) as r:
+            assert (await r.json())["state"] == "cancelled"
+        acts = [(e.fields or {}) for e in await q.read_events() if e.name == "action"]
+        assert [(f["act"], f["actor"], f["n"]) for f in acts] == [("cancel", "operator", "1")]
+
+
+async def test_redis_going_away_is_a_503_with_one_line(queue_name: str) -> None:
+    with start_redis_server() as proc:
+        async with Queue(queue_name, redis_url=proc.url) as q:
+            await q.add({"a": 1})
+        async with running_dashboard(proc.url, queues=[queue_name]) as d, \
+                aiohttp.ClientSession() as s:
+            status, _, _ = await get(s, d.url + f"/q/{queue_name}")
+            assert status == 200
+            proc.stop()
+            async with s.get(d.url + f"/q/{queue_name}", headers=bearer(VIEWER)) as r:
+                text = await r.text()
+                assert r.status == 503 and text.count("\n") == 1 and "Redis" in text, text
