@@ -10,7 +10,8 @@
   KEYS[8] moves          HASH
   KEYS[9] index bucket of the job   HASH
   KEYS[10] job record    STRING 'cancelled|attempts made|max|created|finished|type||'
-  ARGV[1] group  ARGV[2] job_id  ARGV[3] record ttl (ms)  ARGV[4] events max length
+  ARGV[1] group  ARGV[2] job_id  ARGV[3] record ttl (ms; 0 = keep no record)
+  ARGV[4] events max length
   Returns: 1 cancelled; 0 unknown or already finished; -1 active (running now).
 ]]
 local events, delayed, ddata, stats = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
@@ -47,8 +48,10 @@ end
 redis.call('HDEL', bucket, job_id)
 redis.call('HDEL', moves, job_id)
 local now = now_ms()
-redis.call('SET', rec, 'cancelled|' .. made .. '|' .. attempts .. '|' .. created .. '|' .. now ..
-  '|' .. jtype .. '||', 'PX', tonumber(ARGV[3]))
+if tonumber(ARGV[3]) > 0 then
+  redis.call('SET', rec, 'cancelled|' .. made .. '|' .. attempts .. '|' .. created .. '|' .. now ..
+    '|' .. jtype .. '||', 'PX', ARGV[3])
+end
 redis.call('HINCRBY', stats, 'cancelled', 1)
 if tonumber(ARGV[4]) > 0 then
   redis.call('XADD', events, 'MAXLEN', '~', tonumber(ARGV[4]), '*', 'ev', 'cancelled',

@@ -16,7 +16,8 @@
   KEYS[5] delayed        ZSET
   KEYS[6] delayed data   HASH
   KEYS[7] paused         STRING (exists = paused)
-  KEYS[8] limiter        HASH  tk (tokens), ts (ms)
+  KEYS[8] limiter        HASH  tk (tokens), ts (ms); expires burst / rate (+1 s) after
+                         its last write, when it would be full anyway
   KEYS[9] control        STREAM
   KEYS[10] moves         HASH  job_id -> location, for jobs moved since they were added
   KEYS[11] reclaim lock  STRING
@@ -81,7 +82,7 @@ if rate > 0 then
   tokens = bucket_level(limiter, rate, burst, now)
   local whole = math.floor(tokens)
   if whole < 1 then
-    bucket_store(limiter, tokens, now)
+    bucket_store(limiter, tokens, now, rate, burst)
     return {-2, bucket_wait_ms(tokens, rate)}
   end
   count = math.min(count, whole)
@@ -185,7 +186,7 @@ for lane = 0, 2 do
 end
 
 if tokens ~= nil then
-  bucket_store(limiter, tokens - got, now)
+  bucket_store(limiter, tokens - got, now, rate, burst)
 end
 
 if got > 0 or #to_dead > 0 then

@@ -12,7 +12,7 @@
   KEYS[8] index bucket of the job   HASH
   KEYS[9] job record   STRING 'failed|attempts made|max|created|finished|type|dead id|error'
   ARGV[1] group  ARGV[2] consumer  ARGV[3] lane  ARGV[4] entry_id  ARGV[5] job_id
-  ARGV[6] error (one line, already redacted)  ARGV[7] record ttl (ms)
+  ARGV[6] error (one line, already redacted)  ARGV[7] record ttl (ms; 0 = keep no record)
   ARGV[8] attempts made (recorded)  ARGV[9] dead stream max length
   ARGV[10] events max length  ARGV[11] 1 if a handler attempt failed (emit 'failed' first)
   Returns: the dead-letter entry id; 0 if the claim was lost; -1 if the entry is gone.
@@ -43,8 +43,10 @@ redis.call('XDEL', lane, id)
 local dead_id = redis.call('XADD', dead, 'MAXLEN', '~', tonumber(ARGV[9]), '*',
   'j', job_id, 'd', f['d'] or '', 'a', attempts, 'n', ARGV[8], 's', f['s'] or '0',
   't', created, 'b', f['b'] or '', 'y', jtype, 'l', lane_no, 'e', err, 'f', now)
-redis.call('SET', rec, 'failed|' .. ARGV[8] .. '|' .. attempts .. '|' .. created .. '|' .. now ..
-  '|' .. jtype .. '|' .. dead_id .. '|' .. err, 'PX', tonumber(ARGV[7]))
+if tonumber(ARGV[7]) > 0 then
+  redis.call('SET', rec, 'failed|' .. ARGV[8] .. '|' .. attempts .. '|' .. created .. '|' .. now ..
+    '|' .. jtype .. '|' .. dead_id .. '|' .. err, 'PX', ARGV[7])
+end
 redis.call('HINCRBY', stats, 'failed', 1)
 if evmax > 0 then
   if ARGV[11] == '1' then

@@ -14,7 +14,8 @@
   ARGV[1] number of jobs N   ARGV[2] events max length
   then per job, 7 values:
     job_id, payload (bytes), lane (0 high | 1 normal | 2 low), attempts (max),
-    delay (ms, 0 = now), backoff spec (opaque here), type (for events; may be '')
+    delay (ms, 0 = now), backoff spec (opaque here: 'base_ms:cap_ms:j:timeout_ms', trailing
+    parts optional, so it carries the job's own timeout), type (for events; may be '')
   Lane entries hold, in this order: j job_id, d payload, m 'attempts|failed attempts|
   stalls|ms between creation and this entry's id|backoff|type' [, e last error]: few
   fields, because every field is a string to convert when a script reads the entry.

@@ -9,7 +9,8 @@
   KEYS[8] job record     STRING 'state|attempts made|max|created|finished|type|dead id|error'
   ARGV[1] group  ARGV[2] job_id
   Returns: {} if unknown or expired, else {state, field, value, ...} with fields
-    a (max attempts), n (failed attempts), s (stalls), t (created ms), e (last error),
+    a (max attempts), n (failed attempts), s (stalls: earlier runs' plus this entry's
+    take-overs in place), t (created ms), e (last error),
     f (finished ms), due (ms), x (dead entry id), lane, id (entry id), dc (deliveries), y (type)
 ]]
 local moves, delayed, ddata, bucket, rec = KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
@@ -42,15 +43,21 @@ local lane_no = tonumber(string.sub(loc, 1, 1))
 local lane, id = KEYS[1 + lane_no], string.sub(loc, 3)
 local out = {'waiting', 'lane', lane_no, 'id', id}
 local p = redis.pcall('XPENDING', lane, group, id, id, 1)
+local dc = 0
 if not p.err and p[1] then
   out[1] = 'active'
   out[#out + 1] = 'dc'
   out[#out + 1] = p[1][4]
+  dc = tonumber(p[1][4])
 end
 local r = redis.call('XRANGE', lane, id, id)
 if r[1] then
   local f = fields_of(r[1][2])
   f['t'] = tonumber(string.match(id, '^(%d+)')) - (tonumber(f['t']) or 0)
+  if dc > 1 then
+    -- every delivery of this entry after the first was a take-over from a silent worker
+    f['s'] = (tonumber(f['s']) or 0) + dc - 1
+  end
   for _, k in ipairs({'a', 'n', 's', 't', 'b', 'y', 'e'}) do
     if f[k] then
       out[#out + 1] = k

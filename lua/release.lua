@@ -2,7 +2,8 @@
 --[[ release: hand back entries this worker fetched but will not finish (shutdown:
   not yet started, or cut at the grace deadline), so another worker takes them at
   once instead of after the visibility timeout. Each goes back to the tail of its
-  lane unchanged (an interrupted run uses up neither an attempt nor a stall).
+  lane unchanged (an interrupted run uses up neither an attempt nor a stall; stalls
+  from earlier take-overs of the entry are kept, as is b with the job's own timeout).
 
   KEYS[1..3] lanes high, normal, low   STREAM
   KEYS[4] moves   HASH
@@ -26,6 +27,8 @@ for i = 1, tonumber(ARGV[3]) do
       local job_id = f['j']
       local created = tonumber(string.match(id, '^(%d+)')) - (tonumber(f['t']) or 0)
       f['t'] = math.max(0, now - created)
+      -- take-overs in place of this entry (deliveries after the first) were real stalls
+      f['s'] = (tonumber(f['s']) or 0) + math.max(0, tonumber(p[1][4]) - 1)
       local new_id
       if f['e'] then
         new_id = redis.call('XADD', lane, '*', 'j', job_id or '', 'd', f['d'] or '', 'm', meta_of(f),

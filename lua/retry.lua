@@ -1,7 +1,9 @@
 #!lua flags=allow-oom
 --[[ retry: schedule another attempt of a failed job, fenced by ownership.
   Moves the entry from its lane to the delayed set, due after delay ms on the Redis
-  clock, with the failure count bumped and the last error kept. The claim script
+  clock, with the failure count bumped, the last error kept and the stall count carried
+  (take-overs in place included). The backoff spec b (which also holds the job's own
+  timeout) is carried unchanged. The claim script
   promotes it back to the same lane when due. allow-oom: it moves, not grows, data.
 
   KEYS[1..3] lanes high, normal, low   STREAM
@@ -35,9 +37,11 @@ local now = now_ms()
 local due = now + tonumber(ARGV[6])
 local created = tonumber(string.match(id, '^(%d+)')) - (tonumber(f['t']) or 0)
 local failed = (tonumber(f['n']) or 0) + 1
+-- stalls so far: earlier runs' plus this entry's take-overs in place (deliveries after the first)
+local stalls = (tonumber(f['s']) or 0) + math.max(0, tonumber(p[1][4]) - 1)
 redis.call('XDEL', lane, id)
 redis.call('HSET', ddata, job_id, cmsgpack.pack({job_id, f['d'] or '', f['a'] or '1', failed,
-  f['s'] or 0, created, f['b'] or '', lane_no, ARGV[7], f['y'] or ''}))
+  stalls, created, f['b'] or '', lane_no, ARGV[7], f['y'] or ''}))
 local first = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
 redis.call('ZADD', delayed, due, job_id)
 redis.call('HSET', bucket, job_id, 'd')

@@ -9,8 +9,10 @@ local function now_ms()
 end
 
 -- A lane entry's fields: j job_id, d payload, m 'attempts|failed|stalls|ms since
--- creation|backoff|type' [, e last error]. Entries written by hand with separate
--- a/n/s/t/b/y fields are read too.
+-- creation|backoff|type' [, e last error]. backoff (b) is opaque to Lua and carried
+-- as is: 'base_ms:cap_ms:j:timeout_ms' (trailing parts optional), so the job's own
+-- timeout rides along.
+-- Entries written by hand with separate a/n/s/t/b/y fields are read too.
 local function fields_of(raw)
   local f = {}
   for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
@@ -52,10 +54,13 @@ local function bucket_level(key, rate, burst, now)
   return tokens
 end
 
--- Store a bucket's level after a take (the key lives a minute past its last use).
-local function bucket_store(key, tokens, now)
+-- Store a bucket's level after a take. A missing bucket reads as full, so the key may
+-- only expire once a full refill would have happened anyway (burst / rate after this
+-- write; 1 s of slack): an idle spell then never grants more than the rate did, and at
+-- most burst + rate x W tokens are taken in any window W.
+local function bucket_store(key, tokens, now, rate, burst)
   redis.call('HSET', key, 'tk', string.format('%.6f', tokens), 'ts', now)
-  redis.call('PEXPIRE', key, 60000)
+  redis.call('PEXPIRE', key, math.ceil(burst * 1000 / rate) + 1000)
 end
 
 -- Milliseconds until a bucket at this level holds one whole token.

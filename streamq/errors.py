@@ -1,7 +1,7 @@
 """The exceptions streamq raises, as one tree.
 
     StreamqError
-    ├── ConfigError            a setting is missing or malformed (names the setting)
+    ├── ConfigError(ValueError)  a setting or option is missing or malformed (names it)
     ├── RedisUnavailable       Redis cannot be reached / authenticated at a URL
     ├── QueueFull              Redis refused a write: maxmemory reached (OOM)
     ├── PayloadError(ValueError)  a payload cannot be encoded, is too large, or fails validation
@@ -24,7 +24,7 @@ class StreamqError(Exception):
     """Base class of every error streamq raises itself."""
 
 
-class ConfigError(StreamqError):
+class ConfigError(StreamqError, ValueError):
     """A setting is missing or malformed. The message names the setting, never a secret."""
 
 

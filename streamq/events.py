@@ -7,12 +7,16 @@ worker's loop, so keep them quick.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import structlog
+
+from .cancellation import cancelled_from_outside
+from .redact import redact_text
 
 EventName = Literal["active", "completed", "failed", "retrying", "dead", "stalled", "deferred"]
 EVENT_NAMES: tuple[str, ...] = ("active", "completed", "failed", "retrying", "dead", "stalled",
@@ -64,8 +68,15 @@ class Hooks:
                 if inspect.isawaitable(r):
                     await r
             except Exception as exc:  # a hook must never take the worker down
-                log.warning("hook.failed", event=event.name, queue=event.queue,
-                            job_id=event.job_id, error=f"{type(exc).__name__}: {exc}")
+                log.warning("hook.failed", hook=event.name, queue=event.queue,
+                            job_id=event.job_id,
+                            error=redact_text(f"{type(exc).__name__}: {exc}"))
+            except asyncio.CancelledError:
+                if cancelled_from_outside():
+                    raise
+                # a stray CancelledError of the hook's own (not the worker being cancelled)
+                log.warning("hook.failed", hook=event.name, queue=event.queue,
+                            job_id=event.job_id, error="CancelledError raised by the hook")
 
 
 @dataclass(frozen=True, slots=True)

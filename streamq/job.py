@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import enum
+import math
 import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from .errors import ConfigError
+from .validate import MAX_DELAY_S, int_value, seconds_value
 
 Priority = Literal["high", "normal", "low"]
 
@@ -26,8 +27,10 @@ class JobState(enum.StrEnum):
 class Backoff:
     """Exponential backoff: retry r (1-based) waits ``base * 2**(r-1)`` seconds.
 
-    ``cap`` bounds one delay; ``jitter`` draws the delay uniformly from [delay/2, delay].
-    Both are off by default, which gives exactly 2 s, 4 s, 8 s ... for base 2 s.
+    ``cap`` bounds one delay at any retry count; ``jitter`` draws the delay uniformly
+    from [delay/2, delay]. Both are off by default, which gives exactly 2 s, 4 s, 8 s ...
+    for base 2 s. Without a cap a delay never exceeds ``MAX_DELAY_S`` (10 years; the
+    worker's ``max_retry_delay``, 1 h by default, bounds it first).
     """
 
     base: float = 2.0
@@ -35,13 +38,21 @@ class Backoff:
     jitter: bool = False
 
     def __post_init__(self) -> None:
-        if self.base < 0 or (self.cap is not None and self.cap < 0):
-            raise ConfigError("backoff base and cap must be >= 0 seconds")
+        seconds_value("backoff base", self.base)
+        if self.cap is not None:
+            seconds_value("backoff cap", self.cap)
 
     def delay(self, retry: int, rng: random.Random | None = None) -> float:
-        d = self.base * 2.0 ** max(0, retry - 1)
-        if self.cap is not None:
-            d = min(d, self.cap)
+        limit = MAX_DELAY_S if self.cap is None else min(self.cap, MAX_DELAY_S)
+        exponent = max(0, retry - 1)
+        # base * 2**exponent > limit  <=>  exponent > log2(limit / base): decide before
+        # computing 2**exponent, which overflows a float after retry 1024
+        if self.base <= 0:
+            d = 0.0
+        elif limit <= 0 or exponent > math.log2(limit / self.base):
+            d = limit
+        else:
+            d = min(self.base * 2.0 ** exponent, limit)
         if self.jitter:
             d = float((rng or random).uniform(d / 2, d))
         return d
@@ -63,15 +74,51 @@ class Backoff:
         return cls(base=base, cap=cap, jitter=len(parts) > 2 and parts[2] == "j")
 
 
+def run_spec(backoff: str, timeout: float | None) -> str:
+    """The entry's ``b`` field: the backoff spec, then the job's own timeout (ms) as a
+    4th ``:``-part when it has one (``2000:::5000``). Lua carries ``b`` unchanged through
+    every transition (retry, release, reclaim, dead letter, replay); a worker that
+    predates timeouts reads the backoff and ignores the 4th part."""
+    if timeout is None:
+        return backoff
+    parts = backoff.split(":")
+    parts += [""] * (3 - len(parts))
+    return ":".join([*parts[:3], str(max(1, round(timeout * 1000)))])
+
+
+def parse_run_spec(text: str) -> tuple[Backoff, float | None]:
+    """``run_spec`` read back: (backoff, timeout in seconds or None)."""
+    parts = text.split(":")
+    timeout = int(parts[3]) / 1000 if len(parts) > 3 and parts[3] else None
+    return Backoff.decode(text), timeout
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JobOptions:
-    """Options of one job. ``None`` means: the queue's default."""
+    """Options of one job. ``None`` means: the queue's default (for ``timeout``: the
+    worker's ``job_timeout``). Checked when built: a bad value is a ``ConfigError``.
+
+    ``delay`` and ``timeout`` are seconds (or a ``timedelta``), at most ``MAX_DELAY_S``
+    (10 years). ``timeout`` bounds one attempt: when it runs out, the handler is
+    cancelled and the attempt fails with "timed out after N s" (retried like any failure).
+    """
 
     priority: Priority = "normal"
     delay: float | timedelta | None = None
     job_id: str | None = None
     attempts: int | None = None
     backoff: float | Backoff | None = None
+    timeout: float | timedelta | None = None
+
+    def __post_init__(self) -> None:
+        if self.delay is not None:
+            seconds_value("delay", self.delay)
+        if self.attempts is not None:
+            int_value("attempts", self.attempts, minimum=1)
+        if self.backoff is not None and not isinstance(self.backoff, Backoff):
+            seconds_value("backoff", self.backoff)
+        if self.timeout is not None:
+            seconds_value("timeout", self.timeout, positive=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +172,9 @@ class Job:
     """Seconds the handler ran (set when it returns or raises)."""
     partition: int = 0
     """The queue partition holding the entry (its transitions go there)."""
+    timeout: float | None = None
+    """Seconds this attempt may run before it is cut: the job's own ``JobOptions.timeout``,
+    else the worker's ``job_timeout``; None: no limit."""
 
     @property
     def created_at(self) -> datetime:

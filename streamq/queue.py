@@ -24,7 +24,7 @@ from .errors import ConfigError, PayloadError, RedisUnavailable
 from .events import QueueEvent, parse_events
 from .fanout import dead_bounds, each, id_key, merge_sorted, parse_ref, sum_counts
 from .fanout import read_events as read_merged_events
-from .job import Backoff, JobInfo, JobOptions, JobRef, JobState, Priority, ms_to_dt
+from .job import Backoff, JobInfo, JobOptions, JobRef, JobState, Priority, ms_to_dt, run_spec
 from .keys import GROUP, LANE_INDEX, PRIORITIES, QueueKeys, check_job_id, check_queue_name
 from .listing import JobPage, Payload, WorkerInfo, job_events, list_jobs, list_workers, read_payload
 from .partitions import Layout
@@ -202,6 +202,8 @@ class Queue:
             backoff = opts.backoff.encode()
         else:
             backoff = Backoff(base=float(opts.backoff)).encode()
+        if opts.timeout is not None:
+            backoff = run_spec(backoff, seconds(opts.timeout))
         payload = self.codec.encode(data)
         return job_id, [job_id, payload, lane, attempts, round(delay * 1000), backoff,
                         type_tag(data)]
@@ -215,18 +217,17 @@ class Queue:
                         [1, self.defaults.events_max, *args])
         return JobRef(job_id, self.name)
 
-    async def add_bulk(
-        self, items: Iterable[Any | tuple[Any, JobOptions | None]]
-    ) -> list[JobRef]:
+    async def add_bulk(self, items: Iterable[Any | tuple[Any, JobOptions]]) -> list[JobRef]:
         """Add many jobs, pipelined in chunks; every payload is validated before any is sent.
 
-        Items are payloads, or ``(payload, JobOptions)`` pairs. Returns refs in order.
+        Each item is a payload, exactly as ``add`` takes it, or a ``(payload, JobOptions)``
+        pair: a 2-tuple whose second element IS a ``JobOptions`` instance (which is not
+        msgpack-able, so no payload looks like one). Any other value, ``("a", None)``
+        included, is a payload. Returns refs in order.
         """
         prepared: list[tuple[str, list[ArgT]]] = []
         for item in items:
-            if isinstance(item, tuple) and len(item) == 2 and (
-                item[1] is None or isinstance(item[1], JobOptions)
-            ):
+            if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], JobOptions):
                 prepared.append(self._job_args(item[0], item[1]))
             else:
                 prepared.append(self._job_args(item, None))
@@ -337,8 +338,7 @@ class Queue:
                 "cancel",
                 [*k.lanes, k.events, k.delayed, k.delayed_data, k.stats, k.moves,
                  k.bucket(job_id), k.job(job_id)],
-                [GROUP, job_id, round(self.defaults.failed_ttl_s * 1000),
-                 self.defaults.events_max],
+                [GROUP, job_id, self.defaults.failed_ttl_ms, self.defaults.events_max],
             ))
             if r != 0:  # cancelled (1), or found running (-1): either way it was here
                 return r == 1

@@ -24,6 +24,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import ConfigError
+from .validate import int_value, seconds_value
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -41,7 +42,12 @@ MAX_BLOCK_MS = 2000
 
 
 class QueueDefaults(msgspec.Struct, frozen=True, kw_only=True):
-    """Per-queue defaults (seed: attempts 3, backoff 2 s, completed 24 h, failed 7 days)."""
+    """Per-queue defaults (seed: attempts 3, backoff 2 s, completed 24 h, failed 7 days).
+
+    Checked when built (a bad value is a ``ConfigError`` naming the field). A TTL of 0
+    keeps no record: the job is still counted, its events written and its hooks called,
+    but ``get_job`` answers None once it has finished (a dead letter is still kept).
+    """
 
     attempts: int = 3
     backoff_s: float = 2.0
@@ -55,6 +61,31 @@ class QueueDefaults(msgspec.Struct, frozen=True, kw_only=True):
     events_max: int = 2_000
     """Entries (approximate) kept in the queue's events stream; 0 turns events off. The
     batch transitions write one entry per 100 jobs, so memory stays under ~5 MB."""
+
+    def __post_init__(self) -> None:
+        int_value("QueueDefaults.attempts", self.attempts, minimum=1)
+        seconds_value("QueueDefaults.backoff_s", self.backoff_s)
+        seconds_value("QueueDefaults.completed_ttl_s", self.completed_ttl_s)
+        seconds_value("QueueDefaults.failed_ttl_s", self.failed_ttl_s)
+        # Redis refuses a bulk string over 512 MB (proto-max-bulk-len)
+        int_value("QueueDefaults.max_payload_bytes", self.max_payload_bytes, minimum=1,
+                  maximum=512 * 1024 * 1024)
+        int_value("QueueDefaults.dead_letter_max", self.dead_letter_max, minimum=1)
+        int_value("QueueDefaults.events_max", self.events_max, minimum=0)
+
+    @property
+    def completed_ttl_ms(self) -> int:
+        """completed_ttl_s for the Lua scripts: 0 = keep no record, else at least 1 ms."""
+        return _ttl_ms(self.completed_ttl_s)
+
+    @property
+    def failed_ttl_ms(self) -> int:
+        """failed_ttl_s for the Lua scripts: 0 = keep no record, else at least 1 ms."""
+        return _ttl_ms(self.failed_ttl_s)
+
+
+def _ttl_ms(ttl_s: float) -> int:
+    return 0 if ttl_s <= 0 else max(1, round(ttl_s * 1000))
 
 
 def seconds(value: float | int | timedelta | None) -> float:

@@ -40,13 +40,15 @@ from redis.exceptions import RedisError, ResponseError
 from ..connection import translate_redis_errors
 from ..errors import Defer, PayloadError, PermanentError, RetryAfter, StreamqError
 from ..events import Callback, EventName, Hooks, WorkerEvent
-from ..job import Backoff, Job
+from ..job import Backoff, Job, parse_run_spec
 from ..keys import GROUP, PRIORITIES, QueueKeys
 from ..queue import Queue
 from ..redact import redact_text, redact_url
 from ..scripts import ScriptRunner
 from ..settings import MAX_BLOCK_MS, make_redis
+from .attempt import AttemptFailed, AttemptTimedOut, run_attempt
 from .hold import FetchHold
+from .options import check_worker_options
 from .partitioned import PartitionedFetch
 
 Handler = Callable[[Job], Awaitable[Any]]
@@ -60,9 +62,8 @@ FLUSH_BATCH = 500
 def _one_line(exc: BaseException) -> str:
     text = str(exc).replace("\r", " ").replace("\n", " ").strip()
     name = type(exc).__name__
-    msg = f"{name}: {text}" if text and not isinstance(exc, PermanentError | PayloadError) else (
-        text or name
-    )
+    msg = f"{name}: {text}" if text and not isinstance(
+        exc, PermanentError | PayloadError | AttemptFailed) else (text or name)
     if isinstance(exc, PayloadError):
         return msg[:MAX_ERROR_CHARS]  # our own words (sizes, decode errors): no personal data
     return redact_text(msg)[:MAX_ERROR_CHARS]
@@ -74,8 +75,9 @@ def _type_name(raw: bytes) -> str | None:
 
 
 @lru_cache(maxsize=64)
-def _backoff(spec: bytes) -> Backoff:
-    return Backoff.decode(spec.decode())
+def _run_spec(spec: bytes) -> tuple[Backoff, float | None]:
+    """The entry's b field: backoff and the job's own timeout (None: the worker's)."""
+    return parse_run_spec(spec.decode())
 
 
 def _text(v: Any) -> str:
@@ -101,15 +103,14 @@ class Worker:
         max_retry_delay: float = 3600.0,
         consumer_prune_after: float = 3600.0,
         name: str | None = None,
+        job_timeout: float | None = None,
     ) -> None:
-        if concurrency < 1:
-            raise ValueError("concurrency must be >= 1")
-        if rate_limit is not None and rate_limit <= 0:
-            raise ValueError("rate_limit must be > 0 jobs/s, or None for no limit")
-        if visibility_timeout <= 0:
-            raise ValueError("visibility_timeout must be > 0 seconds")
-        if max_stalled < 1:
-            raise ValueError("max_stalled must be >= 1")
+        check_worker_options(
+            concurrency=concurrency, rate_limit=rate_limit, burst=burst,
+            visibility_timeout=visibility_timeout, heartbeat_interval=heartbeat_interval,
+            reclaim_interval=reclaim_interval, max_stalled=max_stalled,
+            shutdown_grace=shutdown_grace, max_retry_delay=max_retry_delay,
+            consumer_prune_after=consumer_prune_after, name=name, job_timeout=job_timeout)
         self.queue = queue
         self.handler = handler
         self.concurrency = concurrency
@@ -122,6 +123,8 @@ class Worker:
         self.shutdown_grace = shutdown_grace
         self.max_retry_delay = max_retry_delay
         self.consumer_prune_after = consumer_prune_after
+        self.job_timeout = None if job_timeout is None else float(job_timeout)
+        """Seconds an attempt of a job without its own ``JobOptions.timeout`` may run."""
         self.consumer = name or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.hooks = Hooks()
         self.fetch_hold = FetchHold(queue.name)
@@ -136,6 +139,8 @@ class Worker:
         self._ready_event = anyio.Event()
         # keyed by the Job object: entry ids repeat across the three lanes
         self._running: dict[int, Job] = {}
+        # running jobs with a timeout: when (anyio clock) they are cut; heartbeats stop then
+        self._cut_at: dict[int, float] = {}
         self._done: list[tuple[Job, Any]] = []
         self._done_event = anyio.Event()
         self._unacked: dict[int, Job] = {}
@@ -228,6 +233,13 @@ class Worker:
                 await self._release(self._take_unstarted() + self._interrupted, "shutdown")
                 await self._flush_now()
                 upkeep.cancel_scope.cancel()
+            if not self._stopping:
+                # every way out of the loops above starts with stop(); getting here without
+                # it means a task group absorbed a stray CancelledError of its own tasks
+                raise RuntimeError(
+                    f"worker of queue {self.queue.name!r} stopped unexpectedly: a task "
+                    "ended with a CancelledError no one asked for; unfinished jobs are "
+                    "taken over by other workers after the visibility timeout")
         finally:
             self.healthy = False
             if self._redis is not None:
@@ -398,6 +410,7 @@ class Worker:
         return the ones taken over from a dead or silent worker."""
         qname = self.queue.name
         ready = self._ready
+        job_timeout = self.job_timeout
         taken_over: list[Job] = []
         for i in range(0, len(claimed), 5):
             lane = int(claimed[i])
@@ -419,10 +432,12 @@ class Worker:
                         a, n, st, t, b = f[b"a"], f[b"n"], f[b"s"], f[b"t"], f[b"b"]
                         y = f.get(b"y", b"")
                 enqueued = int(entry_id.partition("-")[0])
+                backoff, timeout = _run_spec(b)
                 job = Job(job_id.decode(), data, int(n) + 1, int(a), qname,
                           PRIORITIES[lane],  # type: ignore[arg-type]
-                          enqueued - int(t), enqueued, _backoff(b), lane, entry_id,
-                          max(stalls, int(st)), _type_name(y))
+                          enqueued - int(t), enqueued, backoff, lane, entry_id,
+                          max(stalls, int(st)), _type_name(y),
+                          timeout=job_timeout if timeout is None else timeout)
             except (KeyError, ValueError, IndexError, UnicodeDecodeError):
                 f = dict(zip(raw[::2], raw[1::2], strict=False))
                 job = Job(id=_text(f.get(b"j", b"")) or "?malformed", data=_MalformedEntry(),
@@ -524,6 +539,8 @@ class Worker:
                           error=_one_line(exc))
             finally:
                 del self._running[id(job)]
+                if job.timeout is not None:
+                    self._cut_at.pop(id(job), None)
                 self._free += 1
                 self._slot_freed.set()
                 self.fetch_hold.finished(job)
@@ -549,11 +566,20 @@ class Worker:
         job.wait_s = max(0.0, time.time() - job.enqueued_ms / 1000)
         if self.hooks.wants("active"):
             await self.hooks.emit(self._event("active", job))
+        if job.timeout is not None:
+            self._cut_at[id(job)] = anyio.current_time() + job.timeout
         t0 = time.perf_counter()
         try:
-            result = await self.handler(job)
+            # a CancelledError out of here is the worker's own (shutdown): the stray one
+            # of a handler comes out as HandlerCancelled, a failed attempt
+            result = await run_attempt(self.handler, job, job.timeout)
         except anyio.get_cancelled_exc_class():
             raise
+        except AttemptTimedOut as exc:
+            job.run_s = time.perf_counter() - t0
+            log.warning("job.timed_out", queue=self.queue.name, job_id=job.id,
+                        attempt=job.attempt, timeout=exc.timeout)
+            await self._failed(job, exc, retry=True)
         except PermanentError as exc:
             job.run_s = time.perf_counter() - t0
             await self._failed(job, exc, retry=False)
@@ -632,7 +658,7 @@ class Worker:
             "dead_letter",
             [*k.lanes, k.events, k.dead, k.stats, k.moves, k.bucket(job.id), k.job(job.id)],
             [GROUP, self.consumer, job.lane, job.entry_id, job.id, error,
-             round(q.defaults.failed_ttl_s * 1000), made, q.defaults.dead_letter_max,
+             q.defaults.failed_ttl_ms, made, q.defaults.dead_letter_max,
              q.defaults.events_max, 1 if attempt_failed else 0],
         )
         if r is None or r == 0 or r == b"0":
@@ -708,7 +734,7 @@ class Worker:
     async def _flush_batch(self, batch: list[tuple[Job, Any]], k: QueueKeys) -> None:
         """One fenced ``complete`` call for jobs of one partition."""
         q = self.queue
-        args: list[Any] = [GROUP, self.consumer, round(q.defaults.completed_ttl_s * 1000),
+        args: list[Any] = [GROUP, self.consumer, q.defaults.completed_ttl_ms,
                            len(batch), q.defaults.events_max,
                            2 * self.concurrency + 2 * FLUSH_BATCH,
                            q.defaults.completed_index_max]
@@ -740,7 +766,13 @@ class Worker:
     async def _heartbeat_loop(self) -> None:
         while True:
             await anyio.sleep(self.heartbeat_interval)
-            running = list(self._running.values()) + list(self._unacked.values())
+            running = list(self._running.values())
+            if self._cut_at:
+                # an attempt past its timeout is kept no longer, even if its handler ignores
+                # the cut: its entry is then taken over after the visibility timeout
+                now = anyio.current_time()
+                running = [j for j in running if self._cut_at.get(id(j), now + 1) > now]
+            running += list(self._unacked.values())
             for p, jobs in self._by_partition(running).items():
                 await self._heartbeat(self._keys(p), jobs)
 

@@ -1,0 +1,66 @@
+"""One run of a handler: its per-job timeout, and stray cancellations turned into failures.
+
+``run_attempt`` awaits the handler. What it raises tells the worker how the attempt ended:
+
+- the handler's value: success;
+- ``AttemptTimedOut``: the attempt ran past its timeout and was cut (a failed attempt);
+- ``HandlerCancelled``: the handler raised ``CancelledError`` although the worker was
+  not cancelling it (a failed attempt, so a poison job cannot stop a worker);
+- the handler's own exception: a failed attempt;
+- ``CancelledError``: the worker itself is being cancelled (shutdown cut, stop): the
+  attempt was interrupted, not failed, and the error propagates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+
+from ..cancellation import cancelled_from_outside
+from ..job import Job
+
+
+class AttemptFailed(Exception):
+    """An attempt ended by the worker's judgement, not by an exception of the handler's
+    own type; the message is the job's one-line error."""
+
+
+class AttemptTimedOut(AttemptFailed):
+    def __init__(self, timeout: float) -> None:
+        super().__init__(f"timed out after {timeout:g}s")
+        self.timeout = timeout
+
+
+class HandlerCancelled(AttemptFailed):
+    def __init__(self) -> None:
+        super().__init__("CancelledError raised by the handler (not a worker cancellation)")
+
+
+async def run_attempt(handler: Callable[[Job], Awaitable[Any]], job: Job,
+                      cut_after: float | None) -> Any:
+    """Await ``handler(job)``, cut after ``cut_after`` seconds (None: no limit)."""
+    cancelled = anyio.get_cancelled_exc_class()
+    if cut_after is None:
+        try:
+            return await handler(job)
+        except cancelled:
+            if cancelled_from_outside():
+                raise
+            raise HandlerCancelled() from None
+    with anyio.CancelScope(deadline=anyio.current_time() + cut_after):
+        try:
+            return await handler(job)
+        except cancelled:
+            if cancelled_from_outside():
+                # our deadline (the scope swallows its own cancellation: we go on below)
+                # or the worker's own cut (it propagates through the scope)
+                raise
+            raise HandlerCancelled() from None
+    # only reached when the scope swallowed its deadline's cancellation (a handler that
+    # returns, even late, returns from inside the scope)
+    raise AttemptTimedOut(cut_after)
+
+
+__all__ = ["AttemptFailed", "AttemptTimedOut", "HandlerCancelled", "run_attempt"]
