@@ -150,7 +150,7 @@ async def test_t9_memory_stays_flat_under_a_steady_load(tmp_path: Path) -> None:
                 i = 0
                 t0 = time.monotonic()
                 while time.monotonic() - t0 < 9:
-                    await q.add_bulk([({"b": "y" * 500}, None) for _ in range(10)])
+                    await q.add_bulk([{"b": "y" * 500} for _ in range(10)])
                     i += 10
                     await anyio.sleep(max(0.0, t0 + i / 300 - time.monotonic()))
 
