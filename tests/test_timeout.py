@@ -86,6 +86,34 @@ async def test_timed_out_attempts_are_retried_and_the_retry_can_succeed(
         assert info is not None and info.state is JobState.COMPLETED and info.attempts == 3
 
 
+async def test_a_handler_that_returns_after_the_cut_has_finished(
+    redis_url: str, queue_name: str
+) -> None:
+    """A handler that catches the cancellation and returns has done its work: its result
+    counts (as with anyio's move_on_after and asyncio.timeout)."""
+    async with Queue(queue_name, redis_url=redis_url) as q:
+        ref = await q.add({}, JobOptions(timeout=0.1, attempts=1))
+        results: list[Any] = []
+
+        async def handler(job: Job) -> str:
+            try:
+                await anyio.sleep(30)
+            except anyio.get_cancelled_exc_class():
+                return "partial"
+            return "full"
+
+        w = Worker(q, handler, rate_limit=None)
+        w.on("completed", lambda e: results.append(e.result))
+        async with running(w):
+            await wait_until(lambda: results, timeout=5)
+            # and the worker is not left cancelled: it goes on with the next job
+            await q.add({}, JobOptions(timeout=0.1))
+            await wait_until(lambda: len(results) == 2, timeout=5)
+        assert results == ["partial", "partial"]
+        info = await q.get_job(ref.job_id)
+        assert info is not None and info.state is JobState.COMPLETED
+
+
 async def test_worker_default_applies_only_to_jobs_without_their_own(
     redis_url: str, queue_name: str
 ) -> None:
