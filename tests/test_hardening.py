@@ -269,8 +269,11 @@ async def test_rate_limit_window_bound_holds_across_a_real_expiry(
         starts: list[tuple[float, int]] = []
 
         async def claim() -> None:
-            sec, usec = await q.redis.time()
-            starts.append((sec + usec / 1e6, len(await w.claim_now(100))))
+            got = len(await w.claim_now(100))
+            # the claim's own Redis time, as it wrote it into the bucket (ms)
+            ts = await q.redis.hget(q.keys.limiter, "ts")
+            assert ts is not None
+            starts.append((float(ts) / 1000, got))
 
         async def claim_for(seconds: float) -> None:
             with anyio.move_on_after(seconds):
@@ -427,8 +430,9 @@ async def test_job_info_counts_take_overs_in_place(redis_url: str, queue_name: s
             if job.attempt == 1:
                 raise RuntimeError("fail once")
 
-        async with running(Worker(q, handler, rate_limit=None, visibility_timeout=0.05,
-                                  reclaim_interval=0.05)):
+        # one slot: the worker cannot take its own running entry over as well
+        async with running(Worker(q, handler, concurrency=1, rate_limit=None,
+                                  visibility_timeout=0.05, reclaim_interval=0.05)):
             await wait_until(lambda: len(seen) == 1, timeout=5)
             delayed = await q.get_job(ref.job_id)
             await wait_until(lambda: len(seen) == 2, timeout=5)

@@ -50,11 +50,11 @@ async def test_a_timed_out_attempt_is_cut_and_dead_lettered(redis_url: str, queu
         t0 = time.monotonic()
         async with running(w):
             await wait_until(lambda: _count(q, "dead"), timeout=5)
-        assert time.monotonic() - t0 < 3
+        assert time.monotonic() - t0 < 10  # far below the handler's 30 s: it was cut
         assert cleanup == ["cancelled"]
         assert [(e.name, e.error) for e in events] == [("failed", "timed out after 0.2s"),
                                                        ("dead", "timed out after 0.2s")]
-        assert events[0].run_s is not None and 0.15 < events[0].run_s < 1.5
+        assert events[0].run_s is not None and 0.15 < events[0].run_s < 5
         info = await q.get_job(ref.job_id)
         assert info is not None and info.state is JobState.FAILED
         assert (info.attempts, info.error) == (1, "timed out after 0.2s")
@@ -159,7 +159,7 @@ async def test_timeout_longer_than_the_visibility_timeout_runs_each_attempt_once
     """Heartbeats keep the entry until the timeout cuts the attempt: no second worker
     takes it over meanwhile, and each attempt runs exactly once."""
     async with Queue(queue_name, redis_url=redis_url) as q:
-        ref = await q.add({}, JobOptions(timeout=0.8, attempts=2, backoff=Backoff(base=0.01)))
+        ref = await q.add({}, JobOptions(timeout=1.2, attempts=2, backoff=Backoff(base=0.01)))
         runs: list[tuple[int, str]] = []
         stalled: list[str] = []
 
@@ -169,7 +169,7 @@ async def test_timeout_longer_than_the_visibility_timeout_runs_each_attempt_once
                 await anyio.sleep(30)
             return handler
 
-        workers = [Worker(q, make(n), rate_limit=None, visibility_timeout=0.2,
+        workers = [Worker(q, make(n), rate_limit=None, visibility_timeout=0.5,
                           reclaim_interval=0.05, name=n) for n in ("w1", "w2")]
         for w in workers:
             w.on("stalled", lambda e: stalled.append(e.job_id))
@@ -179,7 +179,7 @@ async def test_timeout_longer_than_the_visibility_timeout_runs_each_attempt_once
         assert stalled == []
         info = await q.get_job(ref.job_id)
         assert info is not None and (info.attempts, info.stalls) == (2, 0)
-        assert info.error == "timed out after 0.8s"
+        assert info.error == "timed out after 1.2s"
 
 
 async def test_heartbeats_stop_for_an_attempt_past_its_timeout(
@@ -256,7 +256,7 @@ async def test_grace_cut_before_the_timeout_hands_the_job_back(
     redis_url: str, queue_name: str
 ) -> None:
     async with Queue(queue_name, redis_url=redis_url) as q:
-        ref = await q.add({}, JobOptions(timeout=10, attempts=1))
+        ref = await q.add({}, JobOptions(timeout=30, attempts=1))
         started = anyio.Event()
 
         async def hang(job: Job) -> None:
@@ -269,7 +269,7 @@ async def test_grace_cut_before_the_timeout_hands_the_job_back(
             tg.start_soon(w.run)
             await started.wait()
             await w.close()
-        assert time.monotonic() - t0 < 3
+        assert time.monotonic() - t0 < 10  # the 0.2 s grace, not the 30 s timeout
         info = await q.get_job(ref.job_id)
         assert info is not None and info.state is JobState.WAITING
         assert (info.attempts, info.error) == (0, None)
@@ -289,14 +289,14 @@ async def test_timeout_during_the_grace_period_is_a_failed_attempt(
             await anyio.sleep(30)
 
         retrying: list[str | None] = []
-        w = Worker(q, hang, rate_limit=None, shutdown_grace=10)
+        w = Worker(q, hang, rate_limit=None, shutdown_grace=30)
         w.on("retrying", lambda e: retrying.append(e.error))
         t0 = time.monotonic()
         async with anyio.create_task_group() as tg:
             tg.start_soon(w.run)
             await started.wait()
             await w.close()
-        assert time.monotonic() - t0 < 3  # not the 10 s grace
+        assert time.monotonic() - t0 < 10  # not the 30 s grace
         assert retrying == ["timed out after 0.4s"]
         info = await q.get_job(ref.job_id)
         assert info is not None and info.state in (JobState.DELAYED, JobState.WAITING)
