@@ -430,9 +430,11 @@ async def test_job_info_counts_take_overs_in_place(redis_url: str, queue_name: s
             if job.attempt == 1:
                 raise RuntimeError("fail once")
 
-        # one slot: the worker cannot take its own running entry over as well
+        # one slot: the worker cannot take its own running entry over as well; vt 0.5 s:
+        # it takes ghost1's entry over once that is idle 0.5 s, and a load spike cannot
+        # make its own running entry look stalled
         async with running(Worker(q, handler, concurrency=1, rate_limit=None,
-                                  visibility_timeout=0.05, reclaim_interval=0.05)):
+                                  visibility_timeout=0.5, reclaim_interval=0.05)):
             await wait_until(lambda: len(seen) == 1, timeout=5)
             delayed = await q.get_job(ref.job_id)
             await wait_until(lambda: len(seen) == 2, timeout=5)
