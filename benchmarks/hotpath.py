@@ -1,4 +1,4 @@
-"""``python -m benchmarks.hotpath [--jobs 20000] [--rounds 5] [--job-timeout S]``
+"""``python benchmarks/hotpath.py [--jobs 20000] [--rounds 5] [--job-timeout S]``
 
 The engine's hot path alone, in one process on a private redis-server: ``add`` one by
 one, ``add_bulk``, and one worker draining no-op jobs at concurrency 50 (and 5). Prints
@@ -7,11 +7,12 @@ other processes only ever slow a round down), and the worker's CPU time per drai
 (``drain_c50_cpu_us``: this process's CPU, which other processes' load barely moves).
 
 To compare two trees (e.g. main and a branch) run it alternately with each on
-``PYTHONPATH``, several times, on the same machine:
+``PYTHONPATH`` (run as a script, so the other tree needs no copy of it), several
+times, on the same machine:
 
     for i in 1 2 3; do
-      PYTHONPATH=/path/to/main python -m benchmarks.hotpath
-      PYTHONPATH=.             python -m benchmarks.hotpath
+      PYTHONPATH=/path/to/main python benchmarks/hotpath.py
+      PYTHONPATH=.             python benchmarks/hotpath.py
     done
 
 ``--job-timeout`` gives the worker a ``job_timeout`` (trees that have per-job timeouts),
@@ -104,7 +105,7 @@ async def _main(jobs: int, rounds: int, job_timeout: float | None) -> dict[str, 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.hotpath", description=__doc__,
+    p = argparse.ArgumentParser(prog="benchmarks/hotpath.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--jobs", type=int, default=20_000)
     p.add_argument("--rounds", type=int, default=5)
