@@ -1,7 +1,8 @@
 #!lua flags=allow-oom
 --[[ defer: put a job back for later WITHOUT using an attempt ("not now"), fenced by
   ownership. Moves the entry from its lane to the delayed set, due after delay ms on the
-  Redis clock, with its failure count, stalls and last error unchanged; the claim script
+  Redis clock, with its failure count, stalls (take-overs in place included), last error
+  and b (backoff and the job's own timeout) unchanged; the claim script
   promotes it back to the same lane when due. For handlers that find a dependency
   unavailable before doing any work (e.g. every SMS provider's circuit breaker is open).
   allow-oom: it moves, not grows, data.
@@ -37,9 +38,11 @@ local f = fields_of(r[1][2])
 local now = now_ms()
 local due = now + tonumber(ARGV[6])
 local created = tonumber(string.match(id, '^(%d+)')) - (tonumber(f['t']) or 0)
+-- stalls so far: earlier runs' plus this entry's take-overs in place (deliveries after the first)
+local stalls = (tonumber(f['s']) or 0) + math.max(0, tonumber(p[1][4]) - 1)
 redis.call('XDEL', lane, id)
 redis.call('HSET', ddata, job_id, cmsgpack.pack({job_id, f['d'] or '', f['a'] or '1',
-  tonumber(f['n']) or 0, f['s'] or 0, created, f['b'] or '', lane_no, f['e'] or '', f['y'] or ''}))
+  tonumber(f['n']) or 0, stalls, created, f['b'] or '', lane_no, f['e'] or '', f['y'] or ''}))
 local first = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
 redis.call('ZADD', delayed, due, job_id)
 redis.call('HSET', bucket, job_id, 'd')

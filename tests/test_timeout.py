@@ -18,7 +18,17 @@ from typing import Any
 import anyio
 import pytest
 
-from streamq import Backoff, ConfigError, Job, JobOptions, JobState, Queue, Worker, WorkerEvent
+from streamq import (
+    Backoff,
+    ConfigError,
+    Defer,
+    Job,
+    JobOptions,
+    JobState,
+    Queue,
+    Worker,
+    WorkerEvent,
+)
 from streamq.keys import GROUP
 from tests.support.util import ROOT, running, wait_until
 
@@ -361,3 +371,23 @@ def test_the_documented_example_runs(redis_url: str, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == (
         "['completed', 'completed', 'completed', 'dead: timed out after 0.2s']")
+
+
+async def test_timeout_survives_a_defer(redis_url: str, queue_name: str) -> None:
+    """Defer (not now, no attempt used) rebuilds the entry in the delayed set: the job's
+    own timeout goes with it."""
+    async with Queue(queue_name, redis_url=redis_url) as q:
+        ref = await q.add({}, JobOptions(timeout=0.15, attempts=1))
+        seen: list[tuple[int, float | None]] = []
+
+        async def handler(job: Job) -> None:
+            seen.append((job.attempt, job.timeout))
+            if len(seen) == 1:
+                raise Defer(0.01, "not now")
+            await anyio.sleep(30)
+
+        async with running(Worker(q, handler, rate_limit=None, job_timeout=9)):
+            await wait_until(lambda: _count(q, "dead"), timeout=5)
+        assert seen == [(1, 0.15), (1, 0.15)]
+        info = await q.get_job(ref.job_id)
+        assert info is not None and info.error == "timed out after 0.15s"
