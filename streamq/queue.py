@@ -47,6 +47,8 @@ from .settings import (
 _ID_TABLE = bytes(ord("a") + i % 26 for i in range(256))
 # jobs per enqueue call in add_bulk, and calls per pipeline round trip (well under 1 MB)
 BULK_CHUNK = 500
+# what a job without options gets (frozen, checked once: add_bulk builds none per job)
+_NO_OPTIONS = JobOptions()
 
 
 def new_job_id() -> str:
@@ -185,7 +187,7 @@ class Queue:
 
     # -- adding ---------------------------------------------------------------------
     def _job_args(self, data: Any, options: JobOptions | None) -> tuple[str, list[ArgT]]:
-        opts = options or JobOptions()
+        opts = options or _NO_OPTIONS
         lane = LANE_INDEX.get(opts.priority)
         if lane is None:
             raise ConfigError(f"priority {opts.priority!r} is invalid: use one of {PRIORITIES}")
