@@ -7,7 +7,8 @@
   that keeps at most burst + rate x W job starts in any window of W seconds, across
   partitions and processes. allow-oom: workers must drain a full Redis.
 
-  KEYS[1] limiter   HASH  tk (tokens), ts (ms, Redis clock); shared.lua's bucket
+  KEYS[1] limiter   HASH  tk (tokens), ts (ms, Redis clock); shared.lua's bucket (expires
+                    burst / rate (+1 s) after its last write, when it would be full anyway)
   ARGV[1] rate (jobs/s, > 0)   ARGV[2] burst (tokens)   ARGV[3] wanted (>= 0)
   ARGV[4] handed back (>= 0: tokens granted earlier that no job used)
   Returns: {granted, wait_ms}: granted >= 1 with wait 0; or 0 with the ms until the next
@@ -27,5 +28,5 @@ if granted < 1 then
     wait = bucket_wait_ms(tokens, rate)
   end
 end
-bucket_store(limiter, tokens - granted, now)
+bucket_store(limiter, tokens - granted, now, rate, burst)
 return {granted, wait}

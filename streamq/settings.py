@@ -71,6 +71,7 @@ class QueueDefaults(msgspec.Struct, frozen=True, kw_only=True):
         int_value("QueueDefaults.max_payload_bytes", self.max_payload_bytes, minimum=1,
                   maximum=512 * 1024 * 1024)
         int_value("QueueDefaults.dead_letter_max", self.dead_letter_max, minimum=1)
+        int_value("QueueDefaults.completed_index_max", self.completed_index_max, minimum=0)
         int_value("QueueDefaults.events_max", self.events_max, minimum=0)
 
     @property

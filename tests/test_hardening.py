@@ -256,6 +256,25 @@ async def test_rate_limit_bucket_never_expires_before_a_full_refill(
         assert await q.redis.pttl(q.keys.limiter) <= burst / rate * 1000 + 1000
 
 
+# The same bucket, taken by a partitioned queue's workers through take_tokens (its claims
+# run in other slots): before, it too expired a minute after its last use.
+@pytest.mark.parametrize(("rate", "burst"), [(1.0, 100.0), (0.01, 5.0)])
+async def test_partitioned_queue_bucket_never_expires_before_a_full_refill(
+    redis_url: str, queue_name: str, rate: float, burst: float
+) -> None:
+    async with Queue(queue_name, redis_url=redis_url, partitions=3) as q:
+        await q.connect()
+        limiter = q.keys.limiter  # the queue's home slot holds the queue-wide bucket
+        granted, _ = await q.scripts("take_tokens", [limiter], [rate, burst, 1000, 0])
+        assert granted == int(burst)
+        tokens, full = await _bucket_full_at_expiry(q, rate, burst)
+        assert tokens >= full, f"the bucket vanishes holding {tokens:.2f} of {full} tokens"
+        granted, wait = await q.scripts("take_tokens", [limiter], [rate, burst, 5, 0])
+        assert granted == 0 and wait > 0
+        tokens, full = await _bucket_full_at_expiry(q, rate, burst)
+        assert tokens >= full, f"the bucket vanishes holding {tokens:.2f} of {full} tokens"
+
+
 async def test_rate_limit_window_bound_holds_across_a_real_expiry(
     redis_url: str, queue_name: str
 ) -> None:
@@ -338,6 +357,7 @@ async def test_failed_ttl_zero_keeps_no_record_but_counts_events_and_hooks(
     ("failed_ttl_s", -0.001), ("failed_ttl_s", math.inf),
     ("max_payload_bytes", 0), ("max_payload_bytes", 2**40),
     ("dead_letter_max", 0), ("events_max", -1), ("events_max", "100"),
+    ("completed_index_max", -1), ("completed_index_max", 1.5),
 ])
 def test_queue_defaults_refuse_bad_values_at_construction(field: str, value: Any) -> None:
     with pytest.raises(ConfigError, match=f"QueueDefaults.{field}") as info:

@@ -391,3 +391,30 @@ async def test_timeout_survives_a_defer(redis_url: str, queue_name: str) -> None
         assert seen == [(1, 0.15), (1, 0.15)]
         info = await q.get_job(ref.job_id)
         assert info is not None and info.error == "timed out after 0.15s"
+
+
+async def test_timeouts_on_a_partitioned_queue(redis_url: str, queue_name: str) -> None:
+    """Each partition's entries carry their jobs' timeouts; the worker's default applies
+    to the others, whichever partition they live in."""
+    async with Queue(queue_name, redis_url=redis_url, partitions=3) as q:
+        own = [await q.add({"i": i}, JobOptions(timeout=0.1, attempts=1, job_id=f"own{i}"))
+               for i in range(6)]
+        plain = [await q.add({"i": i}, JobOptions(attempts=1, job_id=f"plain{i}"))
+                 for i in range(6)]
+        seen: dict[str, tuple[int, float | None]] = {}
+
+        async def handler(job: Job) -> None:
+            seen[job.id] = (job.partition, job.timeout)
+            if job.id.startswith("own"):
+                await anyio.sleep(30)
+
+        async with running(Worker(q, handler, rate_limit=None, job_timeout=4)):
+            await wait_until(lambda: _has(q, "dead", 6), timeout=10)
+            await wait_until(lambda: _has(q, "completed", 6), timeout=10)
+        assert {t for _, t in seen.values()} == {0.1, 4.0}
+        assert {seen[r.job_id][1] for r in own} == {0.1}
+        assert {seen[r.job_id][1] for r in plain} == {4.0}
+        assert len({p for p, _ in seen.values()}) > 1  # they did spread over partitions
+        for r in own:
+            info = await q.get_job(r.job_id)
+            assert info is not None and info.error == "timed out after 0.1s"

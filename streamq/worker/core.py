@@ -437,7 +437,7 @@ class Worker:
                 job = Job(job_id.decode(), data, int(n) + 1, int(a), qname,
                           PRIORITIES[lane],  # type: ignore[arg-type]
                           enqueued - int(t), enqueued, backoff, lane, entry_id,
-                          max(stalls, int(st)), _type_name(y), 0.0, 0.0,
+                          max(stalls, int(st)), _type_name(y), 0.0, 0.0, partition,
                           job_timeout if timeout is None else timeout)  # all positional: faster
             except (KeyError, ValueError, IndexError, UnicodeDecodeError):
                 f = dict(zip(raw[::2], raw[1::2], strict=False))
@@ -449,7 +449,7 @@ class Worker:
             if oversize:
                 job.data = _Oversize(oversize)
             if partition:
-                job.partition = partition
+                job.partition = partition  # (a malformed entry's Job was built without it)
             if stalls:
                 taken_over.append(job)
             self._free -= 1
