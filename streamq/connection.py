@@ -5,7 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from redis.exceptions import AuthenticationError, AuthorizationError, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    NoPermissionError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -26,11 +31,15 @@ def translate_redis_errors(url: str) -> Iterator[None]:
         raise RedisUnavailable(f"Redis unreachable at {redact_url(url)}: {exc}") from None
     except RedisTimeoutError as exc:
         raise RedisUnavailable(f"Redis timed out at {redact_url(url)}: {exc}") from None
+    except NoPermissionError as exc:
+        # redis-py strips the NOPERM prefix of this reply ("this user has no permissions...")
+        raise RedisUnavailable(f"Redis refused access at {redact_url(url)}: NOPERM {exc}") from None
     except ResponseError as exc:
         text = str(exc)
         if text.startswith("OOM") or "maxmemory" in text:
             raise QueueFull(f"Redis out of memory (maxmemory) at {redact_url(url)}") from None
-        if text.startswith(("NOPERM", "WRONGPASS", "NOAUTH")):
+        if text.startswith(("NOPERM", "WRONGPASS", "NOAUTH")) or "user executing the script" in text:
+            # the last: a command inside a Lua transition that the ACL user may not run
             raise RedisUnavailable(f"Redis refused access at {redact_url(url)}: {text}") from None
         if "DB index is out of range" in text:
             raise ConfigError(f"Redis at {redact_url(url)} has no such database (DB index is out "

@@ -1,8 +1,10 @@
 """Masking of personal data and secrets before text reaches logs, events or Redis.
 
 Phone-like digit runs become ``+2547****678`` (first 4 digits after the plus, last 3
-kept). In free text (error messages, dead-letter reasons) a long digit run that is not a
-phone number is masked the same way, because free text cannot tell them apart; values
+kept); a run of fewer than 10 digits is masked whole (``********``), because keeping 7 of
+its digits would give away most of, say, an 8-digit OTP code. In free text (error
+messages, dead-letter reasons) a long digit run that is not a phone number is masked the
+same way, because free text cannot tell them apart; values
 that are known not to be personal data (provider message ids, response codes) are
 passed as their own log fields, which ``streamq.logs`` leaves readable. Redis URLs lose
 their password.
@@ -21,7 +23,8 @@ def mask_phone(number: str) -> str:
     """Mask one phone number: ``+254712345678`` -> ``+2547****678``."""
     digits = re.sub(r"\D", "", number)
     plus = "+" if number.strip().startswith("+") else ""
-    if len(digits) <= 7:
+    if len(digits) < 10:
+        # too short to be a full number: an OTP code or an account number, say
         return plus + "*" * len(digits)
     return f"{plus}{digits[:4]}****{digits[-3:]}"
 

@@ -48,3 +48,11 @@ def test_provider_codes_and_message_ids_stay_readable_while_numbers_and_otps_do_
     assert mock["message_id"] == "3f2a90817263544b8c0d1e2f3a4b5c6d"
     assert otp["code"] == "***" and otp["http_code"] == 503
     assert "254712345678" not in out.getvalue() and "482913" not in out.getvalue()
+
+
+def test_a_short_digit_run_in_free_text_is_masked_whole() -> None:
+    from streamq.redact import redact_text
+
+    # an 8-digit OTP code quoted by a provider: first-4/last-3 masking would show 7 digits
+    assert redact_text("code 73915254 rejected") == "code ******** rejected"
+    assert redact_text("+254712345678 and 0712345678") == "+2547****678 and 0712****678"

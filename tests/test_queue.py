@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import anyio
 import msgspec
@@ -158,3 +159,22 @@ async def test_payload_with_lua_metacharacters_round_trips(
         assert (await q.counts())["waiting"] == 2
         info = await q.get_job(ref.job_id)
         assert info is not None and info.state is JobState.WAITING
+
+
+async def test_a_command_the_acl_denies_is_a_one_line_refusal(redis: Any, redis_url: str,
+                                                              queue_name: str) -> None:
+    # redis-py raises NoPermissionError without the NOPERM prefix: it must still be named
+    user = "u" + queue_name
+    await redis.execute_command("ACL", "SETUSER", user, "on", ">pw", "~*", "+ping",
+                                "+script|load", "+evalsha")
+    url = redis_url.replace("redis://", f"redis://{user}:pw@")
+    try:
+        async with Queue(queue_name, redis_url=url) as q:
+            with pytest.raises(RedisUnavailable, match=r"refused access at .*NOPERM") as info:
+                await q.is_paused()  # EXISTS is not granted
+            assert "\n" not in str(info.value) and ":pw@" not in str(info.value)
+            with pytest.raises(RedisUnavailable, match=r"refused access at .*script") as info:
+                await q.add({"n": 1})  # the enqueue script's writes are not granted
+            assert "\n" not in str(info.value) and ":pw@" not in str(info.value)
+    finally:
+        await redis.execute_command("ACL", "DELUSER", user)

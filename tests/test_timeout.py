@@ -418,3 +418,23 @@ async def test_timeouts_on_a_partitioned_queue(redis_url: str, queue_name: str) 
         for r in own:
             info = await q.get_job(r.job_id)
             assert info is not None and info.error == "timed out after 0.1s"
+
+
+async def test_the_worker_command_line_takes_a_default_job_timeout(
+    redis_url: str, queue_name: str
+) -> None:
+    env = dict(os.environ, REDIS_URL=redis_url, PYTHONPATH=str(ROOT), STREAMQ_JOB_TIMEOUT="0.3")
+    async with Queue(queue_name, redis_url=redis_url) as q:
+        ref = await q.add({"ok": "hang"}, JobOptions(attempts=1))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamq.worker", "--queue", queue_name, "--rate-limit", "0",
+             "--handler", "tests.support.jobs:check", "--log-level", "warning"],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            await wait_until(lambda: _count(q, "dead"), timeout=20, message="the cut job")
+        finally:
+            proc.terminate()
+            assert proc.wait(timeout=20) == 0
+        info = await q.get_job(ref.job_id)
+        assert info is not None and info.error is not None
+        assert "timed out after 0.3s" in info.error

@@ -55,6 +55,7 @@ NUMBERS: dict[str, tuple[str, type[int] | type[float], int | float, float, bool,
     "rate_limit": ("STREAMQ_RATE_LIMIT", float, 10.0, 0, False, None),
     "metrics_port": ("STREAMQ_METRICS_PORT", int, 0, 0, False, 65535),
     "visibility_timeout": ("STREAMQ_VISIBILITY_TIMEOUT", float, 30.0, 0, True, None),
+    "job_timeout": ("STREAMQ_JOB_TIMEOUT", float, 0.0, 0, False, None),
     "shutdown_grace": ("STREAMQ_SHUTDOWN_GRACE", float, 30.0, 0, False, None),
     "max_stalled": ("STREAMQ_MAX_STALLED", int, 3, 1, False, None),
 }
@@ -122,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
                    type=str.lower,
                    help="debug adds a start and a finish line (duration, outcome) per job "
                    "(env STREAMQ_LOG_LEVEL; default info)")
+    _number_flag(p, "--job-timeout", "seconds a job may run before its attempt is cut and "
+                 "counted as failed, for jobs without their own JobOptions(timeout=); 0 = none")
     _number_flag(p, "--visibility-timeout",
                  "seconds a silent worker keeps its jobs before they are taken over")
     _number_flag(p, "--shutdown-grace", "seconds running jobs get to finish on SIGTERM; a "
@@ -308,6 +311,7 @@ async def run(args: argparse.Namespace, url: str) -> None:
         concurrency=args.concurrency,
         rate_limit=args.rate_limit or None,
         visibility_timeout=args.visibility_timeout,
+        job_timeout=args.job_timeout or None,
         shutdown_grace=args.shutdown_grace,
         max_stalled=args.max_stalled,
     )
