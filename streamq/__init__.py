@@ -25,6 +25,7 @@ from .errors import (
 from .events import WorkerEvent
 from .job import Backoff, Job, JobInfo, JobOptions, JobRef, JobState
 from .queue import Queue
+from .schedules import Schedule
 from .settings import QueueDefaults
 from .worker import Worker
 
@@ -47,6 +48,7 @@ __all__ = [
     "QueueFull",
     "RedisUnavailable",
     "RetryAfter",
+    "Schedule",
     "StreamqError",
     "Worker",
     "WorkerEvent",

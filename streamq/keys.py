@@ -199,6 +199,18 @@ class QueueKeys:
         delivered there (lua/route_*): a job never moves once it may have been sent."""
         return self.prefix + "route:" + job_id
 
+    # -- schedules (streamq/schedules/): one hash per schedule, in the partition of its id -----
+    @property
+    def schedules(self) -> str:
+        """ZSET schedule_id scored by its due slot (Redis clock, ms; +inf while paused or
+        finished): every schedule of this partition, and which is due next."""
+        return self.prefix + "schedules"
+
+    def schedule(self, schedule_id: str) -> str:
+        """HASH of one schedule: its spec, payload, options and state (due slot, last
+        fired slot: the tombstone, runs). See lua/upsert_schedule.lua."""
+        return self.prefix + "schedule:" + schedule_id
+
     def all_fixed(self) -> list[str]:
         return [
             *self.lanes,
@@ -215,4 +227,5 @@ class QueueKeys:
             self.sweep_lock,
             self.events,
             self.meta,
+            self.schedules,
         ]

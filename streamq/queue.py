@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Awaitable, Iterable, Sequence
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 import anyio
@@ -30,6 +31,8 @@ from .listing import JobPage, Payload, WorkerInfo, job_events, list_jobs, list_w
 from .partitions import Layout
 from .redact import redact_url
 from .routing import partition_of
+from .schedules.model import Misfire, Overlap, Schedule
+from .schedules.store import DEFAULT_GRACE_S, Schedules
 from .scripts import ArgT, ScriptRunner
 from .settings import (
     CONCURRENT_CALLS,
@@ -90,6 +93,7 @@ class Queue:
         self._scripts: ScriptRunner | None = None
         self._calls: anyio.Semaphore | None = None
         self._default_backoff = Backoff(base=self.defaults.backoff_s).encode()
+        self._schedules: Schedules | None = None
 
     # -- connection -----------------------------------------------------------------
     @property
@@ -536,6 +540,51 @@ class Queue:
                 n += int(await self.redis.xlen(k.dead))
                 await self.redis.delete(k.dead)
         return n
+
+    # -- schedules (streamq/schedules/) -------------------------------------------------
+    @property
+    def schedule_store(self) -> Schedules:
+        """The queue's schedules (upsert, list, pause, resume, remove, run now)."""
+        if self._schedules is None:
+            self._schedules = Schedules(self)
+        return self._schedules
+
+    async def upsert_schedule(
+        self, schedule_id: str, *, cron: str | None = None,
+        every: float | timedelta | None = None, tz: str = "UTC", data: Any = None,
+        options: JobOptions | None = None, misfire: Misfire = "run_once",
+        overlap: Overlap = "allow", start_at: datetime | None = None,
+        end_at: datetime | None = None, limit: int | None = None, paused: bool | None = None,
+        misfire_grace: float | timedelta = DEFAULT_GRACE_S,
+    ) -> Schedule:
+        """Create or change a schedule (idempotent by id): ``cron`` (5 fields, read in the
+        IANA zone ``tz``) or ``every`` (seconds or timedelta); each run adds ``data`` with
+        ``options``. See docs/schedules.md for misfire, overlap and the DST rule."""
+        return await self.schedule_store.upsert(
+            schedule_id, cron=cron, every=every, tz=tz, data=data, options=options,
+            misfire=misfire, overlap=overlap, start_at=start_at, end_at=end_at, limit=limit,
+            paused=paused, misfire_grace=misfire_grace)
+
+    async def schedules(self) -> list[Schedule]:
+        """Every schedule of the queue, by id, with its next and last runs."""
+        return await self.schedule_store.all()
+
+    async def get_schedule(self, schedule_id: str) -> Schedule | None:
+        return await self.schedule_store.get(schedule_id)
+
+    async def remove_schedule(self, schedule_id: str) -> bool:
+        """Delete a schedule (runs already added finish). False if there was none."""
+        return await self.schedule_store.remove(schedule_id)
+
+    async def pause_schedule(self, schedule_id: str) -> bool:
+        return await self.schedule_store.set_paused(schedule_id, True)
+
+    async def resume_schedule(self, schedule_id: str) -> bool:
+        return await self.schedule_store.set_paused(schedule_id, False)
+
+    async def run_schedule_now(self, schedule_id: str) -> JobRef | None:
+        """One extra run of the schedule now, with its own job id (not a slot's)."""
+        return await self.schedule_store.run_now(schedule_id)
 
     def __repr__(self) -> str:
         return f"Queue({self.name!r})"

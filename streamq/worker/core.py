@@ -45,6 +45,7 @@ from ..job import Backoff, Job, parse_run_spec
 from ..keys import GROUP, PRIORITIES, QueueKeys
 from ..queue import Queue
 from ..redact import redact_text, redact_url
+from ..schedules.runner import ScheduleRunner
 from ..scripts import ScriptRunner
 from ..settings import MAX_BLOCK_MS, make_redis
 from .attempt import AttemptFailed, AttemptTimedOut, HandlerCancelled, run_with_timeout
@@ -105,6 +106,7 @@ class Worker:
         consumer_prune_after: float = 3600.0,
         name: str | None = None,
         job_timeout: float | None = None,
+        fire_schedules: bool = True,
     ) -> None:
         check_worker_options(
             concurrency=concurrency, rate_limit=rate_limit, burst=burst,
@@ -130,6 +132,8 @@ class Worker:
         self.hooks = Hooks()
         self.fetch_hold = FetchHold(queue.name)
         """Set by a handler's ``Defer(hold=True)``: fetching pauses, then probes (see hold.py)."""
+        self.schedules = ScheduleRunner(self) if fire_schedules else None
+        """Fires the queue's due schedules (streamq/schedules/runner.py); None when off."""
 
         self._redis: Redis | None = None
         self._scripts: ScriptRunner | None = None
@@ -223,6 +227,8 @@ class Worker:
                 upkeep.start_soon(self._flush_loop)
                 upkeep.start_soon(self._heartbeat_loop)
                 upkeep.start_soon(self._reclaim_loop)
+                if self.schedules is not None:
+                    upkeep.start_soon(self.schedules.run)
                 async with anyio.create_task_group() as runners:
                     for _ in range(self.concurrency):
                         runners.start_soon(self._runner)

@@ -1,0 +1,246 @@
+"""The worker side of schedules: an upkeep loop per partition that fires due slots.
+
+Each running worker of a queue runs one loop per partition (no extra process):
+
+1. ``lua/due_schedules`` (read-only) lists the partition's due schedules on the Redis
+   clock, the milliseconds until the next one, and the control stream's last id;
+2. for each due schedule: read it, compute in Python (cron needs a library) which slot
+   to fire and the next due slot, applying the misfire policy to slots missed while no
+   worker ran; then ``lua/fire_schedule`` claims the slot, enqueues its run and advances
+   the schedule in one transition, compare-and-set on (version, due slot). Workers
+   racing for a slot all compute; one fires; the others find the slot moved;
+3. wait, in a blocking XREAD on the partition's control stream, until the next due slot
+   (kept by our own clock, as the fetch loop keeps delayed jobs' due times) or until an
+   upsert of an earlier slot writes to the control stream; at most MAX_BLOCK_MS.
+
+The run lands in a lane like any added job, so an idle fetch loop (blocked on the lanes)
+starts it at once: the lateness of a run is this loop's wake-up plus two round trips.
+
+Hooks ``fired`` and ``missed`` feed metrics (streamq/metrics.py).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import structlog
+from redis.exceptions import RedisError
+
+from ..errors import ConfigError, StreamqError
+from ..keys import QueueKeys
+from ..redact import redact_text
+from ..settings import MAX_BLOCK_MS
+from .model import STATE_FIELDS, run_job_id, timing_of
+from .timing import Timing
+
+if TYPE_CHECKING:
+    from ..worker.core import Worker
+
+log = structlog.get_logger("streamq.schedules")
+
+DUE_BATCH = 50
+"""Schedules fired per turn of a partition's loop (the next turn follows at once)."""
+FIRE_FIELDS = (*STATE_FIELDS, "d")
+ERROR_BACKOFF_S = (0.05, 5.0)
+
+
+def _text(v: Any) -> str:
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else ("" if v is None else str(v))
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleEvent:
+    """What a ``fired`` or ``missed`` hook receives."""
+
+    queue: str
+    schedule_id: str
+    slot_ms: int
+    """The slot fired, or the first slot missed."""
+    job_id: str | None = None
+    """The run's job id (fired)."""
+    lateness_s: float = 0.0
+    """Seconds from the slot to its firing, on the Redis clock (fired)."""
+    missed: int = 0
+    """Slots missed (missed)."""
+    why: str = ""
+    """downtime (misfire) or overlap (missed)."""
+
+
+Hook = Callable[[ScheduleEvent], Awaitable[None] | None]
+
+
+@dataclass(frozen=True, slots=True)
+class FirePlan:
+    slot: int | None
+    """The slot to fire (None: fire nothing)."""
+    next: int | None
+    missed: int
+
+
+def plan_fire(timing: Timing, due: int, now: int, misfire: str, grace_ms: int) -> FirePlan:
+    """Which slot to fire for a schedule whose slot ``due`` is due at ``now`` (Redis
+    clock, ms), and the next due slot. ``run_once``: one run, for the latest due slot,
+    whatever was missed. ``skip``: the latest due slot runs only if it is at most
+    ``grace_ms`` late; the missed ones never run."""
+    c = timing.catch_up(due, now)
+    if c.latest is None:
+        return FirePlan(None, c.next, 0)
+    if misfire == "skip" and now - c.latest > grace_ms:
+        return FirePlan(None, c.next, c.count)
+    return FirePlan(c.latest, c.next, c.count - 1)
+
+
+class ScheduleRunner:
+    """Fires the due schedules of a worker's queue (``Worker.schedules``)."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self._hooks: dict[str, list[Hook]] = {"fired": [], "missed": []}
+        self.fired = 0
+        self.missed = 0
+
+    def on(self, name: str, hook: Hook) -> None:
+        """Call ``hook`` for each slot this worker fired (``fired``) or missed (``missed``)."""
+        if name not in self._hooks:
+            raise ValueError(f"unknown schedule event {name!r}: use fired or missed")
+        self._hooks[name].append(hook)
+
+    async def _emit(self, name: str, event: ScheduleEvent) -> None:
+        for hook in self._hooks[name]:
+            try:
+                r = hook(event)
+                if inspect.isawaitable(r):
+                    await r
+            except Exception as exc:  # a hook must never take the loop down
+                log.warning("hook.failed", event=name, queue=event.queue,
+                            schedule=event.schedule_id, error=f"{type(exc).__name__}: {exc}")
+
+    # -- the loops -------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Until cancelled (the worker's upkeep group): one loop per partition, restarted
+        when the queue's partition count changes."""
+        layout = self.worker.queue.layout
+        while not self.worker._stopping:
+            n = layout.count
+            async with anyio.create_task_group() as tg:
+                for p in range(n):
+                    tg.start_soon(self._partition_loop, layout.keys(p), n)
+
+    async def _partition_loop(self, k: QueueKeys, n: int) -> None:
+        w = self.worker
+        q = w.queue
+        backoff = ERROR_BACKOFF_S[0]
+        while not w._stopping and q.layout.count == n:
+            try:
+                wait_ms, control_id = await self.fire_due(k)
+                backoff = ERROR_BACKOFF_S[0]
+            except (RedisError, OSError, StreamqError) as exc:
+                log.error("schedule.fire_failed", queue=q.name, partition=k.partition,
+                          error=redact_text(str(exc)), retry_in=round(backoff, 2))
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, ERROR_BACKOFF_S[1])
+                continue
+            if wait_ms == 0:
+                continue
+            try:
+                await self._wait(k, wait_ms, control_id)
+            except (RedisError, OSError) as exc:
+                log.debug("schedule.wait_failed", queue=q.name, error=redact_text(str(exc)))
+                await anyio.sleep(backoff)
+
+    async def _wait(self, k: QueueKeys, wait_ms: int, control_id: str) -> None:
+        """Until the next due slot (by our clock: Redis checks blocked clients' timeouts
+        only on its cron), or an entry on the control stream (an earlier slot was
+        upserted), at most MAX_BLOCK_MS."""
+        redis = self.worker.redis
+        streams: Any = {k.control: control_id}
+        if wait_ms < 0 or wait_ms >= MAX_BLOCK_MS:
+            await redis.xread(streams, count=1, block=MAX_BLOCK_MS)
+            return
+        with anyio.move_on_after(wait_ms / 1000 + 0.001):
+            await redis.xread(streams, count=1, block=wait_ms + 50)
+
+    async def fire_due(self, k: QueueKeys) -> tuple[int, str]:
+        """Fire the partition's due schedules (at most DUE_BATCH). Returns the ms until
+        the next due slot (0: look again at once; -1: none) and the control stream's last
+        id to wait from."""
+        w = self.worker
+        r = await w.scripts("due_schedules", [k.schedules, k.control], [DUE_BATCH])
+        now, next_ms, control_id = int(r[0]), int(r[1]), _text(r[2])
+        due = [_text(r[i]) for i in range(3, len(r), 2)]
+        if not due:
+            return next_ms, control_id
+        failed = 0
+        for sid in due:
+            if w._stopping:
+                break
+            try:
+                ok = await self.fire_one(k, sid, now)
+            except ConfigError as exc:  # a malformed spec in Redis: say so, keep going
+                log.error("schedule.malformed", queue=w.queue.name, schedule=sid,
+                          error=str(exc))
+                ok = False
+            failed += 0 if ok else 1
+        if failed == len(due):
+            # nothing fired this turn (each refused or unreadable): do not spin on them
+            return max(100, next_ms if next_ms >= 0 else MAX_BLOCK_MS), control_id
+        return 0, control_id
+
+    async def fire_one(self, k: QueueKeys, schedule_id: str, now: int) -> bool:
+        """Fire one due schedule. True when done (by us, or by another worker first)."""
+        w = self.worker
+        q = w.queue
+        key = k.schedule(schedule_id)
+        values = await w.redis.hmget(key, list(FIRE_FIELDS))
+        f = dict(zip(FIRE_FIELDS, values, strict=True))
+        if f["v"] is None or _text(f["paused"]) == "1" or not _text(f["due"]):
+            return True  # removed, paused or ended since it was listed
+        due = int(_text(f["due"]))
+        if due > now:
+            return True
+        timing = timing_of(f)
+        grace = int(_text(f["grace"]) or 0)
+        plan = plan_fire(timing, due, now, _text(f["mis"]) or "run_once", grace)
+        run_id = run_job_id(schedule_id, plan.slot) if plan.slot is not None else ""
+        lane = int(_text(f["ln"]) or 1)
+        prev = _text(f["lr"])
+        r = await w.scripts(
+            "fire_schedule",
+            [key, k.schedules, k.events, k.bucket(run_id or schedule_id),
+             k.bucket(prev or schedule_id), k.lanes[lane]],
+            [schedule_id, _text(f["v"]), str(due), "" if plan.slot is None else str(plan.slot),
+             run_id, "" if plan.next is None else str(plan.next), plan.missed,
+             f["d"] or b"", lane, _text(f["a"]) or "1", _text(f["b"]), q.defaults.events_max,
+             _text(f["y"]), "downtime"])
+        status = int(r[0])
+        if status == 0 or status == -1 or status == -2:
+            return True  # another worker fired it first, or it was removed or paused
+        if status == -3:
+            return True  # not due on the Redis clock: the next turn waits for it
+        if status != 1:
+            log.error("schedule.refused", queue=q.name, schedule=schedule_id, status=status,
+                      slot=plan.slot, last=_text(r[1]) if len(r) > 1 else "")
+            return False
+        fired_at = int(r[2])
+        if int(r[1]) == 1 and plan.slot is not None:
+            self.fired += 1
+            late = max(0, fired_at - plan.slot) / 1000
+            log.info("schedule.fired", queue=q.name, schedule=schedule_id, job_id=run_id,
+                     late_s=round(late, 3), missed=plan.missed)
+            await self._emit("fired", ScheduleEvent(q.name, schedule_id, plan.slot, run_id, late))
+        missed = plan.missed + (1 if int(r[1]) == 0 and plan.slot is not None else 0)
+        if missed:
+            why = "overlap" if int(r[1]) == 0 and plan.slot is not None else "downtime"
+            self.missed += missed
+            log.warning("schedule.missed", queue=q.name, schedule=schedule_id, slots=missed,
+                        why=why)
+            await self._emit("missed", ScheduleEvent(q.name, schedule_id, due, None, 0.0,
+                                                     missed, why))
+        return True
+
+
+__all__ = ["FirePlan", "ScheduleEvent", "ScheduleRunner", "plan_fire"]
