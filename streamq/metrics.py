@@ -9,7 +9,9 @@ e.g. in tests, never collide):
 
 * worker hooks (completed, failed, retrying, dead, stalled, deferred, active) move the counters
   and the wait/run histograms, labelled ``queue`` and ``type`` (the payload's tag, or
-  ``unknown`` for plain data and for jobs never decoded);
+  ``unknown`` for plain data and for jobs never decoded); the worker's schedule runner's
+  hooks (fired, missed) move the schedule counters, labelled ``queue`` and ``schedule``,
+  and the lateness histogram;
 * the queue's own counts (``Queue.counts()``, one Lua snapshot) are read on each scrape,
   so every worker of a queue reports the same queue-wide numbers;
 * worker attributes (in flight, concurrency, healthy, held) are read on each scrape.
@@ -37,6 +39,7 @@ from redis.exceptions import RedisError
 from .errors import ConfigError, StreamqError
 from .events import WorkerEvent
 from .redact import redact_text
+from .schedules.runner import ScheduleEvent
 from .worker import Worker
 
 log = structlog.get_logger("streamq.metrics")
@@ -52,6 +55,9 @@ WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
                 1800, 3600)
 RUN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 PROVIDER_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# from a schedule's slot to its firing: milliseconds when a worker is up, longer after downtime
+LATENESS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60,
+                    600, 3600)
 
 DEFAULT_STUCK_AFTER_S = 15.0
 """An idle fetch loop turns at least every 2 s (its XREAD block); 15 s without a turn
@@ -98,6 +104,17 @@ class Metrics:
             "streamq_provider_send_seconds", "Provider send latency by outcome (sent, transient_error, "
             "permanent_error, config_error, error).", ("queue", "provider", "outcome"),
             buckets=PROVIDER_BUCKETS, registry=r)
+        sq = ("queue", "schedule")
+        self.schedule_fired = Counter(
+            "streamq_schedule_runs_fired", "Schedule slots fired (a run added) by these workers.",
+            sq, registry=r)
+        self.schedule_missed = Counter(
+            "streamq_schedule_slots_missed", "Schedule slots not run: missed while no worker "
+            "ran (misfire), or skipped while the previous run was live (overlap=skip).",
+            (*sq, "why"), registry=r)
+        self.schedule_lateness = Histogram(
+            "streamq_schedule_lateness_seconds", "Seconds from a schedule's slot to its firing "
+            "(Redis clock).", ("queue",), buckets=LATENESS_BUCKETS, registry=r)
         r.register(_StateCollector(self))
 
     # -- feeding -----------------------------------------------------------------------
@@ -115,7 +132,17 @@ class Metrics:
         worker.on("dead", self._on_dead)
         worker.on("stalled", self._on_stalled)
         worker.on("deferred", self._on_deferred)
+        if worker.schedules is not None:
+            worker.schedules.on("fired", self._on_schedule_fired)
+            worker.schedules.on("missed", self._on_schedule_missed)
         _active = self
+
+    def _on_schedule_fired(self, e: ScheduleEvent) -> None:
+        self.schedule_fired.labels(e.queue, e.schedule_id).inc()
+        self.schedule_lateness.labels(e.queue).observe(e.lateness_s)
+
+    def _on_schedule_missed(self, e: ScheduleEvent) -> None:
+        self.schedule_missed.labels(e.queue, e.schedule_id, e.why).inc(e.missed)
 
     def _on_active(self, e: WorkerEvent) -> None:
         if e.wait_s is not None:

@@ -323,8 +323,11 @@ def plan_write(cur: dict[str, Any] | None, fields: dict[str, str | bytes] | None
     due = _ms(_text(cur["due"]))
     runs = int(_text(cur["runs"]) or 0)
     lim = int(_text(to_store.get("lim", cur.get("lim"))) or 0)
-    if any(n in to_store for n in SPEC_FIELDS):
-        due = timing.next_after(after)  # a new grid: from now, past the tombstone
+    if any(n in to_store for n in SPEC_FIELDS) or (
+            due is not None and last is not None and due <= last):
+        # a new grid (or a due slot that is not after the tombstone: never valid): the
+        # first slot after now and after the last fired slot
+        due = timing.next_after(after)
     elif due is None and not (lim and runs >= lim):
         due = timing.next_after(after)  # ended before: end_at or limit changed, or revived
     elif due is not None and timing.end_ms is not None and due > timing.end_ms:
