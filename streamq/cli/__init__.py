@@ -4,6 +4,7 @@
     python -m streamq dead --queue sms
     python -m streamq replay --queue sms --all --yes
     python -m streamq events --queue sms --follow
+    python -m streamq schedules --queue sms
 
 Installed as the ``streamq`` command too (``streamq stats``).
 
@@ -31,6 +32,7 @@ from ..settings import DEFAULT_REDIS_URL, check_redis_url, redis_url_from_env
 from .commands import COMMANDS
 from .env import prog_name, settings_text, version_text
 from .output import CliError, Console
+from .schedules import add_parser as add_schedules_parser
 
 PROG = "python -m streamq"
 # the settings the operator CLI reads
@@ -159,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--grow", type=int, default=None, metavar="N",
                     help="raise the partition count to N")
 
+    add_schedules_parser(sub, [common, confirm])
     add_dashboard_parser(sub)
     return p
 

@@ -25,6 +25,7 @@ from ..partitions import RECHECK_S, grow_partitions
 from ..queue import Queue
 from ..redact import redact_url
 from .output import CliError, Console, Progress, fmt_dt, now_text, payload_text, shorten, table
+from .schedules import cmd_schedules
 from .tail import cmd_events
 
 Command = Callable[[argparse.Namespace, Queue, Console], Awaitable[int]]
@@ -421,4 +422,5 @@ COMMANDS: dict[str, Command] = {
     "purge": cmd_purge,
     "events": cmd_events,
     "partitions": cmd_partitions,
+    "schedules": cmd_schedules,
 }
