@@ -1,7 +1,8 @@
 """Operator actions written to a queue's events stream, with who did them.
 
-An action (replay, purge, pause, resume, cancel: from the dashboard, or any tool that
-acts on a queue for someone) is one events entry::
+An action (replay, purge, pause, resume, cancel, and a schedule's run_schedule,
+pause_schedule, resume_schedule: from the dashboard, or any tool that acts on a queue for
+someone) is one events entry::
 
     ev=action  act=<action>  j=<job id, or * for the whole queue>  actor=<role>
     n=<jobs affected>  [e=<error, when the action failed>]
@@ -25,7 +26,8 @@ if TYPE_CHECKING:
     from .queue import Queue
 
 AUDIT_MAX = 2_000
-ACTIONS = frozenset({"replay", "purge", "pause", "resume", "cancel"})
+ACTIONS = frozenset({"replay", "purge", "pause", "resume", "cancel", "run_schedule",
+                     "pause_schedule", "resume_schedule"})
 _ACTOR_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 

@@ -10,11 +10,8 @@
 from __future__ import annotations
 
 import argparse
-from datetime import UTC, datetime
 
 from ..queue import Queue
-from ..schedules.model import Schedule
-from ..schedules.timing import Timing, check_cron
 from .output import CliError, Console, fmt_dt, table
 
 MAX_NEXT = 100
@@ -36,36 +33,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     act.add_argument("--resume", metavar="ID", help="resume schedule ID from its next slot")
     act.add_argument("--remove", metavar="ID", help="delete schedule ID (runs already added "
                      "finish)")
-
-
-def spec_text(s: Schedule) -> str:
-    if s.cron is not None:
-        return f"cron {s.cron} ({s.tz})"
-    every = s.every or 0
-    return f"every {every:g}s"
-
-
-def upcoming(s: Schedule, n: int) -> list[datetime]:
-    """The schedule's next ``n`` slots from its due slot (limit and end_at applied)."""
-    if s.next_run_at is None or n < 1:
-        return []
-    timing = Timing(cron=None if s.cron is None else check_cron(s.cron),
-                    every_ms=None if s.every is None else round(s.every * 1000), tz=s.tz,
-                    start_ms=None if s.start_at is None else round(s.start_at.timestamp() * 1000),
-                    end_ms=None if s.end_at is None else round(s.end_at.timestamp() * 1000))
-    left = n if s.limit is None else min(n, max(0, s.limit - s.runs))
-    out: list[datetime] = []
-    t: int | None = round(s.next_run_at.timestamp() * 1000)
-    while t is not None and len(out) < left:
-        out.append(datetime.fromtimestamp(t / 1000, UTC))
-        t = timing.next_after(t)
-    return out
-
-
-def state_text(s: Schedule) -> str:
-    if s.paused:
-        return "paused"
-    return "ended" if s.next_run_at is None else "active"
 
 
 async def cmd_schedules(args: argparse.Namespace, q: Queue, con: Console) -> int:
@@ -111,13 +78,13 @@ async def cmd_schedules(args: argparse.Namespace, q: Queue, con: Console) -> int
         if s.last_run_id:
             info = await q.get_job(s.last_run_id)
             last_state = info.state.value if info else "expired"
-        rows.append([s.id, spec_text(s), state_text(s), fmt_dt(s.next_run_at),
+        rows.append([s.id, s.spec_text, s.state, fmt_dt(s.next_run_at),
                      fmt_dt(s.last_run_at), last_state, s.runs, s.missed])
     con.print(table(["id", "spec", "state", "next run", "last run", "last run state", "runs",
                      "missed"], rows, right=[6, 7]))
     if args.next > 1:
         for s in found:
-            slots = upcoming(s, args.next)
+            slots = s.upcoming(args.next)
             con.print(f"\n{s.id}: next {len(slots)} slot{'s' if len(slots) != 1 else ''}"
                       + ("".join(f"\n  {fmt_dt(t)}" for t in slots) or " (none)"))
     con.print(f"\n{len(found)} schedule{'s' if len(found) != 1 else ''} (times UTC); run "
@@ -125,4 +92,4 @@ async def cmd_schedules(args: argparse.Namespace, q: Queue, con: Console) -> int
     return 0
 
 
-__all__ = ["add_parser", "cmd_schedules", "spec_text", "upcoming"]
+__all__ = ["add_parser", "cmd_schedules"]

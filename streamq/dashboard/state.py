@@ -124,7 +124,7 @@ class Dashboard:
         elif name not in self._found:
             k = QueueKeys(name)  # not found by the last scan: does it exist now?
             with translate_redis_errors(self.redis_url):
-                exists = await self.redis.exists(*k.lanes, k.delayed, k.dead)
+                exists = await self.redis.exists(*k.lanes, k.delayed, k.dead, k.schedules)
             if not exists:
                 raise web.HTTPNotFound(text=f"no queue {name!r} here\n")
             self._found.add(name)

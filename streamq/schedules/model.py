@@ -118,6 +118,41 @@ class Schedule:
         """No slot is left (end_at passed, or limit reached)."""
         return self.next_run_at is None and not self.paused
 
+    @property
+    def state(self) -> str:
+        """active, paused or ended."""
+        return "paused" if self.paused else "ended" if self.next_run_at is None else "active"
+
+    @property
+    def spec_text(self) -> str:
+        """``cron 0 8 * * * (Africa/Nairobi)`` or ``every 30s``."""
+        if self.cron is not None:
+            return f"cron {self.cron} ({self.tz})"
+        return f"every {self.every or 0:g}s"
+
+    @property
+    def timing(self) -> Timing:
+        def ms(dt: datetime | None) -> int | None:
+            return None if dt is None else round(dt.timestamp() * 1000)
+
+        return Timing(cron=self.cron, every_ms=None if self.every is None
+                      else round(self.every * 1000), tz=self.tz, start_ms=ms(self.start_at),
+                      end_ms=ms(self.end_at))
+
+    def upcoming(self, n: int) -> list[datetime]:
+        """The next ``n`` slots from the due slot (limit and end_at applied; none while
+        paused without a due slot, or ended)."""
+        if self.next_run_at is None or n < 1:
+            return []
+        left = n if self.limit is None else min(n, max(0, self.limit - self.runs))
+        timing = self.timing
+        out: list[datetime] = []
+        t: int | None = round(self.next_run_at.timestamp() * 1000)
+        while t is not None and len(out) < left:
+            out.append(datetime.fromtimestamp(t / 1000, UTC))
+            t = timing.next_after(t)
+        return out
+
 
 def parse_schedule(schedule_id: str, values: list[Any], partition: int = 0) -> Schedule | None:
     """A ``Schedule`` from the values of STATE_FIELDS (HMGET order); None if absent."""

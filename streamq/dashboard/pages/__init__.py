@@ -12,14 +12,16 @@ from __future__ import annotations
 from types import ModuleType
 
 from ..render import QUEUE_NAV, NavItem
-from . import dead, job, live, login, overview, queue_jobs, search, workers
+from . import dead, job, live, login, overview, queue_jobs, schedules, search, workers
 
-PAGES: tuple[ModuleType, ...] = (login, overview, queue_jobs, job, dead, workers, search, live)
+PAGES: tuple[ModuleType, ...] = (login, overview, queue_jobs, job, dead, workers, schedules,
+                                  search, live)
 
 QUEUE_TABS: tuple[NavItem, ...] = (
     NavItem("Jobs", ""),
     NavItem("Dead letters", "/dead"),
     NavItem("Workers", "/workers"),
+    NavItem("Schedules", "/schedules"),
 )
 
 QUEUE_NAV[:] = QUEUE_TABS
