@@ -21,10 +21,13 @@
   ARGV[6] next due slot (ms; '' = none)   ARGV[7] slots missed (not run)
   ARGV[8] payload   ARGV[9] lane number   ARGV[10] attempts   ARGV[11] backoff spec
   ARGV[12] events max length   ARGV[13] type (may be '')   ARGV[14] why missed (downtime)
+  ARGV[15] the plan holds until (ms; '' = no bound): from then on a later slot is due too
+           (or the slot is past the misfire grace), and the caller must plan again
   Returns: {1, fired (0/1), now ms, runs}  done
            {0}  stale: the version or due slot changed (another worker fired it)
            {-1} no such schedule   {-2} paused   {-3, ms until due}  not due yet
            {-4, last}  the slot is not after the last fired slot (refused)
+           {-5, now}   the plan no longer holds (plan again with this now)
 ]]
 local sched, zset, events = KEYS[1], KEYS[2], KEYS[3]
 local bucket, prev_bucket, lane = KEYS[4], KEYS[5], KEYS[6]
@@ -43,6 +46,9 @@ end
 local now = now_ms()
 if due_read == '' or tonumber(due_read) > now then
   return {-3, due_read == '' and -1 or tonumber(due_read) - now}
+end
+if ARGV[15] ~= '' and now >= tonumber(ARGV[15]) then
+  return {-5, now}
 end
 local last = h[3] or ''
 if slot ~= '' then

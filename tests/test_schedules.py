@@ -149,7 +149,7 @@ async def test_a_slow_worker_cannot_fire_a_finished_slot_even_after_its_record_e
         stale = [k.schedule("once"), k.schedules, k.events, k.bucket(run_id), k.bucket(run_id),
                  k.lanes[lane]]
         stale_args = ["once", v, due, due, run_id, str(int(due) + 1000), 0, payload, lane,
-                      raw[4].decode(), raw[5].decode(), 100, "", "downtime"]
+                      raw[4].decode(), raw[5].decode(), 100, "", "downtime", ""]
         async with worker_on(q, seen):  # worker B
             await wait_until(lambda: seen, 10, message="B fired the schedule")
             await wait_until(lambda: q.counts(), 5)
@@ -171,7 +171,7 @@ async def test_a_slow_worker_cannot_fire_a_finished_slot_even_after_its_record_e
         await q.redis.hset(k.schedule("once"), "due", last)  # a corrupted due slot
         r = await q.run_script("fire_schedule", stale, [
             "once", cur[0].decode(), last, last, run_job_id("once", int(last)),
-            str(int(last) + 1000), 0, payload, lane, "1", "2000", 100, "", "downtime"])
+            str(int(last) + 1000), 0, payload, lane, "1", "2000", 100, "", "downtime", ""])
         assert int(r[0]) == -4
         # negative control: the job id alone dedups only while the run is live
         await q.pause_schedule("once")

@@ -136,7 +136,13 @@ class ScheduleRunner:
         backoff = ERROR_BACKOFF_S[0]
         while not w._stopping and q.layout.count == n:
             try:
-                wait_ms, control_id = await self.fire_due(k)
+                turn = await self.fire_due(k)
+                asked_at = anyio.current_time()
+                # read and plan the next slot now, so that at its instant firing it is one
+                # round trip (and the racing workers do not all read it at once)
+                ready = None
+                if turn.next_id and 0 < turn.wait_ms < MAX_BLOCK_MS:
+                    ready = await self.prepare(k, turn.next_id, turn.next_due, turn.next_due)
                 backoff = ERROR_BACKOFF_S[0]
             except (RedisError, OSError, StreamqError) as exc:
                 log.error("schedule.fire_failed", queue=q.name, partition=k.partition,
@@ -144,42 +150,50 @@ class ScheduleRunner:
                 await anyio.sleep(backoff)
                 backoff = min(backoff * 2, ERROR_BACKOFF_S[1])
                 continue
-            if wait_ms == 0:
+            if turn.wait_ms == 0:
                 continue
             try:
-                await self._wait(k, wait_ms, control_id)
-            except (RedisError, OSError) as exc:
+                timed_out = await self._wait(k, turn.wait_ms, turn.control_id, asked_at)
+                if timed_out and ready is not None and not w._stopping:
+                    await self.fire(k, ready)
+            except (RedisError, OSError, StreamqError) as exc:
                 log.debug("schedule.wait_failed", queue=q.name, error=redact_text(str(exc)))
                 await anyio.sleep(backoff)
 
-    async def _wait(self, k: QueueKeys, wait_ms: int, control_id: str) -> None:
-        """Until the next due slot (by our clock: Redis checks blocked clients' timeouts
-        only on its cron), or an entry on the control stream (an earlier slot was
-        upserted), at most MAX_BLOCK_MS."""
+    async def _wait(self, k: QueueKeys, wait_ms: int, control_id: str, asked_at: float
+                    ) -> bool:
+        """Until the next due slot, ``wait_ms`` after the due check answered at
+        ``asked_at`` (by our clock: Redis checks blocked clients' timeouts only on its
+        cron), or an entry on the control stream (an earlier slot was upserted), at most
+        MAX_BLOCK_MS. True when the due slot's time came."""
         redis = self.worker.redis
         streams: Any = {k.control: control_id}
         if wait_ms < 0 or wait_ms >= MAX_BLOCK_MS:
             await redis.xread(streams, count=1, block=MAX_BLOCK_MS)
-            return
-        with anyio.move_on_after(wait_ms / 1000 + 0.001):
+            return False
+        with anyio.CancelScope(deadline=asked_at + wait_ms / 1000 + 0.0005):
             await redis.xread(streams, count=1, block=wait_ms + 50)
+            return False
+        return True
 
-    async def fire_due(self, k: QueueKeys) -> tuple[int, str]:
+    async def fire_due(self, k: QueueKeys) -> Turn:
         """Fire the partition's due schedules (at most DUE_BATCH). Returns the ms until
-        the next due slot (0: look again at once; -1: none) and the control stream's last
-        id to wait from."""
+        the next due slot (0: look again at once; -1: none), that slot's schedule, and
+        the control stream's last id to wait from."""
         w = self.worker
         r = await w.scripts("due_schedules", [k.schedules, k.control], [DUE_BATCH])
         now, next_ms, control_id = int(r[0]), int(r[1]), _text(r[2])
-        due = [_text(r[i]) for i in range(3, len(r), 2)]
+        next_id, next_due = _text(r[3]), int(r[4]) if _text(r[4]) else 0
+        due = [_text(r[i]) for i in range(5, len(r), 2)]
         if not due:
-            return next_ms, control_id
+            return Turn(next_ms, control_id, next_id, next_due)
         failed = 0
         for sid in due:
             if w._stopping:
                 break
             try:
-                ok = await self.fire_one(k, sid, now)
+                ready = await self.prepare(k, sid, None, now)
+                ok = ready is None or await self.fire(k, ready)
             except ConfigError as exc:  # a malformed spec in Redis: say so, keep going
                 log.error("schedule.malformed", queue=w.queue.name, schedule=sid,
                           error=str(exc))
@@ -187,60 +201,90 @@ class ScheduleRunner:
             failed += 0 if ok else 1
         if failed == len(due):
             # nothing fired this turn (each refused or unreadable): do not spin on them
-            return max(100, next_ms if next_ms >= 0 else MAX_BLOCK_MS), control_id
-        return 0, control_id
+            return Turn(max(100, next_ms if next_ms >= 0 else MAX_BLOCK_MS), control_id)
+        return Turn(0, control_id)
 
-    async def fire_one(self, k: QueueKeys, schedule_id: str, now: int) -> bool:
-        """Fire one due schedule. True when done (by us, or by another worker first)."""
-        w = self.worker
-        q = w.queue
-        key = k.schedule(schedule_id)
-        values = await w.redis.hmget(key, list(FIRE_FIELDS))
+    async def prepare(self, k: QueueKeys, schedule_id: str, due_expected: int | None,
+                      now: int) -> Prepared | None:
+        """Read a schedule and plan the firing of its due slot as of ``now`` (Redis
+        clock, ms; for a slot not yet due: its own instant). None when there is nothing
+        to fire (removed, paused, ended, or not the slot expected)."""
+        values = await self.worker.redis.hmget(k.schedule(schedule_id), list(FIRE_FIELDS))
         f = dict(zip(FIRE_FIELDS, values, strict=True))
         if f["v"] is None or _text(f["paused"]) == "1" or not _text(f["due"]):
-            return True  # removed, paused or ended since it was listed
+            return None
         due = int(_text(f["due"]))
-        if due > now:
-            return True
-        timing = timing_of(f)
+        if (due_expected is not None and due != due_expected) or due > now:
+            return None
         grace = int(_text(f["grace"]) or 0)
-        plan = plan_fire(timing, due, now, _text(f["mis"]) or "run_once", grace)
-        run_id = run_job_id(schedule_id, plan.slot) if plan.slot is not None else ""
+        misfire = _text(f["mis"]) or "run_once"
+        plan = plan_fire(timing_of(f), due, now, misfire, grace)
+        # the plan holds while no later slot is due (and, for skip, while its slot is
+        # within the grace): the transition refuses it after that, and we plan again
+        valid = [t for t in (plan.next, None if misfire != "skip" or plan.slot is None
+                             else plan.slot + grace + 1) if t is not None]
+        return Prepared(schedule_id, f, due, plan, min(valid) if valid else None)
+
+    async def fire(self, k: QueueKeys, ready: Prepared) -> bool:
+        """Run the firing transition for a planned slot. True when done (by us, or by
+        another worker first, or there is nothing to do); False when it was refused."""
+        w = self.worker
+        q = w.queue
+        f, plan, sid = ready.fields, ready.plan, ready.schedule_id
+        run_id = run_job_id(sid, plan.slot) if plan.slot is not None else ""
         lane = int(_text(f["ln"]) or 1)
         prev = _text(f["lr"])
         r = await w.scripts(
             "fire_schedule",
-            [key, k.schedules, k.events, k.bucket(run_id or schedule_id),
-             k.bucket(prev or schedule_id), k.lanes[lane]],
-            [schedule_id, _text(f["v"]), str(due), "" if plan.slot is None else str(plan.slot),
+            [k.schedule(sid), k.schedules, k.events, k.bucket(run_id or sid),
+             k.bucket(prev or sid), k.lanes[lane]],
+            [sid, _text(f["v"]), str(ready.due), "" if plan.slot is None else str(plan.slot),
              run_id, "" if plan.next is None else str(plan.next), plan.missed,
              f["d"] or b"", lane, _text(f["a"]) or "1", _text(f["b"]), q.defaults.events_max,
-             _text(f["y"]), "downtime"])
+             _text(f["y"]), "downtime",
+             "" if ready.valid_until is None else str(ready.valid_until)])
         status = int(r[0])
-        if status == 0 or status == -1 or status == -2:
-            return True  # another worker fired it first, or it was removed or paused
-        if status == -3:
-            return True  # not due on the Redis clock: the next turn waits for it
+        if status in (0, -1, -2, -3, -5):
+            # 0: another worker fired it first; -1/-2: removed or paused meanwhile; -3: not
+            # due yet on the Redis clock; -5: a later slot is due too: the next turn plans
+            # again with the Redis clock's now
+            return True
         if status != 1:
-            log.error("schedule.refused", queue=q.name, schedule=schedule_id, status=status,
+            log.error("schedule.refused", queue=q.name, schedule=sid, status=status,
                       slot=plan.slot, last=_text(r[1]) if len(r) > 1 else "")
             return False
         fired_at = int(r[2])
         if int(r[1]) == 1 and plan.slot is not None:
             self.fired += 1
             late = max(0, fired_at - plan.slot) / 1000
-            log.info("schedule.fired", queue=q.name, schedule=schedule_id, job_id=run_id,
+            log.info("schedule.fired", queue=q.name, schedule=sid, job_id=run_id,
                      late_s=round(late, 3), missed=plan.missed)
-            await self._emit("fired", ScheduleEvent(q.name, schedule_id, plan.slot, run_id, late))
+            await self._emit("fired", ScheduleEvent(q.name, sid, plan.slot, run_id, late))
         missed = plan.missed + (1 if int(r[1]) == 0 and plan.slot is not None else 0)
         if missed:
             why = "overlap" if int(r[1]) == 0 and plan.slot is not None else "downtime"
             self.missed += missed
-            log.warning("schedule.missed", queue=q.name, schedule=schedule_id, slots=missed,
-                        why=why)
-            await self._emit("missed", ScheduleEvent(q.name, schedule_id, due, None, 0.0,
+            log.warning("schedule.missed", queue=q.name, schedule=sid, slots=missed, why=why)
+            await self._emit("missed", ScheduleEvent(q.name, sid, ready.due, None, 0.0,
                                                      missed, why))
         return True
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    wait_ms: int
+    control_id: str
+    next_id: str = ""
+    next_due: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    schedule_id: str
+    fields: dict[str, Any]
+    due: int
+    plan: FirePlan
+    valid_until: int | None
 
 
 __all__ = ["FirePlan", "ScheduleEvent", "ScheduleRunner", "plan_fire"]

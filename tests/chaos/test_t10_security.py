@@ -106,6 +106,12 @@ async def test_t10_producer_and_worker_run_with_least_privilege_and_acl_log_stay
             assert await p.cancel("cancel")
             await p.add(None, JobOptions(job_id="stall"))
             assert (await p.counts())["waiting"] >= 4
+            # schedules: upserted, listed, run now, paused and resumed by the producer user,
+            # fired by the worker user
+            await p.upsert_schedule("tick", every=1.0, limit=2, data={"s": 1})
+            assert [s.id for s in await p.schedules()] == ["tick"]
+            assert await p.run_schedule_now("tick") is not None
+            assert await p.pause_schedule("tick") and await p.resume_schedule("tick")
             worker = Worker(wq, handler, rate_limit=20.0, visibility_timeout=1.0,
                             reclaim_interval=0.2, shutdown_grace=1.0)
             async with anyio.create_task_group() as tg:
@@ -119,6 +125,9 @@ async def test_t10_producer_and_worker_run_with_least_privilege_and_acl_log_stay
                 assert await p.is_paused()
                 await p.resume()
                 await p.get_job("ok")
+                await poll(lambda: len([j for j, _ in seen if j.startswith("{tick}@")]) >= 3,
+                           10, message="two slots and the extra run of the schedule")
+                assert await p.remove_schedule("tick")
                 await poll(lambda: _drained(p), 10, message="the queue to drain")
                 await worker.close()
             assert await acl_log(admin) == []
