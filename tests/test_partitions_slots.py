@@ -21,6 +21,7 @@ from redis.exceptions import ResponseError
 
 from streamq import Job, JobOptions, PermanentError, Queue, Worker
 from streamq.partitions import grow_partitions
+from streamq.routing import partition_of
 from tests.support.util import running, wait_until
 from tests.test_partitions import ids_in
 
@@ -81,6 +82,12 @@ async def test_every_command_of_a_partitioned_queue_names_one_slot(
         assert await q.cancel(waiting)
         await q.pause()
         await q.resume()
+        # schedules: each lives in the partition of its id, its runs too
+        for sid in ("s-a", "s-b", "s-c", "s-d"):
+            await q.upsert_schedule(sid, every=1.0, limit=1, data={"i": 1})
+        await q.run_schedule_now("s-a")
+        await q.pause_schedule("s-b")
+        await q.resume_schedule("s-b")
         tries: dict[str, int] = {}
 
         async def handler(job: Job) -> None:
@@ -94,6 +101,10 @@ async def test_every_command_of_a_partitioned_queue_names_one_slot(
                         heartbeat_interval=0.05)
         async with running(worker):
             await wait_until(lambda: _settled(q), timeout=20)
+            await wait_until(lambda: _schedules_ran(q), timeout=20)
+        listed = await q.schedules()
+        assert len(listed) == 4 and all(s.partition == partition_of(s.id, 3) for s in listed)
+        assert await q.remove_schedule("s-c")
         await q.get_job("order-{9}-a")
         await q.read_events(count=50)
         letters = await q.dead_letters(5)
@@ -112,8 +123,12 @@ async def test_every_command_of_a_partitioned_queue_names_one_slot(
     seen, crossing = slots_of(redis_url, recorded)
     assert crossing == []
     # the run did send what matters: claims, completions, retries, dead letters, wakers
-    for name in ("EVALSHA", "XREAD", "SET", "XRANGE", "XGROUP"):
+    for name in ("EVALSHA", "XREAD", "SET", "XRANGE", "XGROUP", "HMGET", "ZRANGE"):
         assert seen[name] > 0, (name, seen)
+
+
+async def _schedules_ran(q: Queue) -> bool:
+    return all(s.runs == 1 for s in await q.schedules())
 
 
 async def _settled(q: Queue) -> bool:

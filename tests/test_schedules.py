@@ -456,3 +456,27 @@ def _sample(text: str, name: str) -> float:
 
 def test_slot_text_round_trips() -> None:
     assert slot_text(0) == "1970-01-01T00:00:00Z"
+
+
+async def test_upsert_with_an_injected_clock_places_slots_across_dst(
+        redis_url: str, queue_name: str) -> None:
+    """The upsert computes next_run_at from the clock it is given, in the schedule's zone,
+    by the DST rule (a skipped wall time fires after the gap; a repeated one once)."""
+    from zoneinfo import ZoneInfo
+
+    def at(tz: str, *parts: int) -> float:
+        return datetime(*parts, tzinfo=ZoneInfo(tz)).timestamp()
+
+    async with Queue(queue_name, redis_url=redis_url) as q:
+        cases = [
+            ("ny", "30 2 * * *", "America/New_York", at("America/New_York", 2026, 3, 7, 12),
+             ["2026-03-08T07:00:00+00:00", "2026-03-09T06:30:00+00:00"]),
+            ("berlin", "30 2 * * *", "Europe/Berlin", at("Europe/Berlin", 2026, 10, 24, 12),
+             ["2026-10-25T00:30:00+00:00", "2026-10-26T01:30:00+00:00"]),
+            ("howe", "45 1 * * *", "Australia/Lord_Howe",
+             at("Australia/Lord_Howe", 2026, 4, 4, 12),
+             ["2026-04-04T14:45:00+00:00", "2026-04-05T15:15:00+00:00"]),
+        ]
+        for sid, expr, tz, now, expected in cases:
+            s = await Schedules(q, clock=lambda now=now: now).upsert(sid, cron=expr, tz=tz, data=1)
+            assert [t.isoformat() for t in s.upcoming(2)] == expected, sid
