@@ -12,7 +12,9 @@
   KEYS[10] job record    STRING 'cancelled|attempts made|max|created|finished|type||'
   ARGV[1] group  ARGV[2] job_id  ARGV[3] record ttl (ms; 0 = keep no record)
   ARGV[4] events max length
-  Returns: 1 cancelled; 0 unknown or already finished; -1 active (running now).
+  Returns: 1 cancelled; 0 unknown or already finished; -1 active (running now);
+    {-2, spec} a job of a flow (nothing done: lua/flow_cancel.lua settles its flow too;
+    spec '' for a parent waiting for its children).
 ]]
 local events, delayed, ddata, stats = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local moves, bucket, rec = KEYS[8], KEYS[9], KEYS[10]
@@ -21,11 +23,17 @@ local loc = redis.call('HGET', moves, job_id) or redis.call('HGET', bucket, job_
 if not loc then
   return 0
 end
+if loc == 'c' then
+  return {-2, ''}  -- a flow parent waiting for its children: lua/flow_cancel.lua
+end
 local attempts, created, made, jtype = '', '', 0, ''
 if loc == 'd' then
   local packed = redis.call('HGET', ddata, job_id)
   if packed then
     local e = cmsgpack.unpack(packed)
+    if string.find(e[7] or '', '/', 1, true) then
+      return {-2, e[7]}
+    end
     attempts, made, created, jtype = e[3], e[4], e[6], e[10] or ''
   end
   redis.call('ZREM', delayed, job_id)
@@ -40,6 +48,9 @@ else
   local r = redis.call('XRANGE', lane, id, id)
   if r[1] then
     local f = fields_of(r[1][2])
+    if string.find(f['b'] or '', '/', 1, true) then
+      return {-2, f['b']}
+    end
     attempts, made, jtype = f['a'] or '', f['n'] or 0, f['y'] or ''
     created = tonumber(string.match(id, '^(%d+)')) - (tonumber(f['t']) or 0)
   end

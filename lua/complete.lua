@@ -14,12 +14,16 @@
   KEYS[7] completed index   ZSET job_id scored by finish ms, capped at ARGV[7] (the newest
                    kept: trimmed once per call, so a call adds N and removes the overflow)
   KEYS[6 + 2i] index bucket of the i-th job   HASH
-  KEYS[7 + 2i] record of the i-th job         STRING 'completed|attempt|max|created|finished|type||'
+  KEYS[7 + 2i] record of the i-th job         STRING 'completed|attempt|max|created|finished|type|'
+                   then '|' (no result), 'r|<result bytes>' or 'x|<why the result was dropped>'
   ARGV[1] group   ARGV[2] consumer   ARGV[3] record ttl (ms; 0 = keep no record)
   ARGV[4] N   ARGV[5] events max length   ARGV[6] bound on this consumer's pending entries
   ARGV[7] completed index max length (0 = no index)
   then per job one string 'lane|entry_id|attempt|created ms|max attempts|type|job_id'
     (packed: one argument per job keeps the client's encoding work small)
+  then the results, LAST in ARGV (their count is the very last argument, 0 when no job of
+  the call returned one, so a None result costs nothing): R pairs (1-based position of
+  the job, record tail 'r|<bytes>' or 'x|<reason>'), then R
   Returns: array of the 1-based positions of the jobs whose claim was lost (not recorded).
 ]]
 local events, stats, moves, done = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
@@ -27,6 +31,12 @@ local group, consumer, ttl, ttl_s = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[3]
 local n, evmax, bound = tonumber(ARGV[4]), ARGV[5], ARGV[6]
 local done_max = tonumber(ARGV[7])
 local now = now_ms()
+local tails = {}
+local n_results = tonumber(ARGV[#ARGV])
+for r = 1, n_results do
+  local at = #ARGV - 2 * (n_results - r + 1)
+  tails[tonumber(ARGV[at])] = ARGV[at + 1]
+end
 local jobs = {}
 local by_lane = {{}, {}, {}}
 for i = 1, n do
@@ -70,7 +80,8 @@ for i = 1, n do
     redis.call('HDEL', KEYS[6 + 2 * i], j[7])
     if ttl > 0 then
       redis.call('SET', KEYS[7 + 2 * i],
-        'completed|' .. j[3] .. '|' .. j[5] .. '|' .. j[4] .. '|' .. now_s .. '|' .. j[6] .. '||',
+        'completed|' .. j[3] .. '|' .. j[5] .. '|' .. j[4] .. '|' .. now_s .. '|' .. j[6] .. '|' ..
+          (tails[i] or '|'),
         'PX', ttl_s)
     end
     ev_types[#ev_types + 1] = j[6]

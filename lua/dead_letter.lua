@@ -15,7 +15,8 @@
   ARGV[6] error (one line, already redacted)  ARGV[7] record ttl (ms; 0 = keep no record)
   ARGV[8] attempts made (recorded)  ARGV[9] dead stream max length
   ARGV[10] events max length  ARGV[11] 1 if a handler attempt failed (emit 'failed' first)
-  Returns: the dead-letter entry id; 0 if the claim was lost; -1 if the entry is gone.
+  Returns: the dead-letter entry id; 0 if the claim was lost; -1 if the entry is gone;
+    {-2, spec} for a job of a flow (its spec carries the flow link): nothing done.
 ]]
 local events, dead, stats, moves, bucket, rec = KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local group, consumer = ARGV[1], ARGV[2]
@@ -27,13 +28,16 @@ if not (p[1] and p[1][2] == consumer) then
   return 0
 end
 local r = redis.call('XRANGE', lane, id, id)
+local f = r[1] and fields_of(r[1][2]) or {}
+if f['b'] and string.find(f['b'], '/', 1, true) then
+  return {-2, f['b']}  -- a job of a flow: lua/flow_dead_letter.lua settles its flow too
+end
 redis.call('XACK', lane, group, id)
 redis.call('HDEL', bucket, job_id)
 redis.call('HDEL', moves, job_id)
 if not r[1] then
   return -1
 end
-local f = fields_of(r[1][2])
 local now = now_ms()
 -- a malformed entry may lack any field: dead-letter what there is
 local attempts = f['a'] or '1'

@@ -8,7 +8,8 @@
   KEYS[7] index bucket of the job   HASH
   KEYS[8] job record     STRING 'state|attempts made|max|created|finished|type|dead id|error'
   ARGV[1] group  ARGV[2] job_id
-  Returns: {} if unknown or expired, else {state, field, value, ...} with fields
+  Returns: {} if unknown or expired; {'waiting_children'} for a flow parent waiting for
+    its children; else {state, field, value, ...} with fields
     a (max attempts), n (failed attempts), s (stalls: earlier runs' plus this entry's
     take-overs in place), t (created ms), e (last error),
     f (finished ms), due (ms), x (dead entry id), lane, id (entry id), dc (deliveries), y (type)
@@ -24,6 +25,9 @@ if not loc then
   if not st then return {} end
   return {st, 'n', made, 'a', max_attempts, 't', created, 'f', finished, 'y', jtype,
     'x', dead_id, 'e', err}
+end
+if loc == 'c' then
+  return {'waiting_children'}  -- a flow parent: the rest is in its flow hash (flows/)
 end
 if loc == 'd' then
   local packed = redis.call('HGET', ddata, job_id)

@@ -12,7 +12,9 @@
   KEYS[8] dead           STREAM
   ARGV[1] job_id
   Returns: {} when no payload is kept (unknown, expired, completed, cancelled, or a dead
-    letter already purged), else {where, payload bytes} with where 'lane', 'delayed' or 'dead'.
+    letter already purged); {'flow'} for a flow parent waiting for its children (its
+    payload is in its flow hash); else {where, payload bytes} with where 'lane', 'delayed'
+    or 'dead'.
 ]]
 local moves, ddata, bucket, rec, dead = KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local job_id = ARGV[1]
@@ -27,6 +29,9 @@ if not loc then
   local f = fields_of(e[1][2])
   if f['j'] ~= job_id or not f['d'] then return {} end
   return {'dead', f['d']}
+end
+if loc == 'c' then
+  return {'flow'}  -- a flow parent waiting for its children keeps it in its flow hash
 end
 if loc == 'd' then
   local packed = redis.call('HGET', ddata, job_id)

@@ -62,3 +62,32 @@ class Codec:
             raise PayloadError(f"decode: malformed payload ({exc})") from None
         except RecursionError:
             raise PayloadError("decode: payload nested too deeply") from None
+
+    # -- values stored with a job (a handler's result) ----------------------------------------
+    def encode_value(self, value: Any, job_id: str, purpose: str = "result", *,
+                     max_bytes: int | None = None) -> bytes:
+        """Encode a value stored with job ``job_id`` (a handler's result): plain msgpack,
+        no job type, capped at ``max_bytes`` (default: the payload cap). The one place a
+        stored value is encoded, so encryption at rest can seal it here for its job."""
+        del job_id  # the associated data once stored values are encrypted
+        cap = self.max_bytes if max_bytes is None else max_bytes
+        try:
+            raw = self._encoder.encode(value)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise PayloadError(f"{purpose} cannot be encoded: {exc}") from None
+        if len(raw) > cap:
+            raise PayloadError(f"{purpose} {len(raw)} B exceeds limit {cap} B")
+        return raw
+
+    def decode_value(self, raw: bytes, job_id: str, purpose: str = "result") -> Any:
+        """The inverse of :meth:`encode_value`."""
+        del job_id
+        try:
+            return _PLAIN.decode(raw)
+        except msgspec.DecodeError as exc:
+            raise PayloadError(f"decode {purpose}: malformed ({exc})") from None
+        except RecursionError:
+            raise PayloadError(f"decode {purpose}: nested too deeply") from None
+
+
+_PLAIN: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder()

@@ -7,7 +7,9 @@
     ├── PayloadError(ValueError)  a payload cannot be encoded, is too large, or fails validation
     ├── JobIdError(ValueError) a custom job id has a bad charset or length
     ├── LeaseLost              a worker's claim on an entry was taken over (fencing)
-    └── ScriptError            a Lua transition returned an unexpected reply
+    ├── ScriptError            a Lua transition returned an unexpected reply
+    └── ChildFailed            a flow's child failed for good or was cancelled (a value in
+                               its parent's ``children_results()``, not raised by streamq)
 
 Exceptions a *handler* raises to steer the worker:
 
@@ -50,6 +52,18 @@ class LeaseLost(StreamqError):
 
 class ScriptError(StreamqError):
     """A Lua transition answered with a status this client does not know."""
+
+
+class ChildFailed(StreamqError):
+    """How a flow parent's ``children_results()`` shows a child that failed for good or
+    was cancelled (policy "continue"): ``job_id``, ``error`` (its one-line reason) and
+    ``state`` ("failed" or "cancelled"). A value, not raised: check with isinstance."""
+
+    def __init__(self, job_id: str, error: str, state: str = "failed") -> None:
+        super().__init__(f"child {job_id} {state}: {error}")
+        self.job_id = job_id
+        self.error = error
+        self.state = state
 
 
 class PermanentError(Exception):

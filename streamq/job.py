@@ -7,9 +7,12 @@ import math
 import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from .validate import MAX_DELAY_S, int_value, seconds_value
+
+if TYPE_CHECKING:
+    from .flows.link import FlowLink
 
 Priority = Literal["high", "normal", "low"]
 
@@ -21,6 +24,8 @@ class JobState(enum.StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    WAITING_CHILDREN = "waiting_children"
+    """A flow parent waiting for its children to finish (``Queue.add_flow``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +150,15 @@ class JobInfo:
     priority: Priority | None = None
     stalls: int = 0
     job_type: str | None = None
+    result: Any = None
+    """A completed job's stored result (its handler's return value), or None."""
+    result_error: str | None = None
+    """Why a completed job's result was not kept (over the size cap, not encodable)."""
+    progress: Any = None
+    """The last progress the current (or, finished, the last) attempt reported: a float
+    in [0, 1] or a small dict; None if it reported none."""
+    pending_children: int | None = None
+    """A flow parent waiting for its children: how many have not finished yet."""
 
 
 @dataclass(slots=True, eq=False)
@@ -175,10 +189,40 @@ class Job:
     timeout: float | None = None
     """Seconds this attempt may run before it is cut: the job's own ``JobOptions.timeout``,
     else the worker's ``job_timeout``; None: no limit."""
+    flow: FlowLink | None = None
+    """Set for a job of a flow: its parent, and whether it has children (flows/link.py)."""
+    runtime: JobRuntime | None = None
+    """The worker running the job (progress, children's results); None outside a worker."""
 
     @property
     def created_at(self) -> datetime:
         return datetime.fromtimestamp(self.created_ms / 1000, UTC)
+
+    async def progress(self, value: float | dict[str, Any]) -> None:
+        """Report progress: a float in [0, 1] or a small dict (JSON, capped at
+        ``QueueDefaults.max_progress_bytes``). Throttled to one Redis write per
+        ``progress_interval_s``; a value that waits is written at the next interval or
+        when the job ends, never dropped. Raises ``LeaseLost`` once another worker has
+        taken the job over (this run's outcome will not count)."""
+        if self.runtime is None:
+            raise RuntimeError("Job.progress() works inside a worker's handler")
+        await self.runtime.progress(self, value)
+
+    async def children_results(self) -> dict[str, Any]:
+        """A flow parent's children's outcomes, by child job id in the order they were
+        given: each child's result, or for a failed or cancelled child (policy
+        "continue") a ``ChildFailed`` with its error. Empty for a job without children."""
+        if self.runtime is None:
+            raise RuntimeError("Job.children_results() works inside a worker's handler")
+        return await self.runtime.children_results(self)
+
+
+class JobRuntime(Protocol):
+    """What a running job asks of its worker (implemented in worker/runtime.py)."""
+
+    async def progress(self, job: Job, value: Any) -> None: ...
+
+    async def children_results(self, job: Job) -> dict[str, Any]: ...
 
 
 def ms_to_dt(value: Any) -> datetime | None:

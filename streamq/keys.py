@@ -185,6 +185,15 @@ class QueueKeys:
         """HASH record of a delayed-or-finished job (state, attempts, error, timestamps)."""
         return self.prefix + "job:" + job_id
 
+    def progress(self, job_id: str) -> str:
+        """STRING (with TTL) the last progress a job reported, tagged with its attempt."""
+        return self.prefix + "progress:" + job_id
+
+    def flow(self, job_id: str) -> str:
+        """HASH of a flow parent (a job with children): its state, its payload while it
+        waits, its pending-children count and each finished child's outcome (flows/)."""
+        return self.prefix + "flow:" + job_id
+
     # -- downstreams a handler calls (SMS providers): the names are configuration --------
     def breaker(self, name: str) -> str:
         """HASH circuit breaker of a downstream, shared by all workers (lua/breaker_*)."""

@@ -35,6 +35,7 @@ from .errors import ConfigError, PayloadError
 from .events import QueueEvent, parse_events
 from .job import JobInfo, JobState, Priority, ms_to_dt
 from .keys import GROUP, PRIORITIES, QueueKeys, check_job_id
+from .results import split_record
 
 if TYPE_CHECKING:
     from .queue import Queue
@@ -207,8 +208,10 @@ def delayed_info(job_id: str, packed: bytes | None, due_ms: int) -> JobInfo:
 
 def record_info(job_id: str, record: bytes | None, finished_ms: int) -> tuple[JobInfo, str | None]:
     """A finished job's facts from its record 'state|attempts|max|created|finished|type|
-    dead id|error', or from the index alone (with a note) once the record has expired."""
-    parts = _s(record).split("|", 7) if record else []
+    dead id|error' (a completed one's last field holds its result instead: results.py),
+    or from the index alone (with a note) once the record has expired."""
+    head, rest = split_record(record) if record else ([], b"")
+    parts = [*head, "" if head[:1] == ["completed"] else _s(rest)]
     if len(parts) < 8:
         return (JobInfo(id=job_id, state=JobState.COMPLETED, attempts=0, max_attempts=0,
                         finished_at=ms_to_dt(finished_ms)),
@@ -469,6 +472,11 @@ async def read_payload(q: Queue, k: QueueKeys, job_id: str) -> Payload | None:
     )
     if not reply:
         return None
+    if len(reply) == 1:  # 'flow': a parent waiting for its children keeps it in its flow hash
+        held = await _r(q).hget(k.flow(job_id), "d")
+        if held is None:
+            return None
+        reply = [b"flow", held]
     raw = reply[1] if isinstance(reply[1], bytes) else _s(reply[1]).encode()
     data, ok = decode_payload(q.codec, raw, job_id)
     return Payload(where=_s(reply[0]), data=data, size=len(raw), decoded=ok)

@@ -25,7 +25,10 @@ from .errors import ConfigError, PayloadError, RedisUnavailable
 from .events import QueueEvent, parse_events
 from .fanout import dead_bounds, each, id_key, merge_sorted, parse_ref, sum_counts
 from .fanout import read_events as read_merged_events
-from .job import Backoff, JobInfo, JobOptions, JobRef, JobState, Priority, ms_to_dt, run_spec
+from .flows.create import ChildFailurePolicy, FlowJob, FlowRef, add_flow
+from .flows.finish import cancel_flow_job
+from .job import Backoff, JobInfo, JobOptions, JobRef, JobState, run_spec
+from .jobinfo import job_info
 from .keys import GROUP, LANE_INDEX, PRIORITIES, QueueKeys, check_job_id, check_queue_name
 from .listing import JobPage, Payload, WorkerInfo, job_events, list_jobs, list_workers, read_payload
 from .partitions import Layout
@@ -292,29 +295,8 @@ class Queue:
                 break
         if not reply:
             return None
-        state = _text(reply[0])
-        f = {_text(reply[i]): _text(reply[i + 1]) for i in range(1, len(reply) - 1, 2)}
-        try:
-            st = JobState(state)
-        except ValueError:
-            return None
-        lane = f.get("lane")
-        priority: Priority | None = None
-        if lane is not None and lane.isdigit() and int(lane) < 3:
-            priority = PRIORITIES[int(lane)]  # type: ignore[assignment]
-        return JobInfo(
-            id=job_id,
-            state=st,
-            attempts=int(f.get("n") or 0),
-            max_attempts=int(f.get("a") or 0),
-            error=f.get("e") or None,
-            created_at=ms_to_dt(f.get("t")),
-            finished_at=ms_to_dt(f.get("f")),
-            due_at=ms_to_dt(f.get("due", "").split(".")[0]),
-            priority=priority,
-            stalls=int(f.get("s") or 0),
-            job_type=f.get("y") or None,
-        )
+        with translate_redis_errors(self.redis_url):
+            return await job_info(self, k, job_id, reply)
 
     async def counts(self) -> dict[str, int]:
         """Jobs per state: waiting, active, delayed, completed, failed (plus cancelled,
@@ -340,15 +322,31 @@ class Queue:
         finished, or already running (an active job cannot be cancelled)."""
         check_job_id(job_id)
         for k in self.layout.lookup(job_id, await self.partition_count()):
-            r = int(await self._run(
+            reply = await self._run(
                 "cancel",
                 [*k.lanes, k.events, k.delayed, k.delayed_data, k.stats, k.moves,
                  k.bucket(job_id), k.job(job_id)],
                 [GROUP, job_id, self.defaults.failed_ttl_ms, self.defaults.events_max],
-            ))
+            )
+            if isinstance(reply, list):  # a job of a flow: its flow is settled too
+                with translate_redis_errors(self.redis_url):
+                    r = await cancel_flow_job(self, k, job_id, _text(reply[1]))
+            else:
+                r = int(reply)
             if r != 0:  # cancelled (1), or found running (-1): either way it was here
                 return r == 1
         return False
+
+    async def add_flow(self, root: FlowJob, *, on_child_failure: ChildFailurePolicy) -> FlowRef:
+        """Add a flow: ``root`` runs once all its children (``FlowJob.children``, on this
+        queue or others of the same Redis, nested as deep as wanted) have finished; it
+        waits meanwhile in state ``waiting_children``. ``on_child_failure`` is required:
+        ``"fail"`` dead-letters a parent when one of its children fails for good (and
+        cancels its children that have not started), ``"continue"`` runs it anyway, the
+        failure in its ``Job.children_results()``. All jobs are added or none (a live
+        id, a bad payload: nothing is written). Returns the root's reference, with its
+        children's. See docs/workflows.md."""
+        return await add_flow(self, root, on_child_failure)
 
     async def pause(self) -> None:
         """Workers stop taking jobs from this queue (running jobs finish). A partitioned

@@ -39,10 +39,15 @@ SCRIPT_NAMES: tuple[str, ...] = (
     "enqueue",
     "extend",
     "fire_schedule",
+    "flow_add",
+    "flow_cancel",
+    "flow_complete",
+    "flow_dead_letter",
     "get_job",
     "get_payload",
     "grow_partitions",
     "limiter_take",
+    "progress",
     "reclaim",
     "release",
     "remove_schedule",
@@ -73,6 +78,8 @@ def lua_dir() -> Path:
 
 SHARED = "shared"
 """lua/shared.lua: helpers every transition starts with, put after its '#!lua' line."""
+FLOW_SHARED = "flow_shared"
+"""lua/flow_shared.lua: helpers of the flow transitions (``flow_*``), put after shared.lua."""
 
 
 class Script:
@@ -95,7 +102,9 @@ class Script:
 def load_scripts() -> dict[str, Script]:
     base = lua_dir()
     shared = (base / f"{SHARED}.lua").read_text(encoding="utf-8")
-    return {n: Script(n, (base / f"{n}.lua").read_text(encoding="utf-8"), shared)
+    flow = shared + (base / f"{FLOW_SHARED}.lua").read_text(encoding="utf-8")
+    return {n: Script(n, (base / f"{n}.lua").read_text(encoding="utf-8"),
+                      flow if n.startswith("flow_") else shared)
             for n in SCRIPT_NAMES}
 
 

@@ -41,6 +41,12 @@ MAX_CONNECTIONS = 256
 MAX_BLOCK_MS = 2000
 
 
+MAX_STORED_VALUE_BYTES = 16 * 1024 * 1024
+"""A stored result travels in one script call and one record: far below Redis's 512 MB
+bulk limit, and far above what a record should hold."""
+MIN_PROGRESS_BYTES = 16
+
+
 class QueueDefaults(msgspec.Struct, frozen=True, kw_only=True):
     """Per-queue defaults (seed: attempts 3, backoff 2 s, completed 24 h, failed 7 days).
 
@@ -61,6 +67,16 @@ class QueueDefaults(msgspec.Struct, frozen=True, kw_only=True):
     events_max: int = 2_000
     """Entries (approximate) kept in the queue's events stream; 0 turns events off. The
     batch transitions write one entry per 100 jobs, so memory stays under ~5 MB."""
+    max_result_bytes: int = 64 * 1024
+    """Cap on a handler's encoded return value, kept with the completed record
+    (``JobInfo.result``) for as long as the record (``completed_ttl_s``); 0 keeps none.
+    A result over the cap, or one msgpack cannot encode, is dropped with a warning: the
+    job still completes and ``JobInfo.result_error`` says why (docs/workflows.md)."""
+    max_progress_bytes: int = 1024
+    """Cap on one ``Job.progress`` value (a dict, encoded as JSON)."""
+    progress_interval_s: float = 0.5
+    """At most one progress write per job per this many seconds; the last value waits for
+    the next interval (or the job's end) instead of being dropped."""
 
     def __post_init__(self) -> None:
         int_value("QueueDefaults.attempts", self.attempts, minimum=1)
@@ -73,6 +89,12 @@ class QueueDefaults(msgspec.Struct, frozen=True, kw_only=True):
         int_value("QueueDefaults.dead_letter_max", self.dead_letter_max, minimum=1)
         int_value("QueueDefaults.completed_index_max", self.completed_index_max, minimum=0)
         int_value("QueueDefaults.events_max", self.events_max, minimum=0)
+        int_value("QueueDefaults.max_result_bytes", self.max_result_bytes, minimum=0,
+                  maximum=MAX_STORED_VALUE_BYTES)
+        int_value("QueueDefaults.max_progress_bytes", self.max_progress_bytes,
+                  minimum=MIN_PROGRESS_BYTES, maximum=MAX_STORED_VALUE_BYTES)
+        seconds_value("QueueDefaults.progress_interval_s", self.progress_interval_s,
+                      maximum=3600.0)
 
     @property
     def completed_ttl_ms(self) -> int:

@@ -41,10 +41,12 @@ from ..cancellation import cancelled_from_outside
 from ..connection import translate_redis_errors
 from ..errors import Defer, PayloadError, PermanentError, RetryAfter, StreamqError
 from ..events import Callback, EventName, Hooks, WorkerEvent
-from ..job import Backoff, Job, parse_run_spec
+from ..flows.link import parse_spec
+from ..job import Job
 from ..keys import GROUP, PRIORITIES, QueueKeys
 from ..queue import Queue
 from ..redact import redact_text, redact_url
+from ..results import result_tail
 from ..schedules.runner import ScheduleRunner
 from ..scripts import ScriptRunner
 from ..settings import MAX_BLOCK_MS, make_redis
@@ -52,6 +54,7 @@ from .attempt import AttemptFailed, AttemptTimedOut, HandlerCancelled, run_with_
 from .hold import FetchHold
 from .options import check_worker_options
 from .partitioned import PartitionedFetch
+from .runtime import WorkerRuntime
 
 Handler = Callable[[Job], Awaitable[Any]]
 
@@ -74,12 +77,6 @@ def _one_line(exc: BaseException) -> str:
 @lru_cache(maxsize=64)
 def _type_name(raw: bytes) -> str | None:
     return raw.decode("utf-8", "replace") or None
-
-
-@lru_cache(maxsize=64)
-def _run_spec(spec: bytes) -> tuple[Backoff, float | None]:
-    """The entry's b field: backoff and the job's own timeout (None: the worker's)."""
-    return parse_run_spec(spec.decode())
 
 
 def _text(v: Any) -> str:
@@ -154,6 +151,9 @@ class Worker:
         self._stop_event = anyio.Event()
         self._finished = anyio.Event()
         self._started = False
+        self.runtime = WorkerRuntime(self)
+        """Progress (``Job.progress``) and flows (``add_flow``'s jobs) of running jobs."""
+        self._saw_flows = False
         self._grace_override: float | None = None
         self.healthy = False
         self.last_loop_at = time.monotonic()
@@ -229,6 +229,7 @@ class Worker:
                 upkeep.start_soon(self._reclaim_loop)
                 if self.schedules is not None:
                     upkeep.start_soon(self.schedules.run)
+                upkeep.start_soon(self.runtime.board.run)
                 async with anyio.create_task_group() as runners:
                     for _ in range(self.concurrency):
                         runners.start_soon(self._runner)
@@ -439,12 +440,15 @@ class Worker:
                         a, n, st, t, b = f[b"a"], f[b"n"], f[b"s"], f[b"t"], f[b"b"]
                         y = f.get(b"y", b"")
                 enqueued = int(entry_id.partition("-")[0])
-                backoff, timeout = _run_spec(b)
+                backoff, timeout, link = parse_spec(b)
                 job = Job(job_id.decode(), data, int(n) + 1, int(a), qname,
                           PRIORITIES[lane],  # type: ignore[arg-type]
                           enqueued - int(t), enqueued, backoff, lane, entry_id,
                           max(stalls, int(st)), _type_name(y), 0.0, 0.0, partition,
                           job_timeout if timeout is None else timeout)  # all positional: faster
+                if link is not None:  # a job of a flow (flows/link.py)
+                    job.flow = link
+                    self._saw_flows = True
             except (KeyError, ValueError, IndexError, UnicodeDecodeError):
                 f = dict(zip(raw[::2], raw[1::2], strict=False))
                 job = Job(id=_text(f.get(b"j", b"")) or "?malformed", data=_MalformedEntry(),
@@ -571,16 +575,23 @@ class Worker:
             await self._dead(job, _one_line(exc))
             return
         job.wait_s = max(0.0, time.time() - job.enqueued_ms / 1000)
+        job.runtime = self.runtime
         if self.hooks.wants("active"):
             await self.hooks.emit(self._event("active", job))
         if job.timeout is not None:
             self._cut_at[id(job)] = anyio.current_time() + job.timeout
         t0 = time.perf_counter()
+        board = self.runtime.board
         try:
-            if job.timeout is None:
-                result = await self.handler(job)
-            else:
-                result = await run_with_timeout(self.handler, job, job.timeout)
+            try:
+                if job.timeout is None:
+                    result = await self.handler(job)
+                else:
+                    result = await run_with_timeout(self.handler, job, job.timeout)
+            finally:
+                if board.tracking():  # the last progress value goes out before the outcome
+                    with anyio.CancelScope(shield=True):
+                        await board.finish(job)
         except anyio.get_cancelled_exc_class():
             if cancelled_from_outside():
                 raise  # the worker's own cut (shutdown): the attempt is handed back
@@ -667,13 +678,19 @@ class Worker:
         q = self.queue
         k = self._keys(job.partition)
         made = job.attempt if attempts_made is None else attempts_made
-        r = await self._call_retrying(
-            "dead_letter",
-            [*k.lanes, k.events, k.dead, k.stats, k.moves, k.bucket(job.id), k.job(job.id)],
-            [GROUP, self.consumer, job.lane, job.entry_id, job.id, error,
-             q.defaults.failed_ttl_ms, made, q.defaults.dead_letter_max,
-             q.defaults.events_max, 1 if attempt_failed else 0],
-        )
+        r: Any = None
+        if job.flow is None:
+            r = await self._call_retrying(
+                "dead_letter",
+                [*k.lanes, k.events, k.dead, k.stats, k.moves, k.bucket(job.id), k.job(job.id)],
+                [GROUP, self.consumer, job.lane, job.entry_id, job.id, error,
+                 q.defaults.failed_ttl_ms, made, q.defaults.dead_letter_max,
+                 q.defaults.events_max, 1 if attempt_failed else 0],
+            )
+            if isinstance(r, list):  # a job of a flow the worker did not know as one (stalled)
+                job.flow = parse_spec(r[1])[2]
+        if job.flow is not None:
+            r = await self.runtime.flows.dead_letter(job, error, made, attempt_failed)
         if r is None or r == 0 or r == b"0":
             log.warning("job.lost_claim", queue=q.name, job_id=job.id, attempt=job.attempt,
                         transition="dead_letter")
@@ -735,6 +752,13 @@ class Worker:
     async def _flush_now(self) -> None:
         while self._done:
             batch, self._done = self._done[:FLUSH_BATCH], self._done[FLUSH_BATCH:]
+            if self._saw_flows:  # jobs of flows tell their parents (flows/finish.py)
+                flow = [done for done in batch if done[0].flow is not None]
+                if flow:
+                    batch = [done for done in batch if done[0].flow is None]
+                    await self.runtime.flows.complete(flow)
+                    if not batch:
+                        continue
             if self.queue.layout.count == 1:
                 await self._flush_batch(batch, self.queue.keys)
                 continue
@@ -754,12 +778,19 @@ class Worker:
         keys = [*k.lanes, k.events, k.stats, k.moves, k.completed_index]
         prefix = k.prefix + "job:"
         bucket = k.bucket
-        for job, _ in batch:
+        tails: list[Any] = []
+        for pos, (job, result) in enumerate(batch, 1):
             # one packed argument per job: the client encodes each argument separately
             args.append(f"{job.lane}|{job.entry_id}|{job.attempt}|{job.created_ms}|"
                         f"{job.max_attempts}|{job.type_name or ''}|{job.id}")
             keys.append(bucket(job.id))
             keys.append(prefix + job.id)
+            if result is not None:
+                tail = result_tail(q.codec, q.defaults.max_result_bytes, q.name, job.id, result)
+                if tail is not None:
+                    tails += [pos, tail]
+        args += tails
+        args.append(len(tails) // 2)  # results last (lua/complete.lua)
         try:
             lost = await self._call_retrying("complete", keys, args)
         except (RedisError, OSError) as exc:
@@ -801,6 +832,7 @@ class Worker:
             return
         for pos in lost:
             job = jobs[int(pos) - 1]
+            self.runtime.board.mark_lost(job)
             log.warning("job.lost_claim", queue=self.queue.name, job_id=job.id,
                         attempt=job.attempt, transition="heartbeat")
 
