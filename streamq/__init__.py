@@ -11,6 +11,7 @@
 
 from .dead import DeadLetter
 from .errors import (
+    ChildFailed,
     ConfigError,
     Defer,
     JobIdError,
@@ -23,6 +24,7 @@ from .errors import (
     StreamqError,
 )
 from .events import WorkerEvent
+from .flows import FlowJob
 from .job import Backoff, Job, JobInfo, JobOptions, JobRef, JobState
 from .queue import Queue
 from .schedules import Schedule
@@ -31,9 +33,11 @@ from .worker import Worker
 
 __all__ = [
     "Backoff",
+    "ChildFailed",
     "ConfigError",
     "DeadLetter",
     "Defer",
+    "FlowJob",
     "Job",
     "JobIdError",
     "JobInfo",

@@ -84,8 +84,10 @@ class QueueEvent:
     """One entry of a queue's events stream (``Queue.read_events``): what monitors follow.
 
     ``name`` is added, active, completed, failed, retrying, dead, stalled, cancelled,
-    replayed or deferred (and, on SMS queues, ``breaker`` and ``failover``: see
-    docs/sms-providers.md). No payload data and no phone numbers: job id, type, attempt, error.
+    replayed or deferred; ``progress`` (``fields["p"]``: the value as JSON) and, for a flow
+    parent whose children all finished, ``children_done`` (docs/workflows.md); on SMS
+    queues also ``breaker`` and ``failover`` (docs/sms-providers.md). No payload data and
+    no phone numbers: job id, type, attempt, error.
     """
 
     id: str

@@ -422,6 +422,9 @@ async def list_jobs(q: Queue, parts: Sequence[QueueKeys], state: JobState | str,
     except ValueError:
         raise ConfigError(f"state {state!r} is unknown: use one of "
                           f"{', '.join(s.value for s in LISTABLE)}") from None
+    if st is JobState.WAITING_CHILDREN:
+        raise ConfigError("jobs waiting for their children are not listed: find them by id "
+                          "(get_job), e.g. the root id add_flow returned")
     if st not in _FETCH:
         raise ConfigError(f"{st.value} jobs are counted, not listed: no index keeps them")
     if not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:

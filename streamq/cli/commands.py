@@ -43,6 +43,7 @@ STAT_ROWS: tuple[tuple[str, str], ...] = (
 WORKER_SEEN_S = 60.0  # a consumer quiet for longer is listed only while it holds jobs
 REPLAY_CONCURRENCY = 32
 ERROR_WIDTH = 60
+RESULT_WIDTH = 400
 # a dead letter's reference: its entry id, with @<partition> outside partition 0
 _ENTRY_ID_RE = re.compile(r"^\d+-\d+(@\d+)?$")
 
@@ -170,6 +171,13 @@ async def cmd_job(args: argparse.Namespace, q: Queue, con: Console) -> int:
         ["stalls", info.stalls],
         ["error", info.error or "-"],
     ]
+    if info.pending_children is not None:
+        rows.append(["pending_children", info.pending_children])
+    if info.progress is not None:
+        rows.append(["progress", payload_text(info.progress)])
+    if info.state is JobState.COMPLETED:
+        rows.append(["result", shorten(payload_text(info.result), RESULT_WIDTH)
+                     if info.result_error is None else f"not kept: {info.result_error}"])
     con.print(table(["field", "value"], rows))
     if info.state is JobState.FAILED:
         con.print(f"\ndead letter: python -m streamq dead --queue {q.name} --show {info.id}")

@@ -170,7 +170,7 @@ def make_sms_handler(
             encoding=rendered.encoding,
             segments=rendered.segments,
         )
-        # The completed record keeps this; it holds no text and no number.
+        # Kept with the completed record (JobInfo.result); it holds no text and no number.
         return {
             "provider": result.provider,
             "message_id": result.message_id,

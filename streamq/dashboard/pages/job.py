@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
 from ...errors import ConfigError, JobIdError
@@ -16,7 +17,8 @@ from ..state import dashboard_of
 from .actions import act
 
 routes = web.RouteTableDef()
-WHERE = {"lane": "its lane entry", "delayed": "the delayed set", "dead": "its dead letter"}
+WHERE = {"lane": "its lane entry", "delayed": "the delayed set", "dead": "its dead letter",
+         "flow": "its flow, while it waits for its children"}
 
 
 def _job_id(request: web.Request) -> str:
@@ -32,12 +34,35 @@ def info_json(info: JobInfo) -> dict[str, Any]:
             "max_attempts": info.max_attempts, "error": redact_text(info.error or "") or None,
             "created_at": fmt_time(info.created_at), "finished_at": fmt_time(info.finished_at),
             "due_at": fmt_time(info.due_at), "priority": info.priority, "stalls": info.stalls,
-            "type": info.job_type}
+            "type": info.job_type, "progress": _masked(info.progress),
+            "result": _masked(info.result), "result_error": info.result_error,
+            "pending_children": info.pending_children}
+
+
+def _masked(value: Any) -> Any:
+    """A progress value or result as the page shows it (numbers masked, secrets hidden)."""
+    if value is None or isinstance(value, float | int):
+        return value
+    shown = masked_payload(value)
+    try:
+        return msgspec.json.decode(shown)
+    except msgspec.DecodeError:  # "<... that cannot be shown>"
+        return shown
 
 
 def _field(name: str, value: str, key: str = "") -> str:
     attr = f' data-job-field="{esc(key)}"' if key else ""
     return f"<dt>{esc(name)}</dt><dd{attr}>{value}</dd>"
+
+
+def _progress_html(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float | int):
+        pct = max(0.0, min(100.0, float(value) * 100))
+        return (f'<progress max="100" value="{pct:.0f}"></progress> '
+                f"<span class=mono>{pct:.0f}%</span>")
+    return f"<span class=mono>{esc(masked_payload(value))}</span>"
 
 
 @routes.get("/q/{queue}/jobs/{job_id}")
@@ -64,7 +89,22 @@ async def job_page(request: web.Request) -> web.StreamResponse:
         _field("due", when(info.due_at)),
         _field("finished", when(info.finished_at), "finished_at"),
         _field("error", f"<span class=error>{mask(info.error or '-')}</span>", "error"),
+        _field("progress", _progress_html(info.progress), "progress"),
     ])
+    if info.pending_children is not None:
+        facts += _field("children not finished", esc(info.pending_children), "pending_children")
+    if info.state is JobState.COMPLETED:
+        if info.result_error is not None:
+            result = f"<p class=hint>Not kept: {mask(info.result_error)}</p>"
+        elif info.result is None:
+            result = "<p class=hint>The handler returned nothing (None).</p>"
+        else:
+            result = ("<p class=hint>The handler's return value; phone numbers masked, message "
+                      f"texts and codes hidden.</p><pre class=payload data-job-field=result>"
+                      f"{esc(masked_payload(info.result))}</pre>")
+        facts_tail = f"<h2>Result</h2>{result}"
+    else:
+        facts_tail = ""
     payload = await q.job_payload(job_id)
     if payload is None:
         shown = ("<p class=hint>No payload is kept for a job in this state (completed and "
@@ -86,7 +126,7 @@ async def job_page(request: web.Request) -> web.StreamResponse:
     if info.state is JobState.FAILED:
         actions.append(action_form(request, base + "/replay", "replay job"))
     body = (f'<h1>Job <span class=mono>{mask(job_id)}</span> {" ".join(actions)}</h1>'
-            f"<dl class=facts>{facts}</dl><h2>Payload</h2>{shown}"
+            f"<dl class=facts>{facts}</dl>{facts_tail}<h2>Payload</h2>{shown}"
             "<h2>Events</h2><p class=hint>What the queue's events stream still holds for this "
             "job (it keeps the newest entries only).</p>"
             + table(["event", "attempt", "error", "details", "entry"], ev_rows, cls="events",

@@ -68,6 +68,10 @@
         set("attempts", String(info.attempts));
         set("error", info.error || "-");
         set("finished_at", info.finished_at);
+        if (info.progress !== null && info.progress !== undefined) {
+          set("progress", typeof info.progress === "number"
+            ? Math.round(info.progress * 100) + "%" : JSON.stringify(info.progress));
+        }
       });
   }
 
