@@ -14,14 +14,14 @@ from redis.crc import key_slot
 import streamq
 from streamq import JobOptions, Queue
 from streamq.keys import QueueKeys
-from streamq.scripts import SCRIPT_NAMES, SHARED, load_scripts, lua_dir
+from streamq.scripts import FLOW_SHARED, SCRIPT_NAMES, SHARED, load_scripts, lua_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_lua_file_is_registered_and_has_its_header_contract() -> None:
     files = sorted(p.stem for p in (ROOT / "lua").glob("*.lua"))
-    assert files == sorted([*SCRIPT_NAMES, SHARED])
+    assert files == sorted([*SCRIPT_NAMES, SHARED, FLOW_SHARED])
     for name, script in load_scripts().items():
         src = script.text
         assert re.search(r"KEYS\[1", src), name
@@ -88,7 +88,7 @@ def test_built_wheel_carries_and_finds_the_lua_scripts(tmp_path: Path) -> None:
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
         z.extractall(tmp_path / "site")
-    for name in [*SCRIPT_NAMES, SHARED]:
+    for name in [*SCRIPT_NAMES, SHARED, FLOW_SHARED]:
         assert f"streamq/lua/{name}.lua" in names
     assert "streamq/py.typed" in names
     for name in ("app.js", "style.css"):  # the dashboard's files, served from the package

@@ -104,6 +104,16 @@ async def test_all_three_kinds_are_delivered(
     assert sorted(r.body["clientsmsid"] for r in standin.received if r.body) == sorted(
         r.job_id for r in refs
     )
+    # Each job's record keeps what the dispatcher returned (no text, no number).
+    for ref in refs:
+        info = await queue.get_job(ref.job_id)
+        assert info is not None and info.state is JobState.COMPLETED
+        assert isinstance(info.result, dict), info
+        assert set(info.result) == {"provider", "message_id", "encoding", "segments"}
+        assert info.result["provider"] == "salum" and info.result["message_id"]
+        assert CODE not in str(info.result) and "712345678" not in str(info.result)
+    arabic = await queue.get_job(refs[2].job_id)
+    assert arabic is not None and arabic.result["encoding"] == "UCS-2"
     # The OTP (high priority) went first.
     first = standin.received[0].body
     assert first is not None and first["message"].startswith("Your verification code")
