@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("streamq.worker")
 T = TypeVar("T")
+FLOW_BATCH = 100
+"""Jobs of flows per flow_complete call (each brings its parent's keys along)."""
 
 
 def _text(v: Any) -> str:
@@ -84,35 +86,47 @@ class FlowFinisher:
                 delay = min(delay * 2, 5.0)
 
     async def complete(self, batch: list[tuple[Job, Any]]) -> None:
-        """Record each job's success and tell its parent (one call per job)."""
+        """Record each job's success and tell its parent: one call per partition and
+        FLOW_BATCH jobs."""
+        groups: dict[int, list[tuple[Job, Any]]] = {}
+        for done in batch:
+            groups.setdefault(done[0].partition, []).append(done)
+        for partition, jobs in groups.items():
+            for start in range(0, len(jobs), FLOW_BATCH):
+                await self._complete(partition, jobs[start:start + FLOW_BATCH])
+
+    async def _complete(self, partition: int, batch: list[tuple[Job, Any]]) -> None:
         w = self.w
         q = w.queue
         d = q.defaults
+        k = w._keys(partition)
+        keys = [k.completed_index, k.events, k.stats, k.moves, *k.lanes]
+        args: list[Any] = [len(k.lanes), GROUP, w.consumer, round(d.completed_ttl_s * 1000),
+                           d.events_max, d.completed_index_max, len(batch)]
         for job, result in batch:
             link = job.flow
             assert link is not None
-            k = w._keys(job.partition)
             tail = None
             if result is not None:
                 tail = result_tail(q.codec, d.max_result_bytes, q.name, job.id, result)
-            keys = [k.completed_index, *key_group(k, job.id)]
-            args: list[Any] = [
-                len(k.lanes), GROUP, w.consumer, round(d.completed_ttl_s * 1000), d.events_max,
-                d.completed_index_max,
-                f"{job.lane}|{job.entry_id}|{job.attempt}|{job.created_ms}|{job.max_attempts}|"
-                f"{job.type_name or ''}|{job.id}",
-                tail or b"|", 1 if link.has_children else 0, 0, ""]
-            if link.parent is not None:
-                keys += key_group(link.parent.keys, link.parent.job_id)
-                args[9], args[10] = 1, link.parent.job_id
-            try:
-                r = await w._call_retrying("flow_complete", keys, args)
-            except (RedisError, OSError) as exc:
-                log.error("worker.complete_failed", queue=q.name, jobs=1,
-                          error=redact_text(str(exc)))
-                r = None
+            keys += [k.bucket(job.id), k.job(job.id), k.flow(job.id)]
+            parent = link.parent
+            if parent is not None:
+                keys += key_group(parent.keys, parent.job_id)
+            args += [f"{job.lane}|{job.entry_id}|{job.attempt}|{job.created_ms}|"
+                     f"{job.max_attempts}|{job.type_name or ''}|{job.id}",
+                     tail or b"|", 1 if link.has_children else 0, 0 if parent is None else 1,
+                     "" if parent is None else parent.job_id]
+        try:
+            lost = await w._call_retrying("flow_complete", keys, args)
+        except (RedisError, OSError) as exc:
+            log.error("worker.complete_failed", queue=q.name, jobs=len(batch),
+                      error=redact_text(str(exc)))
+            lost = None
+        lost_pos = set(range(1, len(batch) + 1)) if lost is None else {int(i) for i in lost}
+        for pos, (job, result) in enumerate(batch, 1):
             w._unacked.pop(id(job), None)
-            if r is None or int(r) != 1:
+            if pos in lost_pos:
                 log.warning("job.lost_claim", queue=q.name, job_id=job.id, attempt=job.attempt,
                             transition="complete")
             elif w.hooks.wants("completed"):
