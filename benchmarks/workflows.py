@@ -65,12 +65,15 @@ async def drain_round(url: str, admin: Any, tree: Path, returns: str,
         c1 = await redis_cpu(admin)
     finally:
         await proc.stop()
-    where = Path(r["streamq"]).resolve()
-    if tree.resolve() not in where.parents:
-        raise RuntimeError(f"the worker imported {where}, not the engine in {tree}")
+    if not _inside(r["streamq"], tree):
+        raise RuntimeError(f"the worker imported {r['streamq']}, not the engine in {tree}")
     n = max(1, r["count"])
     return {"drain": r["count"] / r["elapsed_s"], "worker_us": r["cpu_s"] * 1e6 / n,
             "redis_us": (c1 - c0) * 1e6 / n}
+
+
+def _inside(path: str, tree: Path) -> bool:
+    return tree.resolve() in Path(path).resolve().parents
 
 
 async def flow_round(url: str, admin: Any, args: argparse.Namespace) -> dict[str, float]:
@@ -187,8 +190,8 @@ def _cell(vals: list[float], fmt: str) -> str:
 def tables(doc: dict[str, Any]) -> str:
     configs: list[str] = doc["configs"]
     base = doc["drain"][configs[0]]
-    lines = ["| drain, concurrency %d, %s jobs | jobs/s | ratio | worker us/job | ratio | "
-             "Redis us/job | ratio |" % (doc["concurrency"], f"{doc['jobs']:,}"),
+    lines = [f"| drain, concurrency {doc['concurrency']}, {doc['jobs']:,} jobs | jobs/s | ratio "
+             "| worker us/job | ratio | Redis us/job | ratio |",
              "|---|---|---|---|---|---|---|"]
     for c in configs:
         row = [c]

@@ -151,3 +151,52 @@ async def test_redis_going_away_is_a_503_with_one_line(queue_name: str) -> None:
             async with s.get(d.url + f"/q/{queue_name}", headers=bearer(VIEWER)) as r:
                 text = await r.text()
                 assert r.status == 503 and text.count("\n") == 1 and "Redis" in text, text
+
+
+async def test_the_job_page_shows_progress_results_and_a_waiting_parent(
+    redis_url: str, queue_name: str
+) -> None:
+    from streamq import FlowJob
+
+    async with Queue(queue_name, redis_url=redis_url) as q, \
+            running_dashboard(redis_url, queues=[queue_name]) as d, aiohttp.ClientSession() as s:
+        await q.add({}, JobOptions(job_id="busy"))
+        await q.add({}, JobOptions(job_id="paid"))
+        await q.add_flow(FlowJob(data={"to": "+254712345678"}, options=JobOptions(job_id="top"),
+                                 children=[FlowJob(data={}, options=JobOptions(job_id="kid",
+                                                                                delay=60))]),
+                         on_child_failure="fail")
+        reported, finish = anyio.Event(), anyio.Event()
+
+        async def handler(job: Job) -> object:
+            if job.id == "busy":
+                await job.progress(0.42)
+                reported.set()
+                await finish.wait()
+                return None
+            return {"receipt": "r-9", "to": "+254712345678", "message": "your code is 4321"}
+
+        async with running(Worker(q, handler, rate_limit=None)):
+            await reported.wait()
+            await wait_until(lambda: _completed(q, "paid"), 10, 0.02, "paid to complete")
+            status, text, _ = await get(s, d.url + f"/q/{queue_name}/jobs/busy")
+            assert status == 200 and 'value="42"' in text and "42%" in text
+            async with s.get(d.url + f"/api/q/{queue_name}/jobs/busy",
+                             headers=bearer(VIEWER)) as r:
+                assert (await r.json())["progress"] == 0.42
+            finish.set()
+        status, text, _ = await get(s, d.url + f"/q/{queue_name}/jobs/paid")
+        assert status == 200 and "<h2>Result</h2>" in text and "r-9" in text
+        # the result is shown as payloads are: numbers masked, message texts hidden
+        assert "+254712345678" not in text and "+2547****678" in text and "4321" not in text
+        async with s.get(d.url + f"/api/q/{queue_name}/jobs/paid", headers=bearer(VIEWER)) as r:
+            body = await r.json()
+            assert body["result"]["receipt"] == "r-9" and body["result"]["message"] == "***"
+        status, text, _ = await get(s, d.url + f"/q/{queue_name}/jobs/top")
+        assert status == 200 and "waiting_children" in text and "children not finished" in text
+        assert "its flow, while it waits for its children" in text and "+2547****678" in text
+
+
+async def _completed(q: Queue, job_id: str) -> bool:
+    info = await q.get_job(job_id)
+    return info is not None and info.state == "completed"
