@@ -319,7 +319,9 @@ class Queue:
 
     async def cancel(self, job_id: str) -> bool:
         """Cancel a waiting or delayed job so it never runs. False if it is unknown,
-        finished, or already running (an active job cannot be cancelled)."""
+        finished, or already running (an active job cannot be cancelled). A job of a flow
+        settles its flow too: a waiting parent takes its not-started subtree with it, and
+        its parent counts it as failed ("was cancelled", docs/workflows.md)."""
         check_job_id(job_id)
         for k in self.layout.lookup(job_id, await self.partition_count()):
             reply = await self._run(
