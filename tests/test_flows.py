@@ -357,6 +357,24 @@ async def test_adding_a_flow_again_is_deduplicated_on_its_root(
         again = await q.add_flow(flow, on_child_failure="fail")
         assert first == again
         assert (await q.counts())["waiting"] == 1
+        # generated ids: the second call answers with the ids of the flow that is there
+        nested = FlowJob(data={}, options=opts("gen"), children=[
+            FlowJob(data={}), FlowJob(data={}, children=[FlowJob(data={}), FlowJob(data={})])])
+        first = await q.add_flow(nested, on_child_failure="fail")
+        again = await q.add_flow(nested, on_child_failure="fail")
+        assert again == first and len(set(first.ids())) == 5
+        assert [len(c.children) for c in again.children] == [0, 2]
+        assert (await q.counts())["waiting"] == 1 + 3
+
+
+async def test_a_flow_too_deep_is_refused(redis_url: str, queue_name: str) -> None:
+    async with Queue(queue_name, redis_url=redis_url) as q:
+        chain = FlowJob(data={})
+        for _ in range(101):
+            chain = FlowJob(data={}, children=[chain])
+        with pytest.raises(ConfigError, match="nests at most 100 levels"):
+            await q.add_flow(chain, on_child_failure="fail")
+        await _nothing_added(q)
 
 
 # -- cancel -----------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from ..errors import ConfigError
 from ..job import JobOptions, JobRef
 from ..routing import partition_of, routing_tag
 from .link import FlowLink, NodeRef, with_link
-from .tree import key_group, kids_text, qcfg_text, queue_cfg
+from .tree import key_group, kids_text, qcfg_text, queue_cfg, read_tree
 
 if TYPE_CHECKING:
     from ..queue import Queue
@@ -34,6 +34,8 @@ POLICIES: tuple[str, ...] = ("fail", "continue")
 MAX_JOB_ID = 128
 MAX_FLOW_JOBS = 10_000
 """Jobs in one flow: one script call writes them all."""
+MAX_FLOW_DEPTH = 100
+"""Levels of nesting below the root."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -69,6 +71,7 @@ class _Node:
     queue: Queue
     parent: int  # 1-based index, 0 for the root
     policy: str
+    depth: int = 0
     job_id: str = ""
     args: list[Any] = field(default_factory=list)
     kids: list[int] = field(default_factory=list)
@@ -83,7 +86,8 @@ def check_policy(policy: object, where: str = "on_child_failure") -> str:
 
 
 def _flatten(root: FlowJob, queue: Queue, policy: str) -> list[_Node]:
-    """The tree in breadth-first order (parents before their children), validated."""
+    """The tree in breadth-first order (parents before their children), validated. A
+    parent's policy: its own ``on_child_failure``, else ``policy``."""
     nodes = [_Node(root, root.queue or queue, 0, check_policy(
         root.on_child_failure or policy))]
     i = 0
@@ -100,10 +104,12 @@ def _flatten(root: FlowJob, queue: Queue, policy: str) -> list[_Node]:
             if child.on_child_failure is not None:
                 check_policy(child.on_child_failure)
             nodes.append(_Node(child, child.queue or node.queue, i,
-                               child.on_child_failure or node.policy))
+                               child.on_child_failure or policy, node.depth + 1))
             node.kids.append(len(nodes))
             if len(nodes) > MAX_FLOW_JOBS:
                 raise ConfigError(f"a flow holds at most {MAX_FLOW_JOBS} jobs")
+            if node.depth + 1 > MAX_FLOW_DEPTH:
+                raise ConfigError(f"a flow nests at most {MAX_FLOW_DEPTH} levels below its root")
     return nodes
 
 
@@ -173,12 +179,22 @@ async def add_flow(queue: Queue, root: FlowJob, on_child_failure: str) -> FlowRe
         bad = nodes[int(r[1]) - 1]
         raise ConfigError(f"job id {bad.job_id!r} is live already in queue {bad.queue.name!r}: "
                           "nothing of the flow was added")
-    return _ref(nodes, 1)
+    if status == 0:  # added before (a retried add_flow): the flow that is there
+        tree = await read_tree(queue.redis, refs[0], True, None, queue_cfg(queue))
+        return _refs([(n.ref, n.parent) for n in tree.nodes])
+    return _refs([(ref, node.parent) for ref, node in zip(refs, nodes, strict=True)])
 
 
-def _ref(nodes: list[_Node], i: int) -> FlowRef:
-    node = nodes[i - 1]
-    return FlowRef(node.job_id, node.queue.name, tuple(_ref(nodes, c) for c in node.kids))
+def _refs(nodes: list[tuple[NodeRef, int]]) -> FlowRef:
+    """The FlowRef tree of nodes given parents first, each with its parent's 1-based index."""
+    kids: list[list[FlowRef]] = [[] for _ in nodes]
+    built: list[FlowRef] = []
+    for i in range(len(nodes), 0, -1):  # children before their parents
+        ref, parent = nodes[i - 1]
+        built.append(FlowRef(ref.job_id, ref.queue, tuple(reversed(kids[i - 1]))))
+        if parent:
+            kids[parent - 1].append(built[-1])
+    return built[-1]
 
 
 def _check_one_slot(nodes: list[_Node]) -> None:
