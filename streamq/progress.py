@@ -16,8 +16,8 @@ A value is a float in [0, 1] or a small dict (JSON-encodable, at most
   is the same attempt: it shows the crashed run's value until it reports its own).
 
 Each write also appends a ``progress`` event (field ``p``: the value as JSON) to the
-queue's events stream. The stored value expires ``completed_ttl_s`` after its last
-write, like a completed record.
+queue's events stream. The stored value expires ``completed_ttl_s`` (at least an
+hour) after its last write.
 """
 
 from __future__ import annotations
@@ -43,6 +43,10 @@ if TYPE_CHECKING:
 log = structlog.get_logger("streamq.worker")
 
 _JSON = msgspec.json.Encoder()
+MIN_TTL_MS = 3600 * 1000
+"""A stored progress value lives at least this long after its last write (also when
+completed records are not kept, ``completed_ttl_s`` 0): long enough to see it while the
+job runs."""
 RETRY_S = 1.0
 """After a failed write, the next try waits at least this long (or the interval)."""
 
@@ -161,7 +165,7 @@ class ProgressBoard:
                     r = await w.scripts(
                         "progress", [k.lanes[job.lane], k.progress(job.id), k.events],
                         [GROUP, w.consumer, job.entry_id, job.id, job.attempt, raw,
-                         max(1, round(q.defaults.completed_ttl_s * 1000)),
+                         max(q.defaults.completed_ttl_ms, MIN_TTL_MS),
                          q.defaults.events_max, job.type_name or ""])
             except (RedisError, OSError) as exc:
                 if run.pending is None:

@@ -101,7 +101,7 @@ class FlowFinisher:
         d = q.defaults
         k = w._keys(partition)
         keys = [k.completed_index, k.events, k.stats, k.moves, *k.lanes]
-        args: list[Any] = [len(k.lanes), GROUP, w.consumer, round(d.completed_ttl_s * 1000),
+        args: list[Any] = [len(k.lanes), GROUP, w.consumer, d.completed_ttl_ms,
                            d.events_max, d.completed_index_max, len(batch)]
         for job, result in batch:
             link = job.flow

@@ -57,7 +57,7 @@ DEFAULT_CFG = QueueCfg(7 * 24 * 3600 * 1000, 2000, 100_000)
 def queue_cfg(q: Queue) -> QueueCfg:
     """The figures of a queue's QueueDefaults that flow transitions need."""
     d = q.defaults
-    return QueueCfg(round(d.failed_ttl_s * 1000), d.events_max, d.dead_letter_max)
+    return QueueCfg(d.failed_ttl_ms, d.events_max, d.dead_letter_max)
 
 
 @dataclass(slots=True)
