@@ -472,3 +472,19 @@ async def test_on_a_cluster_a_flow_must_live_in_one_slot(
         ref = await qa.add_flow(FlowJob(data={}, children=[FlowJob(data={})]),
                                 on_child_failure="fail")
         assert await state_of(qa, ref.job_id) is JobState.WAITING_CHILDREN
+
+
+async def test_a_childs_own_timeout_rides_along_with_its_flow_link(
+    redis_url: str, queue_name: str
+) -> None:
+    """The entry's spec carries both the job's timeout and its flow link."""
+    async with Queue(queue_name, redis_url=redis_url) as q:
+        await q.add_flow(FlowJob(data={}, options=opts("p"), children=[
+            FlowJob(data={}, options=opts("slow", timeout=0.2, attempts=1, backoff=0.01))]),
+            on_child_failure="continue")
+        rec = Recorder()
+        rec.gates["slow"] = anyio.Event()  # never set: only the timeout ends it
+        async with workers(rec, q):
+            await until_state(q, "p", JobState.COMPLETED)
+        slow = rec.seen["p"]["slow"]
+        assert isinstance(slow, ChildFailed) and "timed out" in slow.error, slow
