@@ -341,7 +341,7 @@ class Queue:
 
     async def add_flow(self, root: FlowJob, *, on_child_failure: ChildFailurePolicy) -> FlowRef:
         """Add a flow: ``root`` runs once all its children (``FlowJob.children``, on this
-        queue or others of the same Redis, nested as deep as wanted) have finished; it
+        queue or others of the same Redis, nested up to 100 levels) have finished; it
         waits meanwhile in state ``waiting_children``. ``on_child_failure`` is required:
         ``"fail"`` dead-letters a parent when one of its children fails for good (and
         cancels its children that have not started), ``"continue"`` runs it anyway, the
