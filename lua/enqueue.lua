@@ -16,6 +16,12 @@
     job_id, payload (bytes), lane (0 high | 1 normal | 2 low), attempts (max),
     delay (ms, 0 = now), backoff spec (opaque here: 'base_ms:cap_ms:j:timeout_ms', trailing
     parts optional, so it carries the job's own timeout), type (for events; may be '')
+  Optional blind index (only when ARGV holds more than the 2 + 7N values above):
+    ARGV[3 + 7N] horizon (ms): how long an index entry outlives its job's due time
+    ARGV[4 + 7N + i] number k_i of index sets of the i-th job (i from 0)
+    KEYS[8 + N ...] the index sets of job 0, then of job 1, ...   ZSET job_id scored by
+      expiry (ms). For an added job: entries past their expiry are pruned, the job is
+      added scored now + delay + horizon, and the set's TTL is raised to cover it.
   Lane entries hold, in this order: j job_id, d payload, m 'attempts|failed attempts|
   stalls|ms between creation and this entry's id|backoff|type' [, e last error]: few
   fields, because every field is a string to convert when a script reads the entry.
@@ -27,6 +33,9 @@ local n, evmax = tonumber(ARGV[1]), ARGV[2]
 local out = {}
 local ev_ids, ev_types, ev_att = {}, {}, {}
 local earliest = nil
+local ix_base = 3 + n * 7
+local horizon = tonumber(ARGV[ix_base])
+local ix_next = 8 + n
 for i = 0, n - 1 do
   local base = 3 + i * 7
   local bucket = KEYS[8 + i]
@@ -56,10 +65,23 @@ for i = 0, n - 1 do
         'm', attempts .. '|0|0|0|' .. backoff .. '|' .. jtype)
       redis.call('HSET', bucket, job_id, lane .. ':' .. id)
     end
+    if horizon then
+      local expires = delay + horizon
+      for x = ix_next, ix_next + tonumber(ARGV[ix_base + 1 + i]) - 1 do
+        redis.call('ZREMRANGEBYSCORE', KEYS[x], '-inf', now)
+        redis.call('ZADD', KEYS[x], now + expires, job_id)
+        if redis.call('PTTL', KEYS[x]) < expires then
+          redis.call('PEXPIRE', KEYS[x], expires)
+        end
+      end
+    end
     ev_ids[#ev_ids + 1] = job_id
     ev_types[#ev_types + 1] = jtype
     ev_att[#ev_att + 1] = '1'
     out[#out + 1] = 1
+  end
+  if horizon then
+    ix_next = ix_next + tonumber(ARGV[ix_base + 1 + i])
   end
 end
 if evmax ~= '0' then

@@ -19,7 +19,8 @@ class DeadLetter:
     attempts: int
     failed_at: datetime | None
     data: Any
-    """The decoded payload, or the raw bytes when it cannot be decoded."""
+    """The decoded payload, or the raw bytes when it cannot be decoded (an encrypted payload
+    without its key stays the sealed bytes)."""
     partition: int = 0
     """The partition whose dead-letter stream holds it (0 for a queue without partitions)."""
 
@@ -35,14 +36,15 @@ def parse_dead_entries(entries: list[Any], codec: Codec, partition: int = 0) -> 
     for entry_id, fields in entries:
         f = {k.decode(): v for k, v in fields.items()}
         raw = f.get("d", b"")
+        job_id = f.get("j", b"").decode("utf-8", "replace")
         try:
-            data: Any = codec.decode(raw)
+            data: Any = codec.decode(raw, job_id)
         except PayloadError:
             data = raw
         out.append(
             DeadLetter(
                 entry_id=entry_id.decode(),
-                job_id=f.get("j", b"").decode("utf-8", "replace"),
+                job_id=job_id,
                 error=f.get("e", b"").decode("utf-8", "replace"),
                 attempts=int(f.get("n", b"0") or 0),
                 failed_at=ms_to_dt(f.get("f", b"0").decode()),

@@ -5,6 +5,8 @@
     ├── RedisUnavailable       Redis cannot be reached / authenticated at a URL
     ├── QueueFull              Redis refused a write: maxmemory reached (OOM)
     ├── PayloadError(ValueError)  a payload cannot be encoded, is too large, or fails validation
+    │   └── DecryptError       an encrypted payload cannot be opened (no key, unknown key id,
+    │                          authentication failed); the reason never holds payload data
     ├── JobIdError(ValueError) a custom job id has a bad charset or length
     ├── LeaseLost              a worker's claim on an entry was taken over (fencing)
     ├── ScriptError            a Lua transition returned an unexpected reply
@@ -40,6 +42,12 @@ class QueueFull(StreamqError):
 
 class PayloadError(StreamqError, ValueError):
     """The job payload cannot be encoded, does not validate, or exceeds the size cap."""
+
+
+class DecryptError(PayloadError):
+    """An encrypted payload cannot be opened: no key configured, an unknown key id, or
+    authentication failed (tampered, or copied from another job or queue). Permanent: the
+    job is dead-lettered with this reason, which never holds payload data."""
 
 
 class JobIdError(StreamqError, ValueError):

@@ -220,6 +220,12 @@ class QueueKeys:
         fired slot: the tombstone, runs). See lua/upsert_schedule.lua."""
         return self.prefix + "schedule:" + schedule_id
 
+    def blind_index(self, kid: str, token: str) -> str:
+        """ZSET job_id scored by expiry (ms): the jobs of one blind-index term. ``token`` is
+        the term's HMAC (letters a-p, see crypto.py), ``kid`` the key it was made with;
+        the term itself (a phone number) never appears in a key name."""
+        return f"{self.prefix}bidx:{kid}:{token}"
+
     def all_fixed(self) -> list[str]:
         return [
             *self.lanes,

@@ -18,8 +18,10 @@ import anyio
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from .blind_index import BlindIndex, Terms
 from .codec import Codec, type_tag
 from .connection import translate_redis_errors
+from .crypto import KeyRing
 from .dead import DeadLetter, parse_dead_entries
 from .errors import ConfigError, PayloadError, RedisUnavailable
 from .events import QueueEvent, parse_events
@@ -57,6 +59,10 @@ BULK_CHUNK = 500
 _NO_OPTIONS = JobOptions()
 
 
+_Prepared = tuple[str, list[ArgT], list[str]]
+"""A job ready for add_bulk: its id, its enqueue arguments, its blind-index tokens."""
+
+
 def new_job_id() -> str:
     """A random 16-letter id (75 bits). Letters only: no digit runs that look like PII in
     key names."""
@@ -83,13 +89,28 @@ class Queue:
         defaults: QueueDefaults | None = None,
         redis: Redis | None = None,
         partitions: int | None = None,
+        encrypt: bool = False,
+        keyring: KeyRing | None = None,
+        blind_index: Terms | None = None,
     ) -> None:
+        """``encrypt=True`` seals every payload with the active key of ``keyring`` (default:
+        ``STREAMQ_ENCRYPTION_KEYS``); without keys it is a ConfigError here. Any queue opens
+        envelopes when keys are configured. ``blind_index`` (a payload's search terms) keeps
+        a keyed index of them for ``streamq.blind_index.find_jobs``; it needs the keys too."""
         self.name = check_queue_name(name)
         self.layout = Layout(self.name, partitions)
         self.keys = self.layout.home
         """The keys of partition 0, the queue's home (all of them when N = 1)."""
         self.defaults = defaults or QueueDefaults()
-        self.codec = Codec(job_type, self.defaults.max_payload_bytes)
+        ring = keyring if keyring is not None else KeyRing.from_env()
+        self.codec = Codec(job_type, self.defaults.max_payload_bytes, queue=self.name,
+                           keyring=ring, encrypt=encrypt)
+        self.blind_index: BlindIndex | None = None
+        if blind_index is not None:
+            d = self.defaults
+            self.blind_index = BlindIndex(
+                blind_index, ring, self.name, self.keys,
+                max(d.completed_ttl_s, d.failed_ttl_s) + d.index_live_s)
         self.redis_url = check_redis_url(redis_url, "redis_url") if redis_url else redis_url_from_env()
         self._redis = redis
         self._own_redis = redis is None
@@ -213,7 +234,7 @@ class Queue:
             backoff = Backoff(base=float(opts.backoff)).encode()
         if opts.timeout is not None:
             backoff = run_spec(backoff, seconds(opts.timeout))
-        payload = self.codec.encode(data)
+        payload = self.codec.encode(data, job_id)
         return job_id, [job_id, payload, lane, attempts, round(delay * 1000), backoff,
                         type_tag(data)]
 
@@ -222,8 +243,15 @@ class Queue:
         not added twice: the existing job's reference is returned."""
         job_id, args = self._job_args(data, options)
         k = self.layout.keys_for(job_id, await self._write_count())
-        await self._run("enqueue", [*self._enqueue_keys(k), k.bucket(job_id)],
-                        [1, self.defaults.events_max, *args])
+        keys = [*self._enqueue_keys(k), k.bucket(job_id)]
+        argv: list[ArgT] = [1, self.defaults.events_max, *args]
+        if self.blind_index is not None:
+            # the index sets live in the job's partition: written by the same enqueue call
+            kid = self.blind_index.ring.active
+            ix = [k.blind_index(kid, t) for t in self.blind_index.tokens(data)]
+            keys += ix
+            argv += [self.blind_index.horizon_ms, len(ix)]
+        await self._run("enqueue", keys, argv)
         return JobRef(job_id, self.name)
 
     async def add_bulk(self, items: Iterable[Any | tuple[Any, JobOptions]]) -> list[JobRef]:
@@ -234,30 +262,32 @@ class Queue:
         msgpack-able, so no payload looks like one). Any other value, ``("a", None)``
         included, is a payload. Returns refs in order.
         """
-        prepared: list[tuple[str, list[ArgT]]] = []
+        prepared: list[_Prepared] = []
         for item in items:
             if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], JobOptions):
-                prepared.append(self._job_args(item[0], item[1]))
+                data, options = item
             else:
-                prepared.append(self._job_args(item, None))
+                data, options = item, None
+            job_id, args = self._job_args(data, options)
+            tokens = self.blind_index.tokens(data) if self.blind_index is not None else []
+            prepared.append((job_id, args, tokens))
         n = await self._write_count()
         if n == 1:
             groups = [(self.keys, prepared)]
         else:
-            by_partition: dict[int, list[tuple[str, list[ArgT]]]] = {}
+            by_partition: dict[int, list[_Prepared]] = {}
             for job in prepared:
                 by_partition.setdefault(partition_of(job[0], n), []).append(job)
             groups = [(self.layout.keys(p), jobs) for p, jobs in sorted(by_partition.items())]
         async with self._gate:
             await self._send_bulk(groups)
-        return [JobRef(job_id, self.name) for job_id, _ in prepared]
+        return [JobRef(job_id, self.name) for job_id, _, _ in prepared]
 
-    async def _send_bulk(
-        self, groups: list[tuple[QueueKeys, list[tuple[str, list[ArgT]]]]]
-    ) -> None:
+    async def _send_bulk(self, groups: list[tuple[QueueKeys, list[_Prepared]]]) -> None:
         """One enqueue call per chunk of BULK_CHUNK jobs of one partition (every call stays
-        in one slot), 8 calls per pipeline round trip."""
+        in one slot, its blind-index sets included), 8 calls per pipeline round trip."""
         calls: list[tuple[list[str], list[ArgT]]] = []
+        ix = self.blind_index
         for k, prepared in groups:
             fixed = self._enqueue_keys(k)
             bucket = k.bucket
@@ -265,9 +295,14 @@ class Queue:
                 chunk = prepared[c : c + BULK_CHUNK]
                 args: list[ArgT] = [len(chunk), self.defaults.events_max]
                 keys = list(fixed)
-                for job_id, a in chunk:
+                for job_id, a, _ in chunk:
                     args.extend(a)
                     keys.append(bucket(job_id))
+                if ix is not None:
+                    kid = ix.ring.active
+                    args.append(ix.horizon_ms)
+                    args.extend(len(tokens) for _, _, tokens in chunk)
+                    keys.extend(k.blind_index(kid, t) for _, _, tokens in chunk for t in tokens)
                 calls.append((keys, args))
         with translate_redis_errors(self.redis_url):
             for start in range(0, len(calls), 8):

@@ -77,6 +77,9 @@ class QueueDefaults(msgspec.Struct, frozen=True, kw_only=True):
     progress_interval_s: float = 0.5
     """At most one progress write per job per this many seconds; the last value waits for
     the next interval (or the job's end) instead of being dropped."""
+    index_live_s: float = 24 * 3600.0
+    """A blind-index entry (see blind_index.py) lives this long past its job's due time
+    plus the longest record retention: an allowance for time spent waiting or running."""
 
     def __post_init__(self) -> None:
         int_value("QueueDefaults.attempts", self.attempts, minimum=1)

@@ -5,6 +5,8 @@
     python -m streamq replay --queue sms --all --yes
     python -m streamq events --queue sms --follow
     python -m streamq schedules --queue sms
+    python -m streamq rotate-keys --queue sms
+    python -m streamq find --phone +254712345678
 
 Installed as the ``streamq`` command too (``streamq stats``).
 
@@ -29,6 +31,7 @@ from ..logs import configure_logging
 from ..queue import Queue
 from ..redact import redact_text, redact_url
 from ..settings import DEFAULT_REDIS_URL, check_redis_url, redis_url_from_env
+from . import privacy
 from .commands import COMMANDS
 from .env import prog_name, settings_text, version_text
 from .output import CliError, Console
@@ -163,13 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_schedules_parser(sub, [common, confirm])
     add_dashboard_parser(sub)
+    privacy.add_parsers(sub, common)
     return p
 
 
 async def _run(args: argparse.Namespace, url: str, con: Console) -> int:
     async with Queue(args.queue, redis_url=url, partitions=args.partitions) as q:
         await q.connect()  # one clear line naming the URL when Redis is not there
-        return await COMMANDS[args.command](args, q, con)
+        command = COMMANDS.get(args.command) or privacy.COMMANDS[args.command]
+        return await command(args, q, con)
 
 
 def _leaf(exc: BaseException) -> BaseException:

@@ -23,6 +23,7 @@ from streamq import JobOptions, JobRef, Queue
 from streamq.errors import PayloadError
 
 from .phone import normalize_phone
+from .privacy import sms_queue_options
 from .templates import render_sms
 from .types import (
     OTPSMS,
@@ -45,12 +46,14 @@ def get_sms_queue() -> Queue:
     """The module's SMS queue, created on first use from the environment.
 
     Its name comes from ``STREAMQ_SMS_QUEUE`` (default ``sms``), Redis from ``REDIS_URL``
-    or ``REDIS_HOST``/``PORT``/``PASSWORD``/``DB``. It connects lazily.
+    or ``REDIS_HOST``/``PORT``/``PASSWORD``/``DB``. It connects lazily. With
+    ``STREAMQ_ENCRYPTION_KEYS`` set, its payloads are encrypted and its jobs indexed by
+    number (see :mod:`streamq.sms.privacy`).
     """
     global _default_queue
     if _default_queue is None:
         name = os.environ.get(QUEUE_ENV, "").strip() or DEFAULT_QUEUE
-        _default_queue = Queue(name, job_type=SMSJob)
+        _default_queue = Queue(name, job_type=SMSJob, **sms_queue_options())
     return _default_queue
 
 

@@ -303,8 +303,15 @@ async def check_providers(args: argparse.Namespace, url: str) -> int:
 
 
 async def run(args: argparse.Namespace, url: str) -> None:
+    # the SMS queue encrypts (and indexes numbers) whenever STREAMQ_ENCRYPTION_KEYS is set;
+    # any queue's worker opens encrypted payloads with those keys
+    privacy: dict[str, Any] = {}
+    if not args.handler:
+        from ..sms.privacy import sms_queue_options
+
+        privacy = sms_queue_options()
     queue = Queue(args.queue, redis_url=url, job_type=job_type_of(args),
-                  partitions=args.partitions)
+                  partitions=args.partitions, **privacy)
     handler, close_handler, start_check, info = make_handler(args, queue)
     worker = Worker(
         queue, handler,

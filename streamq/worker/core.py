@@ -570,7 +570,7 @@ class Worker:
             await self._dead(job, f"payload {job.data.size} B exceeds limit {limit} B")
             return
         try:
-            job.data = self.queue.codec.decode(job.data)
+            job.data = self.queue.codec.decode(job.data, job.id)
         except PayloadError as exc:
             await self._dead(job, _one_line(exc))
             return
@@ -626,7 +626,7 @@ class Worker:
     async def _failed(
         self, job: Job, exc: BaseException, *, retry: bool, delay: float | None = None
     ) -> None:
-        error = _one_line(exc)
+        error = self.queue.codec.redact_error(_one_line(exc), job.data)
         self.processed += 1
         await self.hooks.emit(self._event("failed", job, error=error))
         if not retry or job.attempt >= job.max_attempts:

@@ -1,0 +1,279 @@
+"""Key rotation: re-encrypt a queue's stored payloads under the active key.
+
+After a new key is put first in ``STREAMQ_ENCRYPTION_KEYS`` (the old ones stay listed,
+so they keep decrypting), :func:`rotate_keys` walks every place a payload rests and
+rewrites each one still sealed under an older key, one atomic transition per payload
+(``lua/rotate_payload.lua``), compare-and-set on the exact bytes it read:
+
+- delayed jobs and scheduled retries: rewritten in place (due time unchanged);
+- waiting jobs: re-added at the tail of the same priority lane, with the same creation
+  time, and the job's location updated in the same transition. Lanes are walked oldest
+  first, so the rotated jobs keep their order among themselves; jobs added meanwhile
+  (already under the new key) may come before them;
+- dead letters: re-added at the end of the dead-letter stream, the failed record pointed
+  at the new entry;
+- job records hold no payload (state, counts, times, the redacted error): nothing to do.
+
+Active jobs (entries in a consumer's pending list) are never touched: their worker holds
+them and a rewrite would orphan its claim. Each keeps its old-key payload until it
+finishes (completed: the payload is deleted) or moves (a retry to the delayed set, a
+failure to the dead letters, a shutdown or crash back to its lane), carrying the payload
+as it is; a later run rotates it there. Remove an old key from the ring only once a
+run reports nothing left under it.
+
+When the queue has a blind index, the rotated job's index entries move to the active
+key id in the same transition (the terms come from the payload just opened).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import msgspec
+
+from .blind_index import BlindIndex, Terms
+from .connection import translate_redis_errors
+from .crypto import envelope_kid, is_envelope
+from .errors import ConfigError, DecryptError
+from .keys import GROUP
+from .queue import Queue
+
+Progress = Callable[[str, int, int], None]
+"""Called as (place, payloads looked at, payloads there when the run started)."""
+
+BATCH = 200
+CONCURRENCY = 16
+PLACES = ("delayed", "waiting", "dead")
+
+
+@dataclass
+class RotationReport:
+    """What a run did, by place, and what it left and why."""
+
+    active_kid: str
+    rotated: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PLACES, 0))
+    current: int = 0
+    """Payloads already under the active key."""
+    reindexed: int = 0
+    """Rotated jobs whose blind-index entries moved to the active key id."""
+    left: dict[str, int] = field(default_factory=dict)
+    """Payloads left as they are, by reason."""
+
+    def leave(self, reason: str) -> None:
+        self.left[reason] = self.left.get(reason, 0) + 1
+
+    @property
+    def total_rotated(self) -> int:
+        return sum(self.rotated.values())
+
+
+def _cmsgpack_first_two(packed: bytes) -> tuple[bytes, bytes] | None:
+    """The first two elements (job id, payload) of a delayed entry packed by Lua's
+    cmsgpack, as bytes: cmsgpack writes Lua strings as msgpack str, which may hold any
+    bytes (an envelope is not UTF-8), so a normal decoder would refuse them."""
+    try:
+        pos = 0
+        head = packed[pos]
+        if 0x90 <= head <= 0x9F:
+            pos = 1
+        elif head == 0xDC:
+            pos = 3
+        elif head == 0xDD:
+            pos = 5
+        else:
+            return None
+        out: list[bytes] = []
+        for _ in range(2):
+            b = packed[pos]
+            if 0xA0 <= b <= 0xBF:
+                n, pos = b & 0x1F, pos + 1
+            elif b in (0xD9, 0xC4):
+                n, pos = packed[pos + 1], pos + 2
+            elif b in (0xDA, 0xC5):
+                n, pos = struct.unpack_from(">H", packed, pos + 1)[0], pos + 3
+            elif b in (0xDB, 0xC6):
+                n, pos = struct.unpack_from(">I", packed, pos + 1)[0], pos + 5
+            else:
+                return None
+            if pos + n > len(packed):
+                return None
+            out.append(packed[pos : pos + n])
+            pos += n
+        return out[0], out[1]
+    except (IndexError, struct.error):
+        return None
+
+
+class _Rotator:
+    def __init__(self, queue: Queue, terms: Terms | None, include_plaintext: bool,
+                 progress: Progress | None) -> None:
+        ring = queue.codec.keyring
+        if ring is None:
+            raise ConfigError("rotate-keys needs the keys: set STREAMQ_ENCRYPTION_KEYS "
+                              "(the new key first, the old ones after it)")
+        self.q = queue
+        self.ring = ring
+        self.index: BlindIndex | None = None
+        if terms is not None:
+            self.index = BlindIndex(terms, ring, queue.name, queue.keys, 1.0)
+        self.include_plaintext = include_plaintext
+        self.progress = progress
+        self.report = RotationReport(ring.active)
+        self._plain: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder()
+        self._limiter = anyio.CapacityLimiter(CONCURRENCY)
+
+    def replacement(self, job_id: str, payload: bytes) -> tuple[bytes, bytes] | None:
+        """(the encoded payload, its re-encryption under the active key), or None with the
+        reason recorded when it stays as it is."""
+        codec = self.q.codec
+        if not is_envelope(payload):
+            if not self.include_plaintext:
+                self.report.leave("not encrypted (use --include-plaintext to encrypt it)")
+                return None
+            plain = payload
+        else:
+            kid = envelope_kid(payload)
+            if kid == self.ring.active:
+                self.report.current += 1
+                return None
+            try:
+                plain = codec.open(payload, job_id)
+            except DecryptError as exc:
+                self.report.leave(str(exc))
+                return None
+        return plain, codec.seal(plain, job_id)
+
+    def index_pairs(self, plain: bytes) -> list[str]:
+        """(old set, new set) pairs moving the job's index entries to the active key id."""
+        index = self.index
+        if index is None:
+            return []
+        try:
+            data = self._plain.decode(plain)
+            new = index.index_keys(data)
+            pairs: list[str] = []
+            for kid in self.ring.kids:
+                if kid == self.ring.active:
+                    continue
+                for old_key, new_key in zip(index.index_keys(data, kid), new, strict=True):
+                    pairs += [old_key, new_key]
+            return pairs
+        except (msgspec.DecodeError, ValueError, TypeError, KeyError):
+            return []
+
+    async def rewrite(self, place: str, job_id: str, entry_id: str, lane_no: int,
+                      payload: bytes) -> None:
+        got = self.replacement(job_id, payload)
+        if got is None:
+            return
+        plain, sealed = got
+        k = self.q.keys
+        pairs = self.index_pairs(plain)
+        lane = k.lanes[lane_no]
+        where = {"waiting": "lane"}.get(place, place)
+        async with self._limiter:
+            r = int(await self.q._run(
+                "rotate_payload",
+                [lane, k.delayed_data, k.dead, k.moves, k.bucket(job_id), k.job(job_id), *pairs],
+                [where, job_id, entry_id, GROUP, lane_no, payload, sealed],
+            ))
+        if r == 1:
+            self.report.rotated[place] += 1
+            if pairs:
+                self.report.reindexed += 1
+        elif r == -1:
+            self.report.leave("active: held by a worker (rotated once it moves; a completed "
+                              "job's payload is deleted)")
+        else:
+            self.report.leave("changed meanwhile (the job moved or finished)")
+
+    async def run_batch(self, items: Sequence[tuple[str, str, str, int, bytes]]) -> None:
+        async with anyio.create_task_group() as tg:
+            for item in items:
+                tg.start_soon(self.rewrite, *item)
+
+    def tick(self, place: str, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(place, done, total)
+
+    # -- the places ------------------------------------------------------------------------
+    async def delayed(self) -> None:
+        r: Any = self.q.redis  # untyped replies (decode_responses=False: bytes)
+        k = self.q.keys
+        total = int(await r.hlen(k.delayed_data))
+        done = 0
+        cursor = 0
+        while True:
+            cursor, chunk = await r.hscan(k.delayed_data, cursor, count=BATCH)
+            items: list[tuple[str, str, str, int, bytes]] = []
+            for field_name, packed in chunk.items():
+                parsed = _cmsgpack_first_two(packed)
+                job_id = field_name.decode("utf-8", "replace")
+                if parsed is None or parsed[0] != field_name:
+                    self.report.leave("unreadable delayed entry")
+                    continue
+                items.append(("delayed", job_id, "", 1, parsed[1]))
+            await self.run_batch(items)
+            done += len(chunk)
+            self.tick("delayed", done, total)
+            if cursor == 0:
+                return
+
+    async def stream(self, place: str, key: str, lane_no: int) -> None:
+        r: Any = self.q.redis  # untyped replies (decode_responses=False: bytes)
+        total = int(await r.xlen(key))
+        last = await r.xrevrange(key, count=1)
+        if not last:
+            self.tick(place, 0, 0)
+            return
+        # stop at the newest entry of now: rewritten entries are re-added after it
+        end = last[0][0]
+        after: bytes | str = "-"
+        done = 0
+        while True:
+            entries = await r.xrange(key, min=after, max=end, count=BATCH)
+            if not entries:
+                return
+            items: list[tuple[str, str, str, int, bytes]] = []
+            for entry_id, fields in entries:
+                job_id, payload = fields.get(b"j"), fields.get(b"d")
+                if job_id is None or payload is None:
+                    self.report.leave("malformed entry (no job id or payload)")
+                    continue
+                items.append((place, job_id.decode("utf-8", "replace"), entry_id.decode(),
+                              lane_no, payload))
+            await self.run_batch(items)
+            done += len(entries)
+            self.tick(place, done, total)
+            after = b"(" + entries[-1][0]
+
+    async def run(self) -> RotationReport:
+        await self.delayed()
+        for lane_no, lane in enumerate(self.q.keys.lanes):
+            await self.stream("waiting", lane, lane_no)
+        await self.stream("dead", self.q.keys.dead, 1)
+        return self.report
+
+
+async def rotate_keys(queue: Queue, *, terms: Terms | None = None,
+                      include_plaintext: bool = False,
+                      progress: Progress | None = None) -> RotationReport:
+    """Re-encrypt ``queue``'s stored payloads under the active key (see the module doc).
+
+    ``terms``: the queue's blind-index terms function, to move rotated jobs' index entries
+    to the active key id (default: the queue's own, when it has one).
+    ``include_plaintext``: also encrypt payloads stored in clear (written before
+    encryption was switched on). Safe to run while workers and producers run, and to
+    run again: it only replaces a payload that is still exactly what it read."""
+    if terms is None and queue.blind_index is not None:
+        terms = queue.blind_index.terms
+    rotator = _Rotator(queue, terms, include_plaintext, progress)
+    with translate_redis_errors(queue.redis_url):
+        return await rotator.run()
+
+
+__all__ = ["RotationReport", "rotate_keys"]
