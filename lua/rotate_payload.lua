@@ -76,7 +76,7 @@ elseif where == 'lane' then
   local r = redis.call('XRANGE', lane, id, id)
   if not r[1] or not matches(r[1][2]) then return 0 end
   local p = redis.pcall('XPENDING', lane, group, id, id, 1)
-  if p.err or p[1] then return -1 end
+  if not p.err and p[1] then return -1 end  -- (no group yet: nobody holds it)
   local new_id = redis.call('XADD', lane, '*', unpack(rebuilt(r[1][2], now_ms())))
   redis.call('XDEL', lane, id)
   redis.call('HSET', bucket, job_id, ARGV[5] .. ':' .. new_id)

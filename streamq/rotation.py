@@ -32,7 +32,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import anyio
 import msgspec
 
 from .blind_index import BlindIndex, Terms
@@ -46,7 +45,6 @@ Progress = Callable[[str, int, int], None]
 """Called as (place, payloads looked at, payloads there when the run started)."""
 
 BATCH = 200
-CONCURRENCY = 16
 PLACES = ("delayed", "waiting", "dead")
 
 
@@ -124,7 +122,6 @@ class _Rotator:
         self.progress = progress
         self.report = RotationReport(ring.active)
         self._plain: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder()
-        self._limiter = anyio.CapacityLimiter(CONCURRENCY)
 
     def replacement(self, job_id: str, payload: bytes) -> tuple[bytes, bytes] | None:
         """(the encoded payload, its re-encryption under the active key), or None with the
@@ -165,36 +162,38 @@ class _Rotator:
         except (msgspec.DecodeError, ValueError, TypeError, KeyError):
             return []
 
-    async def rewrite(self, place: str, job_id: str, entry_id: str, lane_no: int,
-                      payload: bytes) -> None:
-        got = self.replacement(job_id, payload)
-        if got is None:
-            return
-        plain, sealed = got
-        k = self.q.keys
-        pairs = self.index_pairs(plain)
-        lane = k.lanes[lane_no]
-        where = {"waiting": "lane"}.get(place, place)
-        async with self._limiter:
-            r = int(await self.q._run(
-                "rotate_payload",
-                [lane, k.delayed_data, k.dead, k.moves, k.bucket(job_id), k.job(job_id), *pairs],
-                [where, job_id, entry_id, GROUP, lane_no, payload, sealed],
-            ))
-        if r == 1:
-            self.report.rotated[place] += 1
-            if pairs:
-                self.report.reindexed += 1
-        elif r == -1:
-            self.report.leave("active: held by a worker (rotated once it moves; a completed "
-                              "job's payload is deleted)")
-        else:
-            self.report.leave("changed meanwhile (the job moved or finished)")
-
     async def run_batch(self, items: Sequence[tuple[str, str, str, int, bytes]]) -> None:
-        async with anyio.create_task_group() as tg:
-            for item in items:
-                tg.start_soon(self.rewrite, *item)
+        """Rewrite a batch in one pipeline: one transition per payload, applied in order
+        (so re-added stream entries keep their order among themselves)."""
+        k = self.q.keys
+        calls: list[tuple[str, bool]] = []
+        pipe = self.q.redis.pipeline(transaction=False)
+        for place, job_id, entry_id, lane_no, payload in items:
+            got = self.replacement(job_id, payload)
+            if got is None:
+                continue
+            plain, sealed = got
+            pairs = self.index_pairs(plain)
+            self.q.scripts.queue_call(
+                pipe, "rotate_payload",
+                [k.lanes[lane_no], k.delayed_data, k.dead, k.moves, k.bucket(job_id),
+                 k.job(job_id), *pairs],
+                ["lane" if place == "waiting" else place, job_id, entry_id, GROUP, lane_no,
+                 payload, sealed])
+            calls.append((place, bool(pairs)))
+        if not calls:
+            return
+        # a replay after NOSCRIPT is safe: each call only replaces the bytes it was given
+        results = await self.q.scripts.run_pipeline(pipe)
+        for (place, moved), r in zip(calls, results, strict=True):
+            if int(r) == 1:
+                self.report.rotated[place] += 1
+                self.report.reindexed += moved
+            elif int(r) == -1:
+                self.report.leave("active: held by a worker (rotated once it moves; a "
+                                  "completed job's payload is deleted)")
+            else:
+                self.report.leave("changed meanwhile (the job moved or finished)")
 
     def tick(self, place: str, done: int, total: int) -> None:
         if self.progress is not None:
@@ -206,6 +205,7 @@ class _Rotator:
         k = self.q.keys
         total = int(await r.hlen(k.delayed_data))
         done = 0
+        self.tick("delayed", done, total)
         cursor = 0
         while True:
             cursor, chunk = await r.hscan(k.delayed_data, cursor, count=BATCH)
@@ -223,39 +223,38 @@ class _Rotator:
             if cursor == 0:
                 return
 
-    async def stream(self, place: str, key: str, lane_no: int) -> None:
+    async def streams(self, place: str, streams: Sequence[tuple[str, int]]) -> None:
+        """Walk stream entries (key, lane number), oldest first, each stream up to its
+        newest entry at the start: rewritten entries are re-added after it."""
         r: Any = self.q.redis  # untyped replies (decode_responses=False: bytes)
-        total = int(await r.xlen(key))
-        last = await r.xrevrange(key, count=1)
-        if not last:
-            self.tick(place, 0, 0)
-            return
-        # stop at the newest entry of now: rewritten entries are re-added after it
-        end = last[0][0]
-        after: bytes | str = "-"
+        total = sum([int(await r.xlen(key)) for key, _ in streams])
         done = 0
-        while True:
-            entries = await r.xrange(key, min=after, max=end, count=BATCH)
-            if not entries:
-                return
-            items: list[tuple[str, str, str, int, bytes]] = []
-            for entry_id, fields in entries:
-                job_id, payload = fields.get(b"j"), fields.get(b"d")
-                if job_id is None or payload is None:
-                    self.report.leave("malformed entry (no job id or payload)")
-                    continue
-                items.append((place, job_id.decode("utf-8", "replace"), entry_id.decode(),
-                              lane_no, payload))
-            await self.run_batch(items)
-            done += len(entries)
-            self.tick(place, done, total)
-            after = b"(" + entries[-1][0]
+        self.tick(place, done, total)
+        for key, lane_no in streams:
+            last = await r.xrevrange(key, count=1)
+            if not last:
+                continue
+            end = last[0][0]
+            after: bytes | str = "-"
+            while entries := await r.xrange(key, min=after, max=end, count=BATCH):
+                items: list[tuple[str, str, str, int, bytes]] = []
+                for entry_id, fields in entries:
+                    job_id, payload = fields.get(b"j"), fields.get(b"d")
+                    if job_id is None or payload is None:
+                        self.report.leave("malformed entry (no job id or payload)")
+                        continue
+                    items.append((place, job_id.decode("utf-8", "replace"), entry_id.decode(),
+                                  lane_no, payload))
+                await self.run_batch(items)
+                done += len(entries)
+                self.tick(place, done, total)
+                after = b"(" + entries[-1][0]
 
     async def run(self) -> RotationReport:
+        k = self.q.keys
         await self.delayed()
-        for lane_no, lane in enumerate(self.q.keys.lanes):
-            await self.stream("waiting", lane, lane_no)
-        await self.stream("dead", self.q.keys.dead, 1)
+        await self.streams("waiting", [(lane, i) for i, lane in enumerate(k.lanes)])
+        await self.streams("dead", [(k.dead, 1)])
         return self.report
 
 

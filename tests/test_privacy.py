@@ -179,8 +179,8 @@ async def enc_queue(redis_url: str, queue_name: str) -> AsyncIterator[Queue]:
 
 
 def test_encrypt_true_without_keys_fails_at_construction(redis_url: str) -> None:
-    with pytest.raises(ConfigError, match="encrypt=True but no encryption key.*"
-                       "STREAMQ_ENCRYPTION_KEYS"):
+    with pytest.raises(ConfigError, match=r"encrypt=True but no encryption key.*"
+                       r"STREAMQ_ENCRYPTION_KEYS"):
         Queue("sms", redis_url=redis_url, encrypt=True)
 
 
