@@ -1,0 +1,151 @@
+"""At-rest scan (SPEC 9.5, RELIABILITY T10): after a mixed run of SMS jobs through a real
+worker with the mock provider (completed, failed-and-retried, delayed, dead-lettered),
+no phone number (E.164 or national digits), OTP code, name or message text is anywhere in
+Redis (every key and value, type by type) nor in its AOF (appendfsync always). A control
+run without keys on the same server must be found by the same scan."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from streamq import JobState, Queue, QueueDefaults, Worker
+from streamq.crypto import KEYS_ENV
+from streamq.devredis import RedisProcess, start_redis_server
+from streamq.sms import (
+    MockSMSProvider,
+    SMSJob,
+    create_notification_sms_job,
+    create_otp_sms_job,
+    create_welcome_sms_job,
+    make_sms_handler,
+)
+from streamq.sms.privacy import sms_queue_options
+from streamq.sms.providers.base import (
+    ProviderPermanentError,
+    ProviderTransientError,
+    SendResult,
+)
+from tests.support.redis_dump import aof_bytes, dump_all, findings
+from tests.support.util import running, wait_until
+
+KEYS = f"k1:{base64.b64encode(bytes(range(32))).decode()}"
+# number -> (national digits, subscriber digits)
+NUMBERS = ["+254712345678", "+254733111222", "+254722987654", "+254701234567", "+254799000111"]
+OTP_NOW, OTP_LATER = "73910254", "60412987"
+NAME = "Wanjiku Kamau"
+TEXT = "Collect parcel Riverside gate 4471 before Friday"
+
+
+class ScriptedMock(MockSMSProvider):
+    """The mock provider, failing on cue with errors that quote the number and the text
+    (as real gateways do): transient once for some jobs, permanent for others."""
+
+    def __init__(self) -> None:
+        super().__init__(echo=False)
+        self.fail_once: set[str] = set()
+        self.reject: set[str] = set()
+
+    async def send(self, to: str, message: str, *, idempotency_key: str) -> SendResult:
+        if idempotency_key in self.fail_once:
+            self.fail_once.discard(idempotency_key)
+            raise ProviderTransientError(f"gateway timeout sending to {to}: {message!r}",
+                                         provider="mock")
+        if idempotency_key in self.reject:
+            raise ProviderPermanentError(f"rejected {to} ({message!r})", provider="mock",
+                                         code=1003)
+        return await super().send(to, message, idempotency_key=idempotency_key)
+
+
+def needles() -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    for n in NUMBERS:
+        out[f"E.164 {n}"] = n.encode()
+        out[f"digits {n}"] = n[1:].encode()  # 254712345678
+        out[f"national {n}"] = ("0" + n[4:]).encode()  # 0712345678
+        out[f"subscriber {n}"] = n[4:].encode()  # 712345678
+    out |= {"otp now": OTP_NOW.encode(), "otp later": OTP_LATER.encode(),
+            "name": NAME.encode(), "surname": b"Kamau", "text": b"Riverside gate",
+            "text word": b"parcel"}
+    return out
+
+
+@pytest.fixture
+def aof_redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    with start_redis_server(directory=tmp_path / "redis", appendonly=True,
+                            appendfsync="always") as proc:
+        yield proc
+
+
+async def mixed_run(url: str, name: str, options: dict[str, Any]) -> dict[str, str]:
+    """Jobs of every outcome through a real worker; returns job id -> expected state."""
+    q = Queue(name, redis_url=url, job_type=SMSJob,
+              defaults=QueueDefaults(backoff_s=0.01), **options)
+    provider = ScriptedMock()
+    try:
+        done = await create_welcome_sms_job(recipient=NUMBERS[0], user_name=NAME, queue=q)
+        retried = await create_notification_sms_job(recipient=NUMBERS[1], message=TEXT,
+                                                    metadata={"ref": "Riverside gate"}, queue=q)
+        otp = await create_otp_sms_job(recipient="0" + NUMBERS[2][4:], code=OTP_NOW, queue=q)
+        later = await create_otp_sms_job(recipient=NUMBERS[3], code=OTP_LATER, delay=600,
+                                         expiry_minutes=60, queue=q)
+        dead = await create_notification_sms_job(recipient=NUMBERS[4], message=TEXT, queue=q)
+        provider.fail_once |= {retried.job_id, otp.job_id}
+        provider.reject.add(dead.job_id)
+        async with running(Worker(q, make_sms_handler(provider), rate_limit=None)):
+            await wait_until(lambda: _counts(q, completed=3, dead=1), 10,
+                             message="3 completed, 1 dead")
+        expected = {done.job_id: JobState.COMPLETED, retried.job_id: JobState.COMPLETED,
+                    otp.job_id: JobState.COMPLETED, later.job_id: JobState.DELAYED,
+                    dead.job_id: JobState.FAILED}
+        for job_id, state in expected.items():
+            info = await q.get_job(job_id)
+            assert info is not None and info.state is state, (job_id, info)
+        assert (await q.get_job(retried.job_id)).attempts == 2  # type: ignore[union-attr]
+        assert {m.to for m in provider.sent} == set(NUMBERS[:3])  # really sent
+        letter = (await q.dead_letters())[0]
+        assert letter.error.startswith("rejected ")
+        return {j: s.value for j, s in expected.items()}
+    finally:
+        await q.close()
+
+
+async def _counts(q: Queue, **want: int) -> bool:
+    c = await q.counts()
+    return all(c[k] == v for k, v in want.items())
+
+
+@pytest.mark.timeout(60)
+async def test_nothing_personal_in_redis_or_its_aof_after_a_mixed_encrypted_run(
+    aof_redis: RedisProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(KEYS_ENV, KEYS)
+    r = aioredis.Redis.from_url(aof_redis.url)
+    try:
+        await mixed_run(aof_redis.url, "sms", sms_queue_options())
+        pairs = await dump_all(r)
+        kinds = {(await r.type(k)).decode() for k, _ in pairs}
+        assert {"stream", "hash", "zset", "string"} <= kinds  # the scan saw every kind
+        assert len(pairs) > 100
+        assert any(b":bidx:" in k for k, _ in pairs)  # the blind index is there
+        assert findings(pairs, needles()) == []
+        assert findings([(b"AOF", aof_bytes(aof_redis.directory))], needles()) == []
+
+        # control: the same run without keys, on the same server, is found by both scans
+        monkeypatch.delenv(KEYS_ENV)
+        await mixed_run(aof_redis.url, "plain", {})
+        control = findings(await dump_all(r), needles())
+        assert {"E.164 +254799000111 in b'streamq:{plain}:dead'",  # the dead job's payload
+                "text in b'streamq:{plain}:dead'",
+                "E.164 +254701234567 in b'streamq:{plain}:delayed:data'",  # the delayed one
+                "otp later in b'streamq:{plain}:delayed:data'"} <= set(control), control
+        assert all("{sms}" not in f for f in control)
+        aof_hits = findings([(b"AOF", aof_bytes(aof_redis.directory))], needles())
+        assert {"E.164 +254712345678 in b'AOF'", "otp now in b'AOF'"} <= set(aof_hits)
+    finally:
+        await r.aclose()
