@@ -50,8 +50,8 @@ KEY_BYTES: Final = 32
 _KID_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 _KID_BYTES_RE = re.compile(rb"^[A-Za-z0-9_-]{1,32}$")
 _INDEX_INFO: Final = b"streamq blind index v1"
-# token bytes -> letters: a nibble a letter (a-p), 16 bytes = 128 bits = 32 letters
-_NIBBLES = "abcdefghijklmnop"
+# token hex -> letters: a nibble a letter (a-p), 16 bytes = 128 bits = 32 letters
+_HEX_TO_LETTERS = str.maketrans("0123456789abcdef", "abcdefghijklmnop")
 _TOKEN_BYTES: Final = 16
 
 PURPOSE_PAYLOAD: Final = "payload"
@@ -86,7 +86,7 @@ def _decode_key(text: str) -> bytes | None:
 class KeyRing:
     """Encryption keys by id; the first is active. Build it with :meth:`parse` or :meth:`from_env`."""
 
-    __slots__ = ("_aead", "_header", "_index_keys", "_keys", "active")
+    __slots__ = ("_aead", "_header", "_index_keys", "_index_macs", "_keys", "active")
 
     def __init__(self, keys: list[tuple[str, bytes]]) -> None:
         if not keys:
@@ -108,6 +108,7 @@ class KeyRing:
         self._header = {kid: bytes([MAGIC, VERSION, len(kid)]) + kid.encode("ascii")
                         for kid in self._keys}
         self._index_keys: dict[str, bytes] = {}
+        self._index_macs: dict[str, hmac.HMAC] = {}
 
     @classmethod
     def parse(cls, text: str) -> KeyRing:
@@ -187,9 +188,12 @@ class KeyRing:
 
     def token(self, kid: str, queue: str, term: str) -> str:
         """The blind-index token of ``term`` in ``queue`` under key ``kid``: 32 letters a-p."""
-        mac = hmac.new(self.index_key(kid), b"%s\x00%s" % (queue.encode(), term.encode()),
-                       hashlib.sha256).digest()[:_TOKEN_BYTES]
-        return "".join(_NIBBLES[b >> 4] + _NIBBLES[b & 15] for b in mac)
+        base = self._index_macs.get(kid)
+        if base is None:
+            base = self._index_macs[kid] = hmac.new(self.index_key(kid), digestmod=hashlib.sha256)
+        mac = base.copy()
+        mac.update(b"%s\x00%s" % (queue.encode(), term.encode()))
+        return mac.digest()[:_TOKEN_BYTES].hex().translate(_HEX_TO_LETTERS)
 
 
 @lru_cache(maxsize=8)

@@ -1,0 +1,145 @@
+"""The cost of encryption at rest: streamq with ``encrypt=True`` vs off, side by side.
+
+    python -m benchmarks.encryption [--jobs 20000] [--rounds 3] [--modes off,on,on+index]
+
+One private redis-server (persistence off); rounds alternate the modes (off, on,
+on+index, off, ...) so machine noise hits each alike; each figure is the median of the
+rounds. Per mode and round, on a fresh queue:
+
+- enqueue single: 2,000 ``add`` calls, each awaited;
+- enqueue bulk: N jobs with ``add_bulk``;
+- drain: the N jobs by one in-process worker, concurrency 50, no rate limit, no-op
+  handler that only touches ``job.data`` (so decryption is part of the cost); timed
+  from the worker's start to the N-th handler return.
+
+Modes: ``off`` (no keys at all: the code path every unencrypted queue takes), ``on``
+(``encrypt=True``) and ``on+index`` (also a blind index of the recipient number, as the
+SMS queue has). The payload is the suite's NotificationSMS-shaped dict (~300 B).
+
+To compare ``off`` with another checkout (e.g. main) run the same file against it:
+``PYTHONPATH=/path/to/main python benchmarks/encryption.py --modes off``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a file: make `benchmarks` importable
+    sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
+
+import anyio
+
+from benchmarks.common import payloads, run_async
+from streamq import Job, Queue, Worker
+from streamq.devredis import start_redis_server
+
+SINGLE = 2000
+MODES = ("off", "on", "on+index")
+
+
+def phone_terms(data: Any) -> list[str]:
+    return ["e164:" + data["recipient"]["phone_number"]]
+
+
+def make_queue(url: str, mode: str) -> Queue:
+    name = "enc" + uuid.uuid4().hex[:8]
+    if mode == "off":
+        return Queue(name, redis_url=url)
+    from streamq.crypto import KeyRing
+
+    ring = KeyRing.parse("bench:" + base64.b64encode(os.urandom(32)).decode())
+    extra: dict[str, Any] = {"blind_index": phone_terms} if mode == "on+index" else {}
+    return Queue(name, redis_url=url, encrypt=True, keyring=ring, **extra)
+
+
+async def one_round(url: str, mode: str, n: int) -> dict[str, float]:
+    data = payloads(max(n, SINGLE))
+    out: dict[str, float] = {}
+    async with make_queue(url, mode) as q:
+        await q.connect()
+        t0 = time.perf_counter()
+        for p in data[:SINGLE]:
+            await q.add(p)
+        out["enqueue_single"] = SINGLE / (time.perf_counter() - t0)
+        await q.redis.delete(*q.keys.lanes)
+        t0 = time.perf_counter()
+        await q.add_bulk(data[:n])
+        out["enqueue_bulk"] = n / (time.perf_counter() - t0)
+
+        done = 0
+        finished = anyio.Event()
+        seen = 0
+
+        async def handler(job: Job) -> None:
+            nonlocal done, seen
+            seen += len(job.data)
+            done += 1
+            if done >= n:
+                finished.set()
+
+        worker = Worker(q, handler, concurrency=50, rate_limit=None)
+        async with anyio.create_task_group() as tg:
+            t0 = time.perf_counter()
+            tg.start_soon(worker.run)
+            with anyio.fail_after(120):
+                await finished.wait()
+            out["drain"] = n / (time.perf_counter() - t0)
+            await worker.close()
+        await q.redis.flushdb()
+    return out
+
+
+async def main(args: argparse.Namespace) -> int:
+    modes = [m for m in args.modes.split(",") if m]
+    for m in modes:
+        if m not in MODES:
+            print(f"unknown mode {m!r}: use {', '.join(MODES)}", file=sys.stderr)
+            return 2
+    import streamq
+
+    print(f"streamq from {Path(streamq.__file__).parent}", file=sys.stderr)
+    results: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
+    with start_redis_server() as proc:
+        for rnd in range(args.rounds):
+            for m in modes:
+                res = await one_round(proc.url, m, args.jobs)
+                results[m].append(res)
+                print(f"round {rnd + 1} {m}: " + ", ".join(f"{k} {v:,.0f}/s"
+                                                          for k, v in res.items()),
+                      file=sys.stderr)
+    metrics = ("enqueue_single", "enqueue_bulk", "drain")
+    med = {m: {k: statistics.median(r[k] for r in results[m]) for k in metrics} for m in modes}
+    head = f"| metric (jobs/s, median of {args.rounds} rounds, N={args.jobs:,}) | "
+    head += " | ".join(modes)
+    if "off" in modes:
+        head += " | " + " | ".join(f"{m} / off" for m in modes if m != "off")
+    print(head + " |")
+    print("|" + "---|" * (1 + len(modes) + (len(modes) - 1 if "off" in modes else 0)))
+    for k in metrics:
+        row = f"| {k} | " + " | ".join(f"{med[m][k]:,.0f}" for m in modes)
+        if "off" in modes:
+            row += " | " + " | ".join(f"{med[m][k] / med['off'][k]:.2f}" for m in modes
+                                      if m != "off")
+        print(row + " |")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.encryption", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--jobs", type=int, default=20000, help="N for bulk enqueue and drain")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--modes", default=",".join(MODES), help="comma-separated: off,on,on+index")
+    return p
+
+
+if __name__ == "__main__":
+    sys.exit(run_async(main(build_parser().parse_args())))
