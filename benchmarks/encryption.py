@@ -104,7 +104,9 @@ async def main(args: argparse.Namespace) -> int:
             print(f"unknown mode {m!r}: use {', '.join(MODES)}", file=sys.stderr)
             return 2
     import streamq
+    from streamq.logs import configure_logging
 
+    configure_logging("console", "warning")
     print(f"streamq from {Path(streamq.__file__).parent}", file=sys.stderr)
     results: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
     with start_redis_server() as proc:

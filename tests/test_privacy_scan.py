@@ -149,3 +149,32 @@ async def test_nothing_personal_in_redis_or_its_aof_after_a_mixed_encrypted_run(
         assert {"E.164 +254712345678 in b'AOF'", "otp now in b'AOF'"} <= set(aof_hits)
     finally:
         await r.aclose()
+
+
+@pytest.mark.timeout(90)
+def test_the_readme_privacy_example_runs(tmp_path: Path) -> None:
+    """The README's shell example, as written: key, OTP job, find, rotate, find again."""
+    import os
+    import subprocess
+    import sys
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("<!-- privacy-example -->\n```bash\n", 1)[1].split("\n```\n", 1)[0]
+    with start_redis_server(directory=tmp_path / "redis") as proc:
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("STREAMQ_", "REDIS_"))}
+        env |= {"REDIS_URL": proc.url, "PATH": f"{Path(sys.executable).parent}:{env['PATH']}",
+                "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        run = subprocess.run(["bash", "-euo", "pipefail", "-c", block], env=env, text=True,
+                             capture_output=True, timeout=80)
+        assert run.returncode == 0, run.stderr
+        out = run.stdout
+        assert out.count("1 job of that number in queue sms") == 2, out
+        assert "1 payload re-encrypted under key k2" in out
+        assert "blind-index entries moved to k2: 1 job" in out
+        assert "rotating sms waiting: 1/1" in run.stderr
+        import redis
+
+        with redis.Redis(port=proc.port) as r:
+            names = b" ".join(r.scan_iter())
+        assert b"streamq:{sms}:bidx:k2:" in names and b"712345678" not in names
