@@ -26,7 +26,7 @@ from streamq.devredis import free_port
 from tests.support.util import ROOT, running, wait_until
 
 COMMANDS = ("stats", "job", "dead", "replay", "cancel", "pause", "resume", "purge", "events",
-            "partitions", "schedules")
+            "partitions", "schedules", "rotate-keys", "find")
 
 
 class TTYInput(io.StringIO):

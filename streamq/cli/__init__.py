@@ -173,8 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
 async def _run(args: argparse.Namespace, url: str, con: Console) -> int:
     async with Queue(args.queue, redis_url=url, partitions=args.partitions) as q:
         await q.connect()  # one clear line naming the URL when Redis is not there
-        command = COMMANDS.get(args.command) or privacy.COMMANDS[args.command]
-        return await command(args, q, con)
+        return await COMMANDS[args.command](args, q, con)
 
 
 def _leaf(exc: BaseException) -> BaseException:

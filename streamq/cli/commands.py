@@ -25,6 +25,7 @@ from ..partitions import RECHECK_S, grow_partitions
 from ..queue import Queue
 from ..redact import redact_url
 from .output import CliError, Console, Progress, fmt_dt, now_text, payload_text, shorten, table
+from .privacy import cmd_find, cmd_rotate_keys
 from .schedules import cmd_schedules
 from .tail import cmd_events
 
@@ -431,4 +432,6 @@ COMMANDS: dict[str, Command] = {
     "events": cmd_events,
     "partitions": cmd_partitions,
     "schedules": cmd_schedules,
+    "rotate-keys": cmd_rotate_keys,
+    "find": cmd_find,
 }

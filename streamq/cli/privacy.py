@@ -137,5 +137,3 @@ async def cmd_find(args: argparse.Namespace, q: Queue, con: Console) -> int:
     con.print(f"\n{len(jobs)} job{'' if len(jobs) == 1 else 's'} of {what} in queue {q.name}")
     return 0
 
-
-COMMANDS = {"rotate-keys": cmd_rotate_keys, "find": cmd_find}
