@@ -371,3 +371,54 @@ def test_keys_generate_a_usable_key() -> None:
     assert len(base64.b64decode(key)) == 32
     assert KeyRing.parse(f"new:{key}").active == "new"
     assert os.environ.get(KEYS_ENV) is None
+
+
+async def test_every_transition_that_moves_a_job_keeps_its_envelope_byte_for_byte(
+    enc_queue: Queue,
+) -> None:
+    """promotion (claim), release, take-over of a silent worker's entry, retry, dead
+    letter, replay: each copies the sealed payload as it is, and it still opens."""
+    from streamq.rotation import _cmsgpack_first_two
+
+    q = enc_queue
+    lanes = q.keys.lanes
+
+    async def lane_payloads() -> list[bytes]:
+        return [f[b"d"] for lane in lanes for _, f in await q.redis.xrange(lane)]
+
+    await q.add(SECRET, JobOptions(job_id="m1", delay=0.05, attempts=2))
+    parsed = _cmsgpack_first_two(await q.redis.hget(q.keys.delayed_data, "m1"))
+    assert parsed is not None and parsed[0] == b"m1"
+    sealed = parsed[1]
+    assert envelope_kid(sealed) == "k2"
+
+    async def noop(job: Job) -> None:
+        return None
+
+    await q.ensure_groups()
+    w1 = Worker(q, noop, rate_limit=None, visibility_timeout=0.1, name="w1")
+    jobs = await wait_until(lambda: w1.claim_now(1), message="promotion")  # promote + claim
+    assert await lane_payloads() == [sealed]
+    await w1._release(jobs, "test")  # handed back: re-added at the tail
+    assert await lane_payloads() == [sealed]
+    await w1.claim_now(1)  # w1 takes it again, then goes silent
+    w2 = Worker(q, noop, rate_limit=None, visibility_timeout=0.1, name="w2",
+                reclaim_interval=0.05)
+    (job,) = await wait_until(lambda: w2.claim_now(1), message="take-over")  # in place
+    assert job.stalls == 1 and await lane_payloads() == [sealed]
+    await w2._failed(job, RuntimeError("boom"), retry=True, delay=0.05)  # retry
+    parsed = _cmsgpack_first_two(await q.redis.hget(q.keys.delayed_data, "m1"))
+    assert parsed is not None and parsed[1] == sealed
+    (job,) = await wait_until(lambda: w2.claim_now(1), message="the retry")
+    await w2._dead(job, "given up")  # dead letter
+    (_, dead_fields), = await q.redis.xrange(q.keys.dead)
+    assert dead_fields[b"d"] == sealed
+    assert await q.replay_dead("m1") == 1  # replay
+    assert await lane_payloads() == [sealed]
+    seen: list[Any] = []
+
+    async def handler(job: Job) -> None:
+        seen.append(job.data)
+
+    async with running(Worker(q, handler, rate_limit=None)):
+        await wait_until(lambda: seen == [SECRET])
