@@ -23,6 +23,8 @@ each set's TTL is kept at least as long as its newest entry, so an unused set va
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
 from .crypto import KeyRing
@@ -35,6 +37,43 @@ if TYPE_CHECKING:
 
 Terms = Callable[[Any], Iterable[str]]
 """A payload's blind-index terms (e.g. its phone numbers in E.164)."""
+
+SEARCH_TERMS_GROUP = "streamq.search_terms"
+"""The entry-point group where a channel declares its :class:`SearchTerms`."""
+
+
+@dataclass(frozen=True, slots=True)
+class SearchTerms:
+    """A channel's blind-index terms, for the operator tools (``python -m streamq find``,
+    ``rotate-keys``, the dashboard). The engine knows no channel: a package declares this
+    object as an entry point of the group ``streamq.search_terms`` (the SMS package does:
+    ``sms = "streamq.sms.privacy:SEARCH_TERMS"``), and the tools find it there."""
+
+    option: str
+    """The command-line option that searches by it, without dashes: ``phone``."""
+    noun: str
+    """What one value is, for messages: ``number``."""
+    help: str
+    to_term: Callable[[str], str]
+    """An operator's input -> its term (validating it: a bad value raises a StreamqError)."""
+    terms: Terms
+    """A payload -> its terms (the function the channel's queues are built with)."""
+    queues: Callable[[], Iterable[str]]
+    """The names of the queues built with these terms (read when asked: may follow env)."""
+
+
+def search_terms() -> list[SearchTerms]:
+    """Every channel's SearchTerms declared in the entry-point group, by option name."""
+    found: dict[str, SearchTerms] = {}
+    for ep in entry_points(group=SEARCH_TERMS_GROUP):
+        try:
+            obj = ep.load()
+        except Exception as exc:  # a broken plugin must not take the tools down
+            raise ConfigError(f"entry point {ep.name} of {SEARCH_TERMS_GROUP} cannot be "
+                              f"loaded: {type(exc).__name__}: {exc}") from None
+        if isinstance(obj, SearchTerms):
+            found.setdefault(obj.option, obj)
+    return [found[k] for k in sorted(found)]
 
 
 class BlindIndex:
@@ -107,4 +146,5 @@ async def find_jobs(queue: Queue, term: str) -> list[JobInfo]:
     return found
 
 
-__all__ = ["BlindIndex", "Terms", "find_job_ids", "find_jobs", "lookup_keys"]
+__all__ = ["SEARCH_TERMS_GROUP", "BlindIndex", "SearchTerms", "Terms", "find_job_ids",
+           "find_jobs", "lookup_keys", "search_terms"]

@@ -183,3 +183,16 @@ async def test_cli_find_by_phone(
 async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
     # the CLI runs its own event loop (anyio.run): give it a thread
     return await anyio.to_thread.run_sync(lambda: fn(*args))
+
+
+def test_the_sms_package_declares_its_search_terms_as_an_entry_point(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from streamq.blind_index import search_terms
+    from streamq.sms.privacy import SEARCH_TERMS
+
+    assert search_terms() == [SEARCH_TERMS]  # found through the installed metadata
+    assert SEARCH_TERMS.to_term(A_NATIONAL) == "e164:" + A
+    assert list(SEARCH_TERMS.queues()) == ["sms"]
+    monkeypatch.setenv("STREAMQ_SMS_QUEUE", "notify")
+    assert list(SEARCH_TERMS.queues()) == ["notify"]

@@ -3,10 +3,12 @@
     STREAMQ_ENCRYPTION_KEYS="k2:<new>,k1:<old>" python -m streamq rotate-keys --queue sms
     STREAMQ_ENCRYPTION_KEYS="k2:<new>,k1:<old>" python -m streamq find --phone +254712345678
 
-Both read the keys from ``STREAMQ_ENCRYPTION_KEYS``. For the SMS queue (``STREAMQ_SMS_QUEUE``,
-default ``sms``) the blind-index terms are the recipients' numbers; another queue names
-its terms function with ``--index-terms module:function``. ``--phone`` is the one place
-this engine command calls into the SMS package (to normalise the number), lazily.
+Both read the keys from ``STREAMQ_ENCRYPTION_KEYS``. The engine knows no channel: the
+search options (``--phone``) and each queue's blind-index terms come from the
+``SearchTerms`` that installed channels declare in the entry-point group
+``streamq.search_terms`` (the SMS package declares ``--phone`` for its queue,
+``STREAMQ_SMS_QUEUE``, default ``sms``). Another queue names its terms function with
+``--index-terms module:function``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import importlib
 import os
 from typing import Any
 
-from ..blind_index import Terms, find_jobs
+from ..blind_index import SearchTerms, Terms, find_jobs, search_terms
 from ..errors import ConfigError
 from ..queue import Queue
 from ..rotation import PLACES, RotationReport, rotate_keys
@@ -46,12 +48,10 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         "queue's keyed blind index: Redis holds only an HMAC of the number. Needs "
         "STREAMQ_ENCRYPTION_KEYS. Jobs whose records have expired are not listed.")
     what = f.add_mutually_exclusive_group(required=True)
-    what.add_argument("--phone", help="a number in E.164 (+254712345678) or national format")
+    for st in search_terms():
+        what.add_argument(f"--{st.option}", dest=f"search_{st.option}", help=st.help,
+                          metavar=st.noun.upper())
     what.add_argument("--term", help="a raw blind-index term (queues with their own terms)")
-
-
-def _sms_queue_name() -> str:
-    return os.environ.get("STREAMQ_SMS_QUEUE", "").strip() or "sms"
 
 
 def _terms(args: argparse.Namespace, q: Queue) -> Terms | None:
@@ -67,10 +67,9 @@ def _terms(args: argparse.Namespace, q: Queue) -> Terms | None:
         if not callable(fn):
             raise CliError(f"--index-terms {spec!r} is not a function")
         return fn  # type: ignore[no-any-return]
-    if q.name == _sms_queue_name():
-        from ..sms.privacy import phone_terms
-
-        return phone_terms
+    for st in search_terms():
+        if q.name in st.queues():
+            return st.terms
     return None
 
 
@@ -120,13 +119,13 @@ async def cmd_rotate_keys(args: argparse.Namespace, q: Queue, con: Console) -> i
 
 
 async def cmd_find(args: argparse.Namespace, q: Queue, con: Console) -> int:
-    if args.phone is not None:
-        from ..sms.privacy import phone_term
-
-        term = phone_term(args.phone)
-        what = "that number"
-    else:
-        term, what = args.term, "that term"
+    term, what = args.term, "that term"
+    chosen: SearchTerms | None = next(
+        (st for st in search_terms() if getattr(args, f"search_{st.option}", None) is not None),
+        None)
+    if chosen is not None:
+        term = chosen.to_term(getattr(args, f"search_{chosen.option}"))
+        what = f"that {chosen.noun}"
     jobs = await find_jobs(q, term)
     if not jobs:
         con.note(f"no jobs of {what} in queue {q.name}")

@@ -11,10 +11,11 @@ jobs while Redis holds neither the number nor its plain hash.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any, Final
 
-from streamq.blind_index import Terms
+from streamq.blind_index import SearchTerms, Terms
 from streamq.crypto import KeyRing
 
 from .phone import normalize_phone
@@ -48,4 +49,21 @@ def sms_queue_options(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     return {"encrypt": True, "keyring": ring, "blind_index": terms}
 
 
-__all__ = ["PHONE_TERM", "phone_term", "phone_terms", "sms_queue_options"]
+def _sms_queues() -> list[str]:
+    return [os.environ.get("STREAMQ_SMS_QUEUE", "").strip() or "sms"]
+
+
+SEARCH_TERMS: Final = SearchTerms(
+    option="phone",
+    noun="number",
+    help="a phone number in E.164 (+254712345678) or the national format of "
+    "STREAMQ_DEFAULT_REGION (0712345678)",
+    to_term=phone_term,
+    terms=phone_terms,
+    queues=_sms_queues,
+)
+"""Declared in pyproject.toml as the entry point ``streamq.search_terms: sms``, so the
+operator tools offer ``--phone`` and know the SMS queue's terms without the engine
+importing this package."""
+
+__all__ = ["PHONE_TERM", "SEARCH_TERMS", "phone_term", "phone_terms", "sms_queue_options"]
