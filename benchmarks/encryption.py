@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 if __package__ in (None, ""):  # run as a file: make `benchmarks` importable
-    sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
+    sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 import anyio
 
@@ -121,13 +121,14 @@ async def main(args: argparse.Namespace) -> int:
     med = {m: {k: statistics.median(r[k] for r in results[m]) for k in metrics} for m in modes}
     head = f"| metric (jobs/s, median of {args.rounds} rounds, N={args.jobs:,}) | "
     head += " | ".join(modes)
-    if "off" in modes:
+    ratios = "off" in modes and len(modes) > 1
+    if ratios:
         head += " | " + " | ".join(f"{m} / off" for m in modes if m != "off")
     print(head + " |")
-    print("|" + "---|" * (1 + len(modes) + (len(modes) - 1 if "off" in modes else 0)))
+    print("|" + "---|" * (1 + len(modes) + (len(modes) - 1 if ratios else 0)))
     for k in metrics:
         row = f"| {k} | " + " | ".join(f"{med[m][k]:,.0f}" for m in modes)
-        if "off" in modes:
+        if ratios:
             row += " | " + " | ".join(f"{med[m][k] / med['off'][k]:.2f}" for m in modes
                                       if m != "off")
         print(row + " |")
