@@ -86,7 +86,8 @@ def _decode_key(text: str) -> bytes | None:
 class KeyRing:
     """Encryption keys by id; the first is active. Build it with :meth:`parse` or :meth:`from_env`."""
 
-    __slots__ = ("_aead", "_header", "_index_keys", "_index_macs", "_keys", "active")
+    __slots__ = ("_aead", "_by_header", "_header", "_index_keys", "_index_macs", "_keys",
+                 "active")
 
     def __init__(self, keys: list[tuple[str, bytes]]) -> None:
         if not keys:
@@ -107,6 +108,7 @@ class KeyRing:
         self._aead = {kid: AESGCM(key) for kid, key in self._keys.items()}
         self._header = {kid: bytes([MAGIC, VERSION, len(kid)]) + kid.encode("ascii")
                         for kid in self._keys}
+        self._by_header = {h: (kid, self._aead[kid]) for kid, h in self._header.items()}
         self._index_keys: dict[str, bytes] = {}
         self._index_macs: dict[str, hmac.HMAC] = {}
 
@@ -204,6 +206,17 @@ def _parse_cached(text: str) -> KeyRing:
 def open_envelope(ring: KeyRing | None, raw: bytes, *, queue: str, job_id: str,
                   purpose: str = PURPOSE_PAYLOAD) -> bytes:
     """Decrypt ``raw``; every failure is a :class:`DecryptError` with a fixed reason."""
+    if ring is not None and len(raw) > 3:
+        head = 3 + raw[2]
+        known = ring._by_header.get(raw[:head])
+        if known is not None and len(raw) >= head + NONCE_BYTES + TAG_BYTES:
+            # the common case: a well-formed envelope under a key of the ring
+            aad = KeyRing._aad(raw[:head], purpose, queue, job_id)
+            try:
+                return known[1].decrypt(raw[head : head + NONCE_BYTES], raw[head + NONCE_BYTES :],
+                                        aad)
+            except InvalidTag:
+                raise DecryptError("payload authentication failed") from None
     if len(raw) < 2 or raw[1] != VERSION:
         # 0xC1 is never msgpack: either garbage or an envelope this version cannot read
         version = raw[1] if len(raw) > 1 else "missing"
