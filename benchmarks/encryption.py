@@ -69,10 +69,11 @@ async def one_round(url: str, mode: str, n: int) -> dict[str, float]:
     out: dict[str, float] = {}
     async with make_queue(url, mode) as q:
         await q.connect()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for p in data[:SINGLE]:
             await q.add(p)
         out["enqueue_single"] = SINGLE / (time.perf_counter() - t0)
+        out["enqueue_single_cpu_us"] = (time.process_time() - c0) / SINGLE * 1e6
         await q.redis.delete(*q.keys.lanes)
         t0, c0 = time.perf_counter(), time.process_time()
         await q.add_bulk(data[:n])
@@ -125,7 +126,8 @@ async def main(args: argparse.Namespace) -> int:
                 print(f"round {rnd + 1} {m}: " + ", ".join(f"{k} {v:,.1f}"
                                                           for k, v in res.items()),
                       file=sys.stderr)
-    metrics = ("enqueue_single", "enqueue_bulk", "drain", "enqueue_bulk_cpu_us", "drain_cpu_us")
+    metrics = ("enqueue_single", "enqueue_bulk", "drain", "enqueue_single_cpu_us",
+               "enqueue_bulk_cpu_us", "drain_cpu_us")
     med = {m: {k: statistics.median(r[k] for r in results[m]) for k in metrics} for m in modes}
     head = f"| metric (median of {args.rounds} rounds, N={args.jobs:,}) | "
     head += " | ".join(modes)
