@@ -25,6 +25,8 @@ from streamq.sms import (
     create_welcome_sms_job,
     make_sms_handler,
 )
+from streamq.sms.breaker import BreakerPolicy
+from streamq.sms.failover import ProviderRouter
 from streamq.sms.privacy import sms_queue_options
 from streamq.sms.providers.base import (
     ProviderPermanentError,
@@ -97,9 +99,15 @@ async def mixed_run(url: str, name: str, options: dict[str, Any]) -> dict[str, s
         dead = await create_notification_sms_job(recipient=NUMBERS[4], message=TEXT, queue=q)
         provider.fail_once |= {retried.job_id, otp.job_id}
         provider.reject.add(dead.job_id)
-        async with running(Worker(q, make_sms_handler(provider), rate_limit=None)):
-            await wait_until(lambda: _counts(q, completed=3, dead=1), 10,
-                             message="3 completed, 1 dead")
+        # as the worker runs it: through the router, whose breaker keeps the last error;
+        # one error opens it here, so the error the gateway quoted is stored (and an event)
+        router = ProviderRouter(q, [provider], policy=BreakerPolicy(errors=1, cooldown_s=0.05))
+        try:
+            async with running(Worker(q, make_sms_handler(router), rate_limit=None)):
+                await wait_until(lambda: _counts(q, completed=3, dead=1), 15,
+                                 message="3 completed, 1 dead")
+        finally:
+            await router.aclose()
         expected = {done.job_id: JobState.COMPLETED, retried.job_id: JobState.COMPLETED,
                     otp.job_id: JobState.COMPLETED, later.job_id: JobState.DELAYED,
                     dead.job_id: JobState.FAILED}
@@ -107,6 +115,8 @@ async def mixed_run(url: str, name: str, options: dict[str, Any]) -> dict[str, s
             info = await q.get_job(job_id)
             assert info is not None and info.state is state, (job_id, info)
         assert (await q.get_job(retried.job_id)).attempts == 2  # type: ignore[union-attr]
+        events = [e.name for e in await q.read_events(count=1000)]
+        assert "breaker" in events, events  # the breaker opened (its reason was stored)
         assert {m.to for m in provider.sent} == set(NUMBERS[:3])  # really sent
         letter = (await q.dead_letters())[0]
         assert letter.error.startswith("rejected ")

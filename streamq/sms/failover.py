@@ -206,6 +206,11 @@ class ProviderRouter:
             return result
         raise self._not_now(job, skipped, locked, last_unreachable)
 
+    def _reason(self, job: Job, exc: BaseException) -> str:
+        """A provider's error as the breaker stores it: on an encrypted queue, without the
+        payload's own values (a gateway may quote the text it refused)."""
+        return self.queue.codec.redact_error(str(exc), job.data)
+
     async def _call(self, job: Job, slot: _Slot, to: str, message: str) -> SendResult:
         """One provider call, its outcome told to the pin, the breaker and the metrics."""
         t0 = time.perf_counter()
@@ -215,7 +220,7 @@ class ProviderRouter:
             result = await slot.provider.send(to, message, idempotency_key=job.id)
         except ProviderConfigError as exc:
             outcome, settle = "config_error", "unsent"
-            _, opened = await self.breakers.failure(slot.name, "config", str(exc))
+            _, opened = await self.breakers.failure(slot.name, "config", self._reason(job, exc))
             # the breaker's own line says it loudly; per message only at debug
             log.debug("sms.provider_refused_config", queue=self.queue.name, job_id=job.id,
                       provider=slot.name, code=exc.code, error=redact_text(str(exc)),
@@ -223,7 +228,7 @@ class ProviderRouter:
             raise
         except ProviderUnreachable as exc:
             outcome, settle = "transient_error", "unsent"
-            await self.breakers.failure(slot.name, "error", str(exc))
+            await self.breakers.failure(slot.name, "error", self._reason(job, exc))
             log.warning("sms.provider_unreachable", queue=self.queue.name, job_id=job.id,
                         provider=slot.name, error=redact_text(str(exc)))
             raise
@@ -232,7 +237,7 @@ class ProviderRouter:
             if exc.code == 429:  # it answered: busy, not broken
                 await self.breakers.success(slot.name)
             else:
-                await self.breakers.failure(slot.name, "error", str(exc))
+                await self.breakers.failure(slot.name, "error", self._reason(job, exc))
             raise
         except ProviderPermanentError:
             outcome = "permanent_error"

@@ -653,7 +653,8 @@ class Worker:
     async def _deferred(self, job: Job, exc: Defer) -> None:
         """``Defer``: back to the delayed set without using an attempt (lua/defer.lua);
         with ``hold``, this worker also pauses its fetching (hold.py)."""
-        reason = redact_text(" ".join(str(exc).split()))[:MAX_ERROR_CHARS]
+        reason = self.queue.codec.redact_error(
+            redact_text(" ".join(str(exc).split()))[:MAX_ERROR_CHARS], job.data)
         delay = min(exc.delay, self.max_retry_delay)
         if exc.hold:
             self.fetch_hold.hold(job, delay, reason)
