@@ -36,6 +36,8 @@ async def dump_all(r: Any) -> list[tuple[bytes, bytes]]:
             out += [(key, v) for v in await r.lrange(key, 0, -1)]
         elif kind == "set":
             out += [(key, v) for v in await r.smembers(key)]
+        elif kind == "none":
+            continue  # expired or deleted since SCAN listed it (a lock, a TTL'd record)
         else:
             raise AssertionError(f"unexpected key type {kind} of {key!r}")
     return out
