@@ -4,7 +4,9 @@ storing the term anywhere in Redis.
 ``Queue(..., blind_index=terms)`` takes a function of a payload returning its terms (the
 SMS layer returns ``["e164:+254712345678"]``; the engine knows nothing of phone numbers).
 For each term the enqueue transition adds the job id to a sorted set named by the term's
-HMAC-SHA256 token (``streamq:{q}:bidx:<kid>:<token>``), atomically with the add. The
+HMAC-SHA256 token (``streamq:{q}:bidx:<kid>:<token>``), atomically with the add. On a
+partitioned queue the sets live in the job's partition (``streamq:{q~p}:bidx:...``),
+written by the same single-slot enqueue call, and a lookup asks every partition. The
 HMAC key is derived (HKDF) from an encryption key of the ring, and the key name carries
 that key's id, so the index is versioned by key id:
 
@@ -22,6 +24,7 @@ each set's TTL is kept at least as long as its newest entry, so an unused set va
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -29,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from .crypto import KeyRing
 from .errors import ConfigError
+from .fanout import each
 from .job import JobInfo
 from .keys import QueueKeys
 
@@ -77,12 +81,13 @@ def search_terms() -> list[SearchTerms]:
 
 
 class BlindIndex:
-    """The blind index of one queue: its terms function and the ring its tokens come from."""
+    """The blind index of one queue: its terms function and the ring its tokens come from.
+    Its sets live in the partition of the jobs they index (``QueueKeys.blind_index``), so
+    the enqueue transition writes them in its own slot."""
 
-    __slots__ = ("horizon_ms", "keys", "queue", "ring", "terms")
+    __slots__ = ("horizon_ms", "queue", "ring", "terms")
 
-    def __init__(self, terms: Terms, ring: KeyRing | None, queue: str, keys: QueueKeys,
-                 horizon_s: float) -> None:
+    def __init__(self, terms: Terms, ring: KeyRing | None, queue: str, horizon_s: float) -> None:
         if ring is None:
             raise ConfigError(
                 f"queue {queue!r} has a blind index but no key is configured: set "
@@ -91,7 +96,6 @@ class BlindIndex:
         self.terms = terms
         self.ring = ring
         self.queue = queue
-        self.keys = keys
         self.horizon_ms = max(1, round(horizon_s * 1000))
         """How long an entry outlives its job's due time (longest retention + allowance)."""
 
@@ -107,31 +111,41 @@ class BlindIndex:
                 out.append(token)
         return out
 
-    def index_keys(self, data: Any, kid: str | None = None) -> list[str]:
-        """The index sets a payload belongs to, under key ``kid`` (default: the active one)."""
+    def index_keys(self, data: Any, keys: QueueKeys, kid: str | None = None) -> list[str]:
+        """The index sets a payload belongs to in the partition ``keys`` (the job's), under
+        key ``kid`` (default: the active one)."""
         kid = kid or self.ring.active
-        return [self.keys.blind_index(kid, t) for t in self.tokens(data, kid)]
-
-    def lookup_keys(self, term: str) -> list[str]:
-        """The sets that may hold ``term``'s jobs: one per key id of the ring."""
-        return [self.keys.blind_index(kid, self.ring.token(kid, self.queue, term))
-                for kid in self.ring.kids]
+        return [keys.blind_index(kid, t) for t in self.tokens(data, kid)]
 
 
-def lookup_keys(queue: Queue, term: str) -> list[str]:
-    """The index sets of ``term`` in ``queue``, one per configured key id."""
+def lookup_keys(queue: Queue, term: str, keys: QueueKeys | None = None) -> list[str]:
+    """The index sets of ``term`` in one partition of ``queue`` (default: its home), one
+    per configured key id."""
     ring = queue.codec.keyring
     if ring is None:
         raise ConfigError("searching the blind index needs the encryption keys: set "
                           "STREAMQ_ENCRYPTION_KEYS")
-    return [queue.keys.blind_index(kid, ring.token(kid, queue.name, term)) for kid in ring.kids]
+    k = queue.keys if keys is None else keys
+    return [k.blind_index(kid, ring.token(kid, queue.name, term)) for kid in ring.kids]
 
 
 async def find_job_ids(queue: Queue, term: str) -> list[str]:
     """Ids of the jobs indexed under ``term`` whose entries have not expired (pruning the
-    expired ones on the way)."""
-    reply = await queue._run("index_lookup", lookup_keys(queue, term), [])
-    return [v.decode() if isinstance(v, bytes) else str(v) for v in reply]
+    expired ones on the way), from every partition of the queue: one ``index_lookup``
+    call per partition, each in its own slot."""
+    parts = queue.layout.all_keys(await queue.partition_count())
+    sets = [lookup_keys(queue, term, k) for k in parts]
+    replies = await each([functools.partial(queue.run_script, "index_lookup", keys, [])
+                          for keys in sets])
+    out: list[str] = []
+    seen: set[str] = set()
+    for reply in replies:
+        for v in reply:
+            job_id = v.decode() if isinstance(v, bytes) else str(v)
+            if job_id not in seen:
+                seen.add(job_id)
+                out.append(job_id)
+    return out
 
 
 async def find_jobs(queue: Queue, term: str) -> list[JobInfo]:

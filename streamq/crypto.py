@@ -240,6 +240,17 @@ def open_envelope(ring: KeyRing | None, raw: bytes, *, queue: str, job_id: str,
         raise DecryptError("payload authentication failed") from None
 
 
+def sealed_label(raw: bytes, reason: str = "") -> str | None:
+    """How a payload that stayed sealed is shown (dashboard, operator CLI): the key id and
+    size, and why it was not opened, never its bytes. None when ``raw`` is not an envelope
+    with a readable key id (garbage is shown as bytes that do not decode)."""
+    kid = envelope_kid(raw)
+    if kid is None:
+        return None
+    why = reason or "not opened here: no key for it, or it fails authentication"
+    return f"<encrypted payload (key {kid}, {len(raw)} bytes): {why}>"
+
+
 __all__ = [
     "KEYS_ENV",
     "PURPOSE_PAYLOAD",
@@ -248,4 +259,5 @@ __all__ = [
     "envelope_kid",
     "is_envelope",
     "open_envelope",
+    "sealed_label",
 ]

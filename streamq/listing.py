@@ -31,6 +31,7 @@ from redis.exceptions import ResponseError
 
 from .codec import Codec
 from .connection import translate_redis_errors
+from .crypto import envelope_kid
 from .errors import ConfigError, PayloadError
 from .events import QueueEvent, parse_events
 from .job import JobInfo, JobState, Priority, ms_to_dt
@@ -81,6 +82,11 @@ class Payload:
     data: Any
     size: int
     decoded: bool
+    sealed_with: str | None = None
+    """The key id of an encrypted payload (None: stored in clear). Opened when ``decoded``."""
+    reason: str = ""
+    """Why it is not decoded, e.g. ``payload is encrypted and no key is configured (set
+    STREAMQ_ENCRYPTION_KEYS)``; never payload data."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -454,14 +460,14 @@ async def list_jobs(q: Queue, parts: Sequence[QueueKeys], state: JobState | str,
 
 
 # -- one job ------------------------------------------------------------------------------------
-def decode_payload(codec: Codec, raw: bytes, job_id: str) -> tuple[Any, bool]:
+def decode_payload(codec: Codec, raw: bytes, job_id: str) -> tuple[Any, bool, str]:
     """A stored payload decoded through the queue's codec (an encrypted one is opened
-    there); the raw bytes and False when it does not decode."""
-    del job_id  # the codec will need it as associated data once payloads are encrypted
+    there, bound to its job id): (the value, True, ""), or (the raw bytes, False, the
+    reason) when it does not decode, e.g. an encrypted payload and no key for it here."""
     try:
-        return codec.decode(raw), True
-    except PayloadError:
-        return raw, False
+        return codec.decode(raw, job_id), True, ""
+    except PayloadError as exc:
+        return raw, False, str(exc)
 
 
 async def read_payload(q: Queue, k: QueueKeys, job_id: str) -> Payload | None:
@@ -481,8 +487,9 @@ async def read_payload(q: Queue, k: QueueKeys, job_id: str) -> Payload | None:
             return None
         reply = [b"flow", held]
     raw = reply[1] if isinstance(reply[1], bytes) else _s(reply[1]).encode()
-    data, ok = decode_payload(q.codec, raw, job_id)
-    return Payload(where=_s(reply[0]), data=data, size=len(raw), decoded=ok)
+    data, ok, reason = decode_payload(q.codec, raw, job_id)
+    return Payload(where=_s(reply[0]), data=data, size=len(raw), decoded=ok,
+                   sealed_with=envelope_kid(raw), reason=reason)
 
 
 async def job_events(q: Queue, parts: Sequence[QueueKeys], job_id: str,

@@ -109,7 +109,7 @@ class Queue:
         if blind_index is not None:
             d = self.defaults
             self.blind_index = BlindIndex(
-                blind_index, ring, self.name, self.keys,
+                blind_index, ring, self.name,
                 max(d.completed_ttl_s, d.failed_ttl_s) + d.index_live_s)
         self.redis_url = check_redis_url(redis_url, "redis_url") if redis_url else redis_url_from_env()
         self._redis = redis
@@ -247,8 +247,7 @@ class Queue:
         argv: list[ArgT] = [1, self.defaults.events_max, *args]
         if self.blind_index is not None:
             # the index sets live in the job's partition: written by the same enqueue call
-            kid = self.blind_index.ring.active
-            ix = [k.blind_index(kid, t) for t in self.blind_index.tokens(data)]
+            ix = self.blind_index.index_keys(data, k)
             keys += ix
             argv += [self.blind_index.horizon_ms, len(ix)]
         await self._run("enqueue", keys, argv)

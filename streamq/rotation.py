@@ -14,6 +14,11 @@ rewrites each one still sealed under an older key, one atomic transition per pay
   at the new entry;
 - job records hold no payload (state, counts, times, the redacted error): nothing to do.
 
+A partitioned queue is walked partition by partition, place by place (every delayed set,
+then every partition's lanes, then every dead-letter stream); each rewrite names the keys
+of the one partition that holds the payload, so it stays a single-slot transition, and
+the job's blind-index entries (kept in that partition too) move with it.
+
 Active jobs (entries in a consumer's pending list) are never touched: their worker holds
 them and a rewrite would orphan its claim. Each keeps its old-key payload until it
 finishes (completed: the payload is deleted) or moves (a retry to the delayed set, a
@@ -38,7 +43,7 @@ from .blind_index import BlindIndex, Terms
 from .connection import translate_redis_errors
 from .crypto import envelope_kid, is_envelope
 from .errors import ConfigError, DecryptError
-from .keys import GROUP
+from .keys import GROUP, QueueKeys
 from .queue import Queue
 
 Progress = Callable[[str, int, int], None]
@@ -117,7 +122,7 @@ class _Rotator:
         self.ring = ring
         self.index: BlindIndex | None = None
         if terms is not None:
-            self.index = BlindIndex(terms, ring, queue.name, queue.keys, 1.0)
+            self.index = BlindIndex(terms, ring, queue.name, 1.0)
         self.include_plaintext = include_plaintext
         self.progress = progress
         self.report = RotationReport(ring.active)
@@ -144,28 +149,29 @@ class _Rotator:
                 return None
         return plain, codec.seal(plain, job_id)
 
-    def index_pairs(self, plain: bytes) -> list[str]:
-        """(old set, new set) pairs moving the job's index entries to the active key id."""
+    def index_pairs(self, plain: bytes, k: QueueKeys) -> list[str]:
+        """(old set, new set) pairs moving the job's index entries (in its partition ``k``)
+        to the active key id."""
         index = self.index
         if index is None:
             return []
         try:
             data = self._plain.decode(plain)
-            new = index.index_keys(data)
+            new = index.index_keys(data, k)
             pairs: list[str] = []
             for kid in self.ring.kids:
                 if kid == self.ring.active:
                     continue
-                for old_key, new_key in zip(index.index_keys(data, kid), new, strict=True):
+                for old_key, new_key in zip(index.index_keys(data, k, kid), new, strict=True):
                     pairs += [old_key, new_key]
             return pairs
         except (msgspec.DecodeError, ValueError, TypeError, KeyError):
             return []
 
-    async def run_batch(self, items: Sequence[tuple[str, str, str, int, bytes]]) -> None:
-        """Rewrite a batch in one pipeline: one transition per payload, applied in order
-        (so re-added stream entries keep their order among themselves)."""
-        k = self.q.keys
+    async def run_batch(self, k: QueueKeys,
+                        items: Sequence[tuple[str, str, str, int, bytes]]) -> None:
+        """Rewrite a batch of partition ``k`` in one pipeline: one transition per payload,
+        applied in order (so re-added stream entries keep their order among themselves)."""
         calls: list[tuple[str, bool]] = []
         pipe = self.q.redis.pipeline(transaction=False)
         for place, job_id, entry_id, lane_no, payload in items:
@@ -173,7 +179,7 @@ class _Rotator:
             if got is None:
                 continue
             plain, sealed = got
-            pairs = self.index_pairs(plain)
+            pairs = self.index_pairs(plain, k)
             self.q.scripts.queue_call(
                 pipe, "rotate_payload",
                 [k.lanes[lane_no], k.delayed_data, k.dead, k.moves, k.bucket(job_id),
@@ -200,37 +206,38 @@ class _Rotator:
             self.progress(place, done, total)
 
     # -- the places ------------------------------------------------------------------------
-    async def delayed(self) -> None:
+    async def delayed(self, parts: Sequence[QueueKeys]) -> None:
         r: Any = self.q.redis  # untyped replies (decode_responses=False: bytes)
-        k = self.q.keys
-        total = int(await r.hlen(k.delayed_data))
+        total = sum([int(await r.hlen(k.delayed_data)) for k in parts])
         done = 0
         self.tick("delayed", done, total)
-        cursor = 0
-        while True:
-            cursor, chunk = await r.hscan(k.delayed_data, cursor, count=BATCH)
-            items: list[tuple[str, str, str, int, bytes]] = []
-            for field_name, packed in chunk.items():
-                parsed = _cmsgpack_first_two(packed)
-                job_id = field_name.decode("utf-8", "replace")
-                if parsed is None or parsed[0] != field_name:
-                    self.report.leave("unreadable delayed entry")
-                    continue
-                items.append(("delayed", job_id, "", 1, parsed[1]))
-            await self.run_batch(items)
-            done += len(chunk)
-            self.tick("delayed", done, total)
-            if cursor == 0:
-                return
+        for k in parts:
+            cursor = 0
+            while True:
+                cursor, chunk = await r.hscan(k.delayed_data, cursor, count=BATCH)
+                items: list[tuple[str, str, str, int, bytes]] = []
+                for field_name, packed in chunk.items():
+                    parsed = _cmsgpack_first_two(packed)
+                    job_id = field_name.decode("utf-8", "replace")
+                    if parsed is None or parsed[0] != field_name:
+                        self.report.leave("unreadable delayed entry")
+                        continue
+                    items.append(("delayed", job_id, "", 1, parsed[1]))
+                await self.run_batch(k, items)
+                done += len(chunk)
+                self.tick("delayed", done, total)
+                if cursor == 0:
+                    break
 
-    async def streams(self, place: str, streams: Sequence[tuple[str, int]]) -> None:
-        """Walk stream entries (key, lane number), oldest first, each stream up to its
-        newest entry at the start: rewritten entries are re-added after it."""
+    async def streams(self, place: str,
+                      streams: Sequence[tuple[QueueKeys, str, int]]) -> None:
+        """Walk stream entries (partition, key, lane number), oldest first, each stream up
+        to its newest entry at the start: rewritten entries are re-added after it."""
         r: Any = self.q.redis  # untyped replies (decode_responses=False: bytes)
-        total = sum([int(await r.xlen(key)) for key, _ in streams])
+        total = sum([int(await r.xlen(key)) for _, key, _ in streams])
         done = 0
         self.tick(place, done, total)
-        for key, lane_no in streams:
+        for k, key, lane_no in streams:
             last = await r.xrevrange(key, count=1)
             if not last:
                 continue
@@ -245,16 +252,19 @@ class _Rotator:
                         continue
                     items.append((place, job_id.decode("utf-8", "replace"), entry_id.decode(),
                                   lane_no, payload))
-                await self.run_batch(items)
+                await self.run_batch(k, items)
                 done += len(entries)
                 self.tick(place, done, total)
                 after = b"(" + entries[-1][0]
 
     async def run(self) -> RotationReport:
-        k = self.q.keys
-        await self.delayed()
-        await self.streams("waiting", [(lane, i) for i, lane in enumerate(k.lanes)])
-        await self.streams("dead", [(k.dead, 1)])
+        # every partition (0, the home, first); a count only grows, so the partitions of
+        # earlier counts are among them
+        parts = self.q.layout.all_keys(await self.q.partition_count())
+        await self.delayed(parts)
+        await self.streams("waiting", [(k, lane, i) for k in parts
+                                       for i, lane in enumerate(k.lanes)])
+        await self.streams("dead", [(k, k.dead, 1) for k in parts])
         return self.report
 
 

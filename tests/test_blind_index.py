@@ -13,7 +13,7 @@ import anyio.to_thread
 import pytest
 
 from streamq import ConfigError, Job, JobOptions, JobState, Queue, QueueDefaults, Worker
-from streamq.blind_index import find_job_ids, find_jobs
+from streamq.blind_index import find_job_ids, find_jobs, lookup_keys
 from streamq.cli import main as cli_main
 from streamq.cli.output import Console
 from streamq.crypto import KEYS_ENV, KeyRing
@@ -97,7 +97,7 @@ async def test_index_entries_expire_with_their_jobs(redis_url: str, queue_name: 
     try:
         refs = [await create_welcome_sms_job(recipient=A, user_name=f"U{i}", queue=q)
                 for i in range(3)]
-        (key,) = q.blind_index.lookup_keys(phone_term(A))  # type: ignore[union-attr]
+        (key,) = lookup_keys(q, phone_term(A))
         assert 0 < await q.redis.pttl(key) <= 600
 
         async def handler(job: Job) -> None:
@@ -133,7 +133,7 @@ async def test_expired_entries_are_pruned_on_write(redis_url: str, queue_name: s
         await create_welcome_sms_job(recipient=A, user_name="Far", queue=q, delay=30,
                                      job_id="far")
         await create_welcome_sms_job(recipient=A, user_name="Near", queue=q, job_id="near")
-        (key,) = q.blind_index.lookup_keys(phone_term(A))  # type: ignore[union-attr]
+        (key,) = lookup_keys(q, phone_term(A))
         near = float(await q.redis.zscore(key, "near"))
         await wait_until(lambda: _redis_ms_past(q, near), 5, message="near's expiry")
         assert await q.redis.zcard(key) == 2  # nothing read it yet

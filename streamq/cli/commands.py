@@ -21,6 +21,7 @@ from ..errors import ConfigError, StreamqError
 from ..fanout import COUNT_NAMES, id_key, sum_counts
 from ..job import JobState
 from ..keys import GROUP, MAX_PARTITIONS, partition_tag
+from ..listing import decode_payload
 from ..partitions import RECHECK_S, grow_partitions
 from ..queue import Queue
 from ..redact import redact_url
@@ -266,9 +267,15 @@ async def _show_dead(wanted: str, q: Queue, con: Console) -> int:
             ["failed at", fmt_dt(d.failed_at)],
             ["attempts", d.attempts],
             ["error", d.error],
-            ["payload", payload_text(d.data) + "  (phone numbers masked, texts and codes hidden)"],
+            ["payload", payload_text(d.data, _why_not_decoded(q, d))
+             + "  (phone numbers masked, texts and codes hidden)"],
         ]))
     return 0
+
+
+def _why_not_decoded(q: Queue, d: DeadLetter) -> str:
+    """Why a dead letter's payload stayed bytes (e.g. encrypted, and no key for it here)."""
+    return decode_payload(q.codec, d.data, d.job_id)[2] if isinstance(d.data, bytes) else ""
 
 
 def letters(n: int) -> str:

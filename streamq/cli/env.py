@@ -91,6 +91,15 @@ SETTINGS: Final[tuple[Setting, ...]] = (
             "signs the dashboard's session cookies (default: derived from the tokens)"),
     Setting("STREAMQ_DASHBOARD_PORT", "8080", "the dashboard's port"),
     Setting("STREAMQ_DASHBOARD_HOST", "0.0.0.0", "the dashboard's address"),
+    # -- encryption at rest (docs/privacy.md) -----------------------------------------------
+    Setting("STREAMQ_ENCRYPTION_KEYS", "-",
+            "kid:base64key[,kid:base64key...]: AES-256-GCM keys (32 bytes each; secrets: never "
+            "printed). The first seals new payloads, the others only open them. Set, the SMS "
+            "queue encrypts its payloads and indexes numbers for find --phone; producers, "
+            "workers, the dashboard and the operator CLI need the same value"),
+    Setting("STREAMQ_INDEX_TERMS", "-",
+            "module:function giving a payload's blind-index terms, for rotate-keys on a queue "
+            "of your own (the SMS queue's are built in) [operator CLI: --index-terms]"),
     # -- SMS --------------------------------------------------------------------------------
     Setting("SMS_PROVIDERS", "-",
             "ordered SMS provider list for failover, e.g. salum,africastalking",

@@ -17,6 +17,7 @@ import anyio
 import anyio.to_thread
 import msgspec
 
+from ..crypto import sealed_label
 from ..logs import DROPPED_KEYS
 from ..redact import redact_text
 
@@ -63,11 +64,12 @@ def _redact(value: Any) -> Any:
     return value
 
 
-def payload_text(data: Any) -> str:
+def payload_text(data: Any, reason: str = "") -> str:
     """A payload as JSON, with phone numbers masked and secret-bearing fields (message
-    text, codes, keys: the same names the logs drop) replaced by ``***``."""
+    text, codes, keys: the same names the logs drop) replaced by ``***``. An encrypted
+    payload this process cannot open is shown as a marker with its key id and ``reason``."""
     if isinstance(data, bytes | bytearray):
-        return f"<{len(data)} bytes that do not decode>"
+        return sealed_label(bytes(data), reason) or f"<{len(data)} bytes that do not decode>"
     try:
         builtins = msgspec.to_builtins(data)
     except (TypeError, msgspec.EncodeError):

@@ -20,6 +20,7 @@ from urllib.parse import quote, urlencode
 import msgspec
 from aiohttp import web
 
+from ..crypto import sealed_label
 from ..logs import DROPPED_KEYS
 from ..redact import redact_text
 from .auth import identity_of, maybe_identity
@@ -52,11 +53,12 @@ def _redact(value: Any) -> Any:
     return value
 
 
-def masked_payload(data: Any) -> str:
+def masked_payload(data: Any, reason: str = "") -> str:
     """A payload as indented JSON: numbers masked, secret-bearing fields (message text,
-    codes, keys) replaced by ***."""
+    codes, keys) replaced by ***. An encrypted payload this process cannot open is shown
+    as a marker with its key id and ``reason``."""
     if isinstance(data, bytes | bytearray):
-        return f"<{len(data)} bytes that do not decode>"
+        return sealed_label(bytes(data), reason) or f"<{len(data)} bytes that do not decode>"
     try:
         builtins = msgspec.to_builtins(data, str_keys=True)
     except (TypeError, msgspec.EncodeError):

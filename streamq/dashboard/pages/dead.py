@@ -7,7 +7,7 @@ from aiohttp import web
 
 from ...errors import ConfigError, JobIdError
 from ...keys import check_job_id
-from ...listing import MAX_PAGE
+from ...listing import MAX_PAGE, decode_payload
 from ..render import action_form, esc, link, mask, masked_payload, page, q_path, table, when, with_query
 from ..state import dashboard_of
 from .actions import act
@@ -39,7 +39,9 @@ async def dead_page(request: web.Request) -> web.StreamResponse:
     base = q_path(q.name, "dead")
     rows = []
     for d in letters:
-        preview = masked_payload(d.data).replace("\n", " ")
+        # a payload left as bytes: say why (e.g. encrypted, and no key for it here)
+        reason = decode_payload(q.codec, d.data, d.job_id)[2] if isinstance(d.data, bytes) else ""
+        preview = masked_payload(d.data, reason).replace("\n", " ")
         if len(preview) > PREVIEW_CHARS:
             preview = preview[: PREVIEW_CHARS - 1] + "…"
         rows.append([

@@ -111,9 +111,11 @@ async def job_page(request: web.Request) -> web.StreamResponse:
                  "cancelled jobs keep their facts only).</p>")
     else:
         where = WHERE.get(payload.where, payload.where)
-        shown = (f"<p class=hint>{esc(payload.size)} bytes, from {esc(where)}; phone "
+        sealed = (f" (encrypted at rest with key {esc(payload.sealed_with)})"
+                  if payload.sealed_with else "")
+        shown = (f"<p class=hint>{esc(payload.size)} bytes{sealed}, from {esc(where)}; phone "
                  "numbers masked, message texts and codes hidden.</p>"
-                 f"<pre class=payload>{esc(masked_payload(payload.data))}</pre>")
+                 f"<pre class=payload>{esc(masked_payload(payload.data, payload.reason))}</pre>")
     events = await q.job_events(job_id)
     ev_rows = [[esc(e.name), esc(e.attempt or "-"), mask(e.error or ""),
                 esc(" ".join(f"{k}={v}" for k, v in (e.fields or {}).items())),
