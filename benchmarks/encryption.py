@@ -1,6 +1,7 @@
 """The cost of encryption at rest: streamq with ``encrypt=True`` vs off, side by side.
 
     python -m benchmarks.encryption [--jobs 20000] [--rounds 3] [--modes off,on,on+index]
+                                    [--partitions N]
 
 One private redis-server (persistence off); rounds alternate the modes (off, on,
 on+index, off, ...) so machine noise hits each alike; each figure is the median of the
@@ -55,30 +56,34 @@ def phone_terms(data: Any) -> list[str]:
     return ["e164:" + data["recipient"]["phone_number"]]
 
 
-def make_queue(url: str, mode: str) -> Queue:
+def make_queue(url: str, mode: str, partitions: int = 1) -> Queue:
     name = "enc" + uuid.uuid4().hex[:8]
+    # (partitions only when asked: a checkout from before partitioned queues has no option)
+    part: dict[str, Any] = {"partitions": partitions} if partitions > 1 else {}
     if mode == "off":
-        return Queue(name, redis_url=url)
+        return Queue(name, redis_url=url, **part)
     from streamq.crypto import KeyRing
 
     ring = KeyRing.parse("bench:" + base64.b64encode(os.urandom(32)).decode())
     extra: dict[str, Any] = {"blind_index": phone_terms} if mode == "on+index" else {}
-    return Queue(name, redis_url=url, encrypt=True, keyring=ring, **extra)
+    return Queue(name, redis_url=url, encrypt=True, keyring=ring, **extra, **part)
 
 
-async def one_round(url: str, mode: str, n: int) -> dict[str, float]:
+async def one_round(url: str, mode: str, n: int, partitions: int = 1) -> dict[str, float]:
     data = payloads(max(n, SINGLE))
     for i, p in enumerate(data):  # 1,000 recipients, ~20 jobs each (the index has a set each)
         p["recipient"]["phone_number"] = f"+2547{i % NUMBERS:08d}"
     out: dict[str, float] = {}
-    async with make_queue(url, mode) as q:
+    async with make_queue(url, mode, partitions) as q:
         await q.connect()
         t0, c0 = time.perf_counter(), time.process_time()
         for p in data[:SINGLE]:
             await q.add(p)
         out["enqueue_single"] = SINGLE / (time.perf_counter() - t0)
         out["enqueue_single_cpu_us"] = (time.process_time() - c0) / SINGLE * 1e6
-        await q.redis.delete(*q.keys.lanes)
+        lanes = ([lane for k in q.layout.all_keys() for lane in k.lanes] if partitions > 1
+                 else q.keys.lanes)
+        await q.redis.delete(*lanes)
         t0, c0 = time.perf_counter(), time.process_time()
         await q.add_bulk(data[:n])
         out["enqueue_bulk"] = n / (time.perf_counter() - t0)
@@ -122,10 +127,10 @@ async def main(args: argparse.Namespace) -> int:
     results: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
     with start_redis_server() as proc:
         for m in modes:  # warm-up, not counted: imports, script loading, first connections
-            await one_round(proc.url, m, min(args.jobs, 2000))
+            await one_round(proc.url, m, min(args.jobs, 2000), args.partitions)
         for rnd in range(args.rounds):
             for m in modes:
-                res = await one_round(proc.url, m, args.jobs)
+                res = await one_round(proc.url, m, args.jobs, args.partitions)
                 results[m].append(res)
                 print(f"round {rnd + 1} {m}: " + ", ".join(f"{k} {v:,.1f}"
                                                           for k, v in res.items()),
@@ -133,7 +138,8 @@ async def main(args: argparse.Namespace) -> int:
     metrics = ("enqueue_single", "enqueue_bulk", "drain", "enqueue_single_cpu_us",
                "enqueue_bulk_cpu_us", "drain_cpu_us")
     med = {m: {k: statistics.median(r[k] for r in results[m]) for k in metrics} for m in modes}
-    head = f"| metric (median of {args.rounds} rounds, N={args.jobs:,}) | "
+    where = f", {args.partitions} partitions" if args.partitions > 1 else ""
+    head = f"| metric (median of {args.rounds} rounds, N={args.jobs:,}{where}) | "
     head += " | ".join(modes)
     ratios = "off" in modes and len(modes) > 1
     if ratios:
@@ -157,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=20000, help="N for bulk enqueue and drain")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated: off,on,on+index")
+    p.add_argument("--partitions", type=int, default=1,
+                   help="Queue(partitions=N) for every mode (default 1: the option is not passed)")
     return p
 
 

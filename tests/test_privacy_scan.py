@@ -17,6 +17,8 @@ import redis.asyncio as aioredis
 from streamq import JobState, Queue, QueueDefaults, Worker
 from streamq.crypto import KEYS_ENV
 from streamq.devredis import RedisProcess, start_redis_server
+from streamq.keys import QueueKeys
+from streamq.routing import partition_of
 from streamq.sms import (
     MockSMSProvider,
     SMSJob,
@@ -84,10 +86,11 @@ def aof_redis(tmp_path: Path) -> Iterator[RedisProcess]:
         yield proc
 
 
-async def mixed_run(url: str, name: str, options: dict[str, Any]) -> dict[str, str]:
+async def mixed_run(url: str, name: str, options: dict[str, Any],
+                    partitions: int = 1) -> dict[str, str]:
     """Jobs of every outcome through a real worker; returns job id -> expected state."""
     q = Queue(name, redis_url=url, job_type=SMSJob,
-              defaults=QueueDefaults(backoff_s=0.01), **options)
+              defaults=QueueDefaults(backoff_s=0.01), partitions=partitions, **options)
     provider = ScriptedMock()
     try:
         done = await create_welcome_sms_job(recipient=NUMBERS[0], user_name=NAME, queue=q)
@@ -131,30 +134,44 @@ async def _counts(q: Queue, **want: int) -> bool:
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("partitions", [1, 3])
 async def test_nothing_personal_in_redis_or_its_aof_after_a_mixed_encrypted_run(
-    aof_redis: RedisProcess, monkeypatch: pytest.MonkeyPatch
+    aof_redis: RedisProcess, monkeypatch: pytest.MonkeyPatch, partitions: int
 ) -> None:
     monkeypatch.setenv(KEYS_ENV, KEYS)
     r = aioredis.Redis.from_url(aof_redis.url)
     try:
-        await mixed_run(aof_redis.url, "sms", sms_queue_options())
+        states = await mixed_run(aof_redis.url, "sms", sms_queue_options(), partitions)
         pairs = await dump_all(r)
         kinds = {(await r.type(k)).decode() for k, _ in pairs}
         assert {"stream", "hash", "zset", "string"} <= kinds  # the scan saw every kind
         assert len(pairs) > 100
-        assert any(b":bidx:" in k for k, _ in pairs)  # the blind index is there
+        # the blind index is there, each entry in its job's partition
+        indexed: dict[str, bytes] = {}
+        for key in {k for k, _ in pairs if b":bidx:" in k}:
+            indexed |= {m.decode(): key for m in await r.zrange(key, 0, -1)}
+        assert set(indexed) == set(states)
+        for job_id, key in indexed.items():
+            assert key.startswith(QueueKeys("sms", partition_of(job_id, partitions))
+                                  .prefix.encode()), (job_id, key)
+        if partitions > 1:  # the jobs did spread: keys of several partitions were scanned
+            assert len({k.split(b"}")[0] for k, _ in pairs}) > 1
         assert findings(pairs, needles()) == []
         assert findings([(b"AOF", aof_bytes(aof_redis.directory))], needles()) == []
 
         # control: the same run without keys, on the same server, is found by both scans
         monkeypatch.delenv(KEYS_ENV)
-        await mixed_run(aof_redis.url, "plain", {})
+        plain = await mixed_run(aof_redis.url, "plain", {}, partitions)
+        dead = next(j for j, st in plain.items() if st == "failed")
+        later = next(j for j, st in plain.items() if st == "delayed")
+        dead_key = QueueKeys("plain", partition_of(dead, partitions)).dead.encode()
+        later_key = QueueKeys("plain", partition_of(later, partitions)).delayed_data.encode()
         control = findings(await dump_all(r), needles())
-        assert {"E.164 +254799000111 in b'streamq:{plain}:dead'",  # the dead job's payload
-                "text in b'streamq:{plain}:dead'",
-                "E.164 +254701234567 in b'streamq:{plain}:delayed:data'",  # the delayed one
-                "otp later in b'streamq:{plain}:delayed:data'"} <= set(control), control
-        assert all("{sms}" not in f for f in control)
+        assert {f"E.164 +254799000111 in {dead_key!r}",  # the dead job's payload
+                f"text in {dead_key!r}",
+                f"E.164 +254701234567 in {later_key!r}",  # the delayed one
+                f"otp later in {later_key!r}"} <= set(control), control
+        assert all("{sms" not in f for f in control)
         aof_hits = findings([(b"AOF", aof_bytes(aof_redis.directory))], needles())
         assert {"E.164 +254712345678 in b'AOF'", "otp now in b'AOF'"} <= set(aof_hits)
     finally:
