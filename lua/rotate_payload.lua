@@ -59,6 +59,21 @@ local function rebuilt(raw, now)
   return out
 end
 
+-- the ms part of the id the next entry of 'stream' gets: now, or the stream's last
+-- generated id when that is later. The re-added entry is given this ms explicitly
+-- ('<ms>-*', Redis 7.0), so its meta t (ms between creation and the entry id) is exact:
+-- with '*' the server's clock may pass a millisecond between TIME and XADD.
+local function next_ms(stream, now)
+  local info = redis.call('XINFO', 'STREAM', stream)
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then
+      local last = tonumber(string.match(info[i + 1], '^(%d+)'))
+      if last > now then return last end
+    end
+  end
+  return now
+end
+
 local function matches(raw)
   local f = {}
   for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
@@ -77,7 +92,8 @@ elseif where == 'lane' then
   if not r[1] or not matches(r[1][2]) then return 0 end
   local p = redis.pcall('XPENDING', lane, group, id, id, 1)
   if not p.err and p[1] then return -1 end  -- (no group yet: nobody holds it)
-  local new_id = redis.call('XADD', lane, '*', unpack(rebuilt(r[1][2], now_ms())))
+  local at = next_ms(lane, now_ms())
+  local new_id = redis.call('XADD', lane, at .. '-*', unpack(rebuilt(r[1][2], at)))
   redis.call('XDEL', lane, id)
   redis.call('HSET', bucket, job_id, ARGV[5] .. ':' .. new_id)
   redis.call('HDEL', moves, job_id)

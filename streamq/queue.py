@@ -59,8 +59,9 @@ BULK_CHUNK = 500
 _NO_OPTIONS = JobOptions()
 
 
-_Prepared = tuple[str, list[ArgT], list[str]]
-"""A job ready for add_bulk: its id, its enqueue arguments, its blind-index tokens."""
+_Group = tuple[QueueKeys, list[tuple[str, list[ArgT]]], list[list[str]]]
+"""add_bulk's jobs of one partition: its keys, each job's (id, enqueue arguments), and
+with a blind index each job's tokens (kept apart: no extra object per job without one)."""
 
 
 def new_job_id() -> str:
@@ -261,47 +262,57 @@ class Queue:
         msgpack-able, so no payload looks like one). Any other value, ``("a", None)``
         included, is a payload. Returns refs in order.
         """
-        prepared: list[_Prepared] = []
+        prepared: list[tuple[str, list[ArgT]]] = []
+        ix = self.blind_index
+        tokens: list[list[str]] = []  # with a blind index: each job's tokens, in order
         for item in items:
             if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], JobOptions):
                 data, options = item
             else:
                 data, options = item, None
-            job_id, args = self._job_args(data, options)
-            tokens = self.blind_index.tokens(data) if self.blind_index is not None else []
-            prepared.append((job_id, args, tokens))
+            prepared.append(self._job_args(data, options))
+            if ix is not None:
+                tokens.append(ix.tokens(data))
         n = await self._write_count()
+        groups: list[_Group]
         if n == 1:
-            groups = [(self.keys, prepared)]
+            groups = [(self.keys, prepared, tokens)]
         else:
-            by_partition: dict[int, list[_Prepared]] = {}
-            for job in prepared:
-                by_partition.setdefault(partition_of(job[0], n), []).append(job)
-            groups = [(self.layout.keys(p), jobs) for p, jobs in sorted(by_partition.items())]
+            by_partition: dict[int, _Group] = {}
+            for i, job in enumerate(prepared):
+                p = partition_of(job[0], n)
+                group = by_partition.get(p)
+                if group is None:
+                    group = by_partition[p] = (self.layout.keys(p), [], [])
+                group[1].append(job)
+                if ix is not None:
+                    group[2].append(tokens[i])
+            groups = [by_partition[p] for p in sorted(by_partition)]
         async with self._gate:
             await self._send_bulk(groups)
-        return [JobRef(job_id, self.name) for job_id, _, _ in prepared]
+        return [JobRef(job_id, self.name) for job_id, _ in prepared]
 
-    async def _send_bulk(self, groups: list[tuple[QueueKeys, list[_Prepared]]]) -> None:
+    async def _send_bulk(self, groups: list[_Group]) -> None:
         """One enqueue call per chunk of BULK_CHUNK jobs of one partition (every call stays
         in one slot, its blind-index sets included), 8 calls per pipeline round trip."""
         calls: list[tuple[list[str], list[ArgT]]] = []
         ix = self.blind_index
-        for k, prepared in groups:
+        for k, prepared, tokens in groups:
             fixed = self._enqueue_keys(k)
             bucket = k.bucket
             for c in range(0, len(prepared), BULK_CHUNK):
                 chunk = prepared[c : c + BULK_CHUNK]
                 args: list[ArgT] = [len(chunk), self.defaults.events_max]
                 keys = list(fixed)
-                for job_id, a, _ in chunk:
+                for job_id, a in chunk:
                     args.extend(a)
                     keys.append(bucket(job_id))
                 if ix is not None:
                     kid = ix.ring.active
+                    sets = tokens[c : c + BULK_CHUNK]
                     args.append(ix.horizon_ms)
-                    args.extend(len(tokens) for _, _, tokens in chunk)
-                    keys.extend(k.blind_index(kid, t) for _, _, tokens in chunk for t in tokens)
+                    args.extend(len(t) for t in sets)
+                    keys.extend(k.blind_index(kid, t) for ts in sets for t in ts)
                 calls.append((keys, args))
         with translate_redis_errors(self.redis_url):
             for start in range(0, len(calls), 8):

@@ -252,3 +252,31 @@ async def test_rotation_keeps_waiting_jobs_in_their_lanes_and_in_order(
     finally:
         await old.close()
         await both.close()
+
+
+async def test_a_rotated_waiting_job_keeps_its_creation_time_to_the_millisecond(
+    redis_url: str, queue_name: str
+) -> None:
+    old = make_queue(queue_name, redis_url, OLD)
+    both = make_queue(queue_name, redis_url, BOTH)
+    try:
+        await old.add(payload("w1"), JobOptions(job_id="w1"))
+        before = await old.get_job("w1")
+        # the lane's last generated id is ahead of the clock (an entry added, then deleted,
+        # with an id 5 s ahead): a re-added entry gets a later id than "now", and its
+        # creation time must still come out the same
+        s, us = await old.redis.time()
+        ahead = f"{s * 1000 + us // 1000 + 5000}-0"
+        lane = old.keys.lanes[1]
+        await old.redis.xadd(lane, {"j": "ghost", "d": b""}, id=ahead)
+        await old.redis.xdel(lane, ahead)
+        rep = await rotate_keys(both)
+        assert rep.rotated["waiting"] == 1
+        (entry_id, _), = await both.redis.xrange(lane)
+        assert int(entry_id.split(b"-")[0]) >= int(ahead.split("-")[0])  # after the ghost
+        after = await both.get_job("w1")
+        assert before is not None and after is not None
+        assert after.created_at == before.created_at
+    finally:
+        await old.close()
+        await both.close()
