@@ -119,6 +119,19 @@ class Codec:
                                  purpose=purpose)
         return raw
 
+    def rebind(self, raw: bytes, from_id: str, to_id: str, *,
+               from_purpose: str = PURPOSE_PAYLOAD, to_purpose: str = PURPOSE_PAYLOAD) -> bytes:
+        """A stored payload moved to another binding: an envelope opened for
+        (``from_id``, ``from_purpose``) and sealed again under the active key for
+        (``to_id``, ``to_purpose``) (a schedule's payload becoming a run's); a clear payload
+        as is, or sealed when this codec encrypts. Raises DecryptError when it cannot be
+        opened here (no key, unknown key id, tampered)."""
+        if raw and raw[0] == _MAGIC:
+            plain = open_envelope(self.keyring, raw, queue=self.queue, job_id=from_id,
+                                  purpose=from_purpose)
+            return self.seal(plain, to_id, to_purpose)
+        return self.seal(raw, to_id, to_purpose) if self.encrypt else raw
+
     # -- values stored with a job (a handler's result) ----------------------------------------
     def encode_value(self, value: Any, job_id: str, purpose: str = PURPOSE_RESULT, *,
                      max_bytes: int | None = None) -> bytes:

@@ -54,6 +54,8 @@ _TOKEN_BYTES: Final = 16
 
 PURPOSE_PAYLOAD: Final = "payload"
 PURPOSE_RESULT: Final = "result"
+PURPOSE_SCHEDULE: Final = "schedule"
+"""A schedule's stored payload, bound to the schedule id (sealed again for each run)."""
 
 
 def is_envelope(raw: bytes) -> bool:
@@ -263,6 +265,7 @@ __all__ = [
     "KEYS_ENV",
     "PURPOSE_PAYLOAD",
     "PURPOSE_RESULT",
+    "PURPOSE_SCHEDULE",
     "KeyRing",
     "envelope_kid",
     "is_envelope",

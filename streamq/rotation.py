@@ -12,6 +12,8 @@ rewrites each one still sealed under an older key, one atomic transition per pay
   (already under the new key) may come before them;
 - dead letters: re-added at the end of the dead-letter stream, the failed record pointed
   at the new entry;
+- schedules: each schedule's stored payload (sealed for the schedule, not a job) is
+  rewritten in place; runs it fires meanwhile are sealed for their own ids anyway;
 - job records hold no payload (state, counts, times, the redacted error): nothing to do.
 
 A partitioned queue is walked partition by partition, place by place (every delayed set,
@@ -41,7 +43,7 @@ import msgspec
 
 from .blind_index import BlindIndex, Terms
 from .connection import translate_redis_errors
-from .crypto import envelope_kid, is_envelope
+from .crypto import PURPOSE_PAYLOAD, PURPOSE_SCHEDULE, envelope_kid, is_envelope
 from .errors import ConfigError, DecryptError
 from .keys import GROUP, QueueKeys
 from .queue import Queue
@@ -50,7 +52,7 @@ Progress = Callable[[str, int, int], None]
 """Called as (place, payloads looked at, payloads there when the run started)."""
 
 BATCH = 200
-PLACES = ("delayed", "waiting", "dead")
+PLACES = ("delayed", "waiting", "dead", "schedules")
 
 
 @dataclass
@@ -128,9 +130,11 @@ class _Rotator:
         self.report = RotationReport(ring.active)
         self._plain: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder()
 
-    def replacement(self, job_id: str, payload: bytes) -> tuple[bytes, bytes] | None:
+    def replacement(self, job_id: str, payload: bytes, purpose: str = PURPOSE_PAYLOAD
+                    ) -> tuple[bytes, bytes] | None:
         """(the encoded payload, its re-encryption under the active key), or None with the
-        reason recorded when it stays as it is."""
+        reason recorded when it stays as it is. ``job_id`` and ``purpose`` are what the
+        envelope is bound to (a schedule's payload: its schedule id, ``schedule``)."""
         codec = self.q.codec
         if not is_envelope(payload):
             if not self.include_plaintext:
@@ -143,11 +147,11 @@ class _Rotator:
                 self.report.current += 1
                 return None
             try:
-                plain = codec.open(payload, job_id)
+                plain = codec.open(payload, job_id, purpose)
             except DecryptError as exc:
                 self.report.leave(str(exc))
                 return None
-        return plain, codec.seal(plain, job_id)
+        return plain, codec.seal(plain, job_id, purpose)
 
     def index_pairs(self, plain: bytes, k: QueueKeys) -> list[str]:
         """(old set, new set) pairs moving the job's index entries (in its partition ``k``)
@@ -175,17 +179,19 @@ class _Rotator:
         calls: list[tuple[str, bool]] = []
         pipe = self.q.redis.pipeline(transaction=False)
         for place, job_id, entry_id, lane_no, payload in items:
-            got = self.replacement(job_id, payload)
+            schedule = place == "schedules"  # job_id is the schedule's id
+            got = self.replacement(job_id, payload,
+                                   PURPOSE_SCHEDULE if schedule else PURPOSE_PAYLOAD)
             if got is None:
                 continue
             plain, sealed = got
-            pairs = self.index_pairs(plain, k)
+            pairs = [] if schedule else self.index_pairs(plain, k)
+            where = {"waiting": "lane", "schedules": "schedule"}.get(place, place)
             self.q.scripts.queue_call(
                 pipe, "rotate_payload",
-                [k.lanes[lane_no], k.delayed_data, k.dead, k.moves, k.bucket(job_id),
-                 k.job(job_id), *pairs],
-                ["lane" if place == "waiting" else place, job_id, entry_id, GROUP, lane_no,
-                 payload, sealed])
+                [k.lanes[lane_no], k.schedule(job_id) if schedule else k.delayed_data, k.dead,
+                 k.moves, k.bucket(job_id), k.job(job_id), *pairs],
+                [where, job_id, entry_id, GROUP, lane_no, payload, sealed])
             calls.append((place, bool(pairs)))
         if not calls:
             return
@@ -257,6 +263,28 @@ class _Rotator:
                 self.tick(place, done, total)
                 after = b"(" + entries[-1][0]
 
+    async def schedules(self, parts: Sequence[QueueKeys]) -> None:
+        """Each schedule's stored payload (the field ``d`` of its hash)."""
+        r: Any = self.q.redis  # untyped replies (decode_responses=False: bytes)
+        ids = [(k, sid) for k in parts for sid in await r.zrange(k.schedules, 0, -1)]
+        done = 0
+        self.tick("schedules", done, len(ids))
+        for start in range(0, len(ids), BATCH):
+            batch = ids[start : start + BATCH]
+            pipe = r.pipeline(transaction=False)
+            for k, sid in batch:
+                pipe.hget(k.schedule(sid.decode()), "d")
+            payloads = await pipe.execute()
+            by_part: dict[int, list[tuple[str, str, str, int, bytes]]] = {}
+            for (k, sid), d in zip(batch, payloads, strict=True):
+                if d is not None:  # removed meanwhile
+                    by_part.setdefault(k.partition, []).append(
+                        ("schedules", sid.decode(), "", 1, d))
+            for p, items in by_part.items():
+                await self.run_batch(self.q.layout.keys(p), items)
+            done += len(batch)
+            self.tick("schedules", done, len(ids))
+
     async def run(self) -> RotationReport:
         # every partition (0, the home, first); a count only grows, so the partitions of
         # earlier counts are among them
@@ -265,6 +293,7 @@ class _Rotator:
         await self.streams("waiting", [(k, lane, i) for k in parts
                                        for i, lane in enumerate(k.lanes)])
         await self.streams("dead", [(k, k.dead, 1) for k in parts])
+        await self.schedules(parts)
         return self.report
 
 

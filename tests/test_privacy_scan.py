@@ -21,6 +21,8 @@ from streamq.keys import QueueKeys
 from streamq.routing import partition_of
 from streamq.sms import (
     MockSMSProvider,
+    NotificationSMS,
+    Recipient,
     SMSJob,
     create_notification_sms_job,
     create_otp_sms_job,
@@ -100,6 +102,10 @@ async def mixed_run(url: str, name: str, options: dict[str, Any],
         later = await create_otp_sms_job(recipient=NUMBERS[3], code=OTP_LATER, delay=600,
                                          expiry_minutes=60, queue=q)
         dead = await create_notification_sms_job(recipient=NUMBERS[4], message=TEXT, queue=q)
+        # a schedule keeps its runs' payload in its own hash (paused: it never fires here)
+        await q.upsert_schedule("reminder", cron="0 8 * * *", paused=True, data=NotificationSMS(
+            id="reminder", timestamp=1, recipient=Recipient(phone_number=NUMBERS[0]),
+            message=TEXT))
         provider.fail_once |= {retried.job_id, otp.job_id}
         provider.reject.add(dead.job_id)
         # as the worker runs it: through the router, whose breaker keeps the last error;
@@ -146,6 +152,7 @@ async def test_nothing_personal_in_redis_or_its_aof_after_a_mixed_encrypted_run(
         kinds = {(await r.type(k)).decode() for k, _ in pairs}
         assert {"stream", "hash", "zset", "string"} <= kinds  # the scan saw every kind
         assert len(pairs) > 100
+        assert any(b":schedule:" in k for k, _ in pairs)  # the schedule's hash was scanned
         # the blind index is there, each entry in its job's partition
         indexed: dict[str, bytes] = {}
         for key in {k for k, _ in pairs if b":bidx:" in k}:
@@ -166,11 +173,14 @@ async def test_nothing_personal_in_redis_or_its_aof_after_a_mixed_encrypted_run(
         later = next(j for j, st in plain.items() if st == "delayed")
         dead_key = QueueKeys("plain", partition_of(dead, partitions)).dead.encode()
         later_key = QueueKeys("plain", partition_of(later, partitions)).delayed_data.encode()
+        sched_key = QueueKeys("plain", partition_of("reminder", partitions)
+                              ).schedule("reminder").encode()
         control = findings(await dump_all(r), needles())
         assert {f"E.164 +254799000111 in {dead_key!r}",  # the dead job's payload
                 f"text in {dead_key!r}",
                 f"E.164 +254701234567 in {later_key!r}",  # the delayed one
-                f"otp later in {later_key!r}"} <= set(control), control
+                f"otp later in {later_key!r}",
+                f"E.164 {NUMBERS[0]} in {sched_key!r}"} <= set(control), control
         assert all("{sms" not in f for f in control)
         aof_hits = findings([(b"AOF", aof_bytes(aof_redis.directory))], needles())
         assert {"E.164 +254712345678 in b'AOF'", "otp now in b'AOF'"} <= set(aof_hits)

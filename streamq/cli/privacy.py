@@ -31,7 +31,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     r = sub.add_parser(
         "rotate-keys", parents=[common], help="re-encrypt stored payloads under the active key",
         description="Re-encrypt every stored payload of the queue that is still under an older "
-        "key (delayed jobs, waiting jobs, dead letters) with the active key, the first of "
+        "key (delayed jobs, waiting jobs, dead letters, schedules) with the active key, the first of "
         "STREAMQ_ENCRYPTION_KEYS; keep the old keys listed after it until a run reports "
         "nothing left under them. Each rewrite is atomic and keeps the job's lane, due time "
         "and state. Jobs held by a worker are left alone (they keep the old key until they "

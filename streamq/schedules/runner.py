@@ -30,7 +30,8 @@ import anyio
 import structlog
 from redis.exceptions import RedisError
 
-from ..errors import ConfigError, StreamqError
+from ..crypto import PURPOSE_SCHEDULE
+from ..errors import ConfigError, DecryptError, StreamqError
 from ..keys import QueueKeys
 from ..redact import redact_text
 from ..settings import MAX_BLOCK_MS
@@ -102,6 +103,8 @@ class ScheduleRunner:
         self._hooks: dict[str, list[Hook]] = {"fired": [], "missed": []}
         self.fired = 0
         self.missed = 0
+        self._sealed_warned: set[str] = set()
+        """Schedules whose encrypted payload this worker could not open (logged once)."""
 
     def on(self, name: str, hook: Hook) -> None:
         """Call ``hook`` for each slot this worker fired (``fired``) or missed (``missed``)."""
@@ -234,13 +237,24 @@ class ScheduleRunner:
         run_id = run_job_id(sid, plan.slot) if plan.slot is not None else ""
         lane = int(_text(f["ln"]) or 1)
         prev = _text(f["lr"])
+        payload = f["d"] or b""
+        if run_id:
+            try:  # an encrypted payload is bound to the schedule: seal it for the run
+                payload = q.codec.rebind(payload, sid, run_id, from_purpose=PURPOSE_SCHEDULE)
+            except DecryptError as exc:
+                # no key for it here: leave the slot to a worker that has one
+                if sid not in self._sealed_warned:
+                    self._sealed_warned.add(sid)
+                    log.error("schedule.payload_sealed", queue=q.name, schedule=sid,
+                              reason=str(exc))
+                return False
         r = await w.scripts(
             "fire_schedule",
             [k.schedule(sid), k.schedules, k.events, k.bucket(run_id or sid),
              k.bucket(prev or sid), k.lanes[lane]],
             [sid, _text(f["v"]), str(ready.due), "" if plan.slot is None else str(plan.slot),
              run_id, "" if plan.next is None else str(plan.next), plan.missed,
-             f["d"] or b"", lane, _text(f["a"]) or "1", _text(f["b"]), q.defaults.events_max,
+             payload, lane, _text(f["a"]) or "1", _text(f["b"]), q.defaults.events_max,
              _text(f["y"]), "downtime",
              "" if ready.valid_until is None else str(ready.valid_until)])
         status = int(r[0])

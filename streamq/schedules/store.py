@@ -32,7 +32,8 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from ..connection import translate_redis_errors
-from ..errors import ConfigError, StreamqError
+from ..crypto import PURPOSE_SCHEDULE, envelope_kid, is_envelope
+from ..errors import ConfigError, DecryptError, StreamqError
 from ..job import JobOptions, JobRef
 from ..keys import QueueKeys
 from ..settings import seconds
@@ -154,12 +155,14 @@ class Schedules:
     ) -> Schedule:
         check_schedule_id(schedule_id)
         timing = build_timing(cron, every, tz, start_at, end_at)
-        fields = self._spec_fields(timing, data, options, misfire, overlap, limit, misfire_grace)
+        fields = self._spec_fields(schedule_id, timing, data, options, misfire, overlap, limit,
+                                   misfire_grace)
         if paused is not None and not isinstance(paused, bool):
             raise ConfigError(f"paused must be True, False or None, got {paused!r}")
         return await self._write(schedule_id, fields, timing, paused, create=True)
 
-    def _spec_fields(self, timing: Timing, data: Any, options: JobOptions | None,
+    def _spec_fields(self, schedule_id: str, timing: Timing, data: Any,
+                     options: JobOptions | None,
                      misfire: str, overlap: str, limit: int | None,
                      misfire_grace: float | timedelta) -> dict[str, str | bytes]:
         if misfire not in MISFIRES:
@@ -180,8 +183,12 @@ class Schedules:
             raise ConfigError("options.delay is not allowed on a schedule: use start_at, "
                               "or the cron/every spec, to place its runs")
         # validated and encoded once, here: a bad payload fails at upsert, not at each run
-        _, args = self.queue._job_args(data, opts)
+        job_id, args = self.queue._job_args(data, opts)
         payload, lane, attempts, backoff, jtype = args[1], args[2], args[3], args[5], args[6]
+        if isinstance(payload, bytes) and is_envelope(payload):
+            # encrypted: bound to the schedule (each run gets it sealed for its own job id)
+            payload = self.queue.codec.rebind(payload, job_id, schedule_id,
+                                              to_purpose=PURPOSE_SCHEDULE)
         return {
             "cron": timing.cron or "",
             "every": "" if timing.every_ms is None else str(timing.every_ms),
@@ -209,6 +216,8 @@ class Schedules:
             k, cur = await self.locate(schedule_id, ("d",), store=True)
             if cur is None and not create:
                 raise LookupError(schedule_id)
+            if fields is not None and cur is not None:
+                fields = self._same_sealed_payload(schedule_id, fields, cur)
             now = await self.now_ms()
             plan = plan_write(cur, fields, timing, paused, now)
             if plan is None:  # nothing changes
@@ -235,6 +244,23 @@ class Schedules:
                                           k.partition)  # type: ignore[return-value]
         raise StreamqError(f"schedule {schedule_id!r} kept changing under this update "
                            f"({MAX_CAS_TRIES} tries): try again")
+
+    def _same_sealed_payload(self, schedule_id: str, fields: dict[str, str | bytes],
+                             cur: dict[str, Any]) -> dict[str, str | bytes]:
+        """On an encrypting queue every upsert seals the payload with a fresh nonce: when
+        it holds the same bytes as the stored one, under the same key, keep the stored
+        envelope, so that an unchanged upsert still writes nothing."""
+        new, old = fields.get("d"), cur.get("d")
+        if (not isinstance(new, bytes) or not isinstance(old, bytes) or new == old
+                or not is_envelope(new) or envelope_kid(new) != envelope_kid(old)):
+            return fields
+        codec = self.queue.codec
+        try:
+            same = (codec.open(old, schedule_id, PURPOSE_SCHEDULE)
+                    == codec.open(new, schedule_id, PURPOSE_SCHEDULE))
+        except DecryptError:
+            return fields
+        return {**fields, "d": old} if same else fields
 
     async def set_paused(self, schedule_id: str, paused: bool) -> bool:
         """Pause or resume; False if there is no such schedule."""
@@ -266,10 +292,14 @@ class Schedules:
                 return None
             run_id = "{" + schedule_id + "}@now-" + _letters(10)
             lane = int(_text(cur["ln"]) or 1)
+            # an encrypted payload is sealed again for the run's id (DecryptError without
+            # the key: one clear line)
+            payload = q.codec.rebind(cur["d"] or b"", schedule_id, run_id,
+                                     from_purpose=PURPOSE_SCHEDULE)
             r = int(await q.run_script(
                 "run_schedule_now",
                 [k.schedule(schedule_id), k.events, k.bucket(run_id), k.lanes[lane]],
-                [schedule_id, _text(cur["v"]), run_id, cur["d"] or b"", lane,
+                [schedule_id, _text(cur["v"]), run_id, payload, lane,
                  _text(cur["a"]) or "1", _text(cur["b"]), _text(cur["y"]), q.defaults.events_max]))
             if r == 1:
                 return JobRef(run_id, q.name)
