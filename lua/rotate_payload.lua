@@ -16,17 +16,21 @@
     'schedule' a schedule's stored payload (field d of its hash, KEYS[2]), rewritten in
                place; its version token is kept (the payload's bytes change, not what
                they hold).
+    'flow'     the payload a flow parent keeps while it waits for its children (field d
+               of its flow hash, KEYS[2]), rewritten in place.
   Not allow-oom: it is maintenance, and a re-added entry briefly takes memory.
 
   KEYS[1] lane of the entry ('lane'; any lane otherwise)   STREAM (consumer group ARGV[4])
-  KEYS[2] delayed data   HASH   job_id -> cmsgpack entry ('schedule': the schedule's HASH)
+  KEYS[2] delayed data   HASH   job_id -> cmsgpack entry ('schedule': the schedule's HASH;
+          'flow': the parent's flow HASH)
   KEYS[3] dead           STREAM
   KEYS[4] moves          HASH
   KEYS[5] index bucket of the job   HASH
   KEYS[6] job record     STRING 'failed|made|max|created|finished|type|dead id|error'
   KEYS[7..] blind-index sets in pairs: old key id's set, then the active key id's set
             ZSET job_id scored by expiry (ms)
-  ARGV[1] where ('delayed' | 'lane' | 'dead' | 'schedule')  ARGV[2] job_id (schedule id)
+  ARGV[1] where ('delayed' | 'lane' | 'dead' | 'schedule' | 'flow')
+  ARGV[2] job_id (a schedule's id for 'schedule')
   ARGV[3] entry id ('lane', 'dead')  ARGV[4] group  ARGV[5] lane number ('lane')
   ARGV[6] the payload as read (bytes)  ARGV[7] its replacement (bytes)
   Returns: 1 rewritten; 0 the payload changed or is gone (nothing done);
@@ -113,7 +117,7 @@ elseif where == 'dead' then
       redis.call('SET', rec, head .. new_id .. tail, 'KEEPTTL')
     end
   end
-elseif where == 'schedule' then
+elseif where == 'schedule' or where == 'flow' then
   if redis.call('HGET', ddata, 'd') ~= old then return 0 end
   redis.call('HSET', ddata, 'd', new)
 else

@@ -149,11 +149,16 @@ class Codec:
             raise PayloadError(f"{purpose} {len(raw)} B exceeds limit {cap} B")
         return self.seal(raw, job_id, purpose) if self.encrypt else raw
 
-    def decode_value(self, raw: bytes, job_id: str, purpose: str = PURPOSE_RESULT) -> Any:
-        """The inverse of :meth:`encode_value` (an envelope is opened for ``job_id``;
-        DecryptError when it cannot be)."""
+    def decode_value(self, raw: bytes, job_id: str, purpose: str = PURPOSE_RESULT, *,
+                     queue: str | None = None) -> Any:
+        """The inverse of :meth:`encode_value` (an envelope is opened for ``job_id`` of
+        ``queue``, default this codec's: a flow parent reads its children's results, which
+        may come from another queue; DecryptError when it cannot be)."""
         try:
-            return _PLAIN.decode(self.open(raw, job_id, purpose))
+            if raw and raw[0] == _MAGIC:
+                raw = open_envelope(self.keyring, raw, queue=queue or self.queue,
+                                    job_id=job_id, purpose=purpose)
+            return _PLAIN.decode(raw)
         except msgspec.DecodeError as exc:
             raise PayloadError(f"decode {purpose}: malformed ({exc})") from None
         except RecursionError:

@@ -14,6 +14,8 @@ rewrites each one still sealed under an older key, one atomic transition per pay
   at the new entry;
 - schedules: each schedule's stored payload (sealed for the schedule, not a job) is
   rewritten in place; runs it fires meanwhile are sealed for their own ids anyway;
+- flow parents waiting for their children: the payload kept in the flow hash is
+  rewritten in place (found by a SCAN of the partition's flow hashes);
 - job records hold no payload (state, counts, times, the redacted error): nothing to do.
 
 A partitioned queue is walked partition by partition, place by place (every delayed set,
@@ -52,7 +54,7 @@ Progress = Callable[[str, int, int], None]
 """Called as (place, payloads looked at, payloads there when the run started)."""
 
 BATCH = 200
-PLACES = ("delayed", "waiting", "dead", "schedules")
+PLACES = ("delayed", "waiting", "dead", "schedules", "flows")
 
 
 @dataclass
@@ -185,12 +187,15 @@ class _Rotator:
             if got is None:
                 continue
             plain, sealed = got
-            pairs = [] if schedule else self.index_pairs(plain, k)
-            where = {"waiting": "lane", "schedules": "schedule"}.get(place, place)
+            # (schedules and flow jobs are not in the blind index)
+            pairs = [] if place in ("schedules", "flows") else self.index_pairs(plain, k)
+            where = {"waiting": "lane", "schedules": "schedule", "flows": "flow"}.get(place, place)
+            held = (k.schedule(job_id) if schedule else k.flow(job_id) if place == "flows"
+                    else k.delayed_data)
             self.q.scripts.queue_call(
                 pipe, "rotate_payload",
-                [k.lanes[lane_no], k.schedule(job_id) if schedule else k.delayed_data, k.dead,
-                 k.moves, k.bucket(job_id), k.job(job_id), *pairs],
+                [k.lanes[lane_no], held, k.dead, k.moves, k.bucket(job_id), k.job(job_id),
+                 *pairs],
                 [where, job_id, entry_id, GROUP, lane_no, payload, sealed])
             calls.append((place, bool(pairs)))
         if not calls:
@@ -285,6 +290,31 @@ class _Rotator:
             done += len(batch)
             self.tick("schedules", done, len(ids))
 
+    async def flows(self, parts: Sequence[QueueKeys]) -> None:
+        """The payloads flow parents keep while they wait for their children."""
+        r: Any = self.q.redis  # untyped replies (decode_responses=False: bytes)
+        found: list[tuple[QueueKeys, str]] = []
+        for k in parts:
+            start = len(k.flow(""))
+            async for key in r.scan_iter(match=k.flow("*"), count=1000):
+                found.append((k, key[start:].decode("utf-8", "replace")))
+        done = 0
+        self.tick("flows", done, len(found))
+        for first in range(0, len(found), BATCH):
+            batch = found[first : first + BATCH]
+            pipe = r.pipeline(transaction=False)
+            for k, job_id in batch:
+                pipe.hget(k.flow(job_id), "d")
+            payloads = await pipe.execute()
+            by_part: dict[int, list[tuple[str, str, str, int, bytes]]] = {}
+            for (k, job_id), d in zip(batch, payloads, strict=True):
+                if d is not None:  # released (its payload is in a lane now) or finished
+                    by_part.setdefault(k.partition, []).append(("flows", job_id, "", 1, d))
+            for p, items in by_part.items():
+                await self.run_batch(self.q.layout.keys(p), items)
+            done += len(batch)
+            self.tick("flows", done, len(found))
+
     async def run(self) -> RotationReport:
         # every partition (0, the home, first); a count only grows, so the partitions of
         # earlier counts are among them
@@ -294,6 +324,7 @@ class _Rotator:
                                        for i, lane in enumerate(k.lanes)])
         await self.streams("dead", [(k, k.dead, 1) for k in parts])
         await self.schedules(parts)
+        await self.flows(parts)
         return self.report
 
 

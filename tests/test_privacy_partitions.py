@@ -183,7 +183,7 @@ async def test_rotation_walks_every_partition_in_single_slot_transitions(
 
         progress: list[tuple[str, int, int]] = []
         rep = await rotate_keys(both, progress=lambda *a: progress.append(a))
-        assert rep.rotated == {"delayed": N, "waiting": N, "dead": N, "schedules": 0}
+        assert rep.rotated == {"delayed": N, "waiting": N, "dead": N, "schedules": 0, "flows": 0}
         assert rep.reindexed == 3 * N and rep.current == 0
         assert rep.left == {"active: held by a worker (rotated once it moves; a completed "
                             "job's payload is deleted)": 1}

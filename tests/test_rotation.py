@@ -97,13 +97,13 @@ async def test_rotation_with_jobs_in_every_state_then_a_drain_with_only_the_new_
         progress: list[tuple[str, int, int]] = []
         rep = await rotate_keys(both, progress=lambda *a: progress.append(a))
 
-        assert rep.rotated == {"delayed": 1, "waiting": 4, "dead": 1, "schedules": 0}
+        assert rep.rotated == {"delayed": 1, "waiting": 4, "dead": 1, "schedules": 0, "flows": 0}
         assert rep.reindexed == 6 and rep.current == 0
         assert rep.left == {
             "active: held by a worker (rotated once it moves; a completed job's payload is "
             "deleted)": 1,
             "not encrypted (use --include-plaintext to encrypt it)": 1}
-        assert {p for p, _, _ in progress} == {"delayed", "waiting", "dead", "schedules"}
+        assert {p for p, _, _ in progress} == {"delayed", "waiting", "dead", "schedules", "flows"}
         after = await lane_entries(both)
         for job_id in ("w_h", "w_n1", "w_n2", "w_l"):
             lane, entry_id, p = after[job_id]
@@ -135,7 +135,7 @@ async def test_rotation_with_jobs_in_every_state_then_a_drain_with_only_the_new_
                          message="the silent worker's job to be re-queued")
         again = await rotate_keys(both, include_plaintext=True)
         # the re-queued active job and the clear one; everything else is current
-        assert again.rotated == {"delayed": 0, "waiting": 2, "dead": 0, "schedules": 0}
+        assert again.rotated == {"delayed": 0, "waiting": 2, "dead": 0, "schedules": 0, "flows": 0}
         assert again.left == {} and again.current == 6
         assert await both.replay_dead("dead1") == 1  # the record points at the new letter
 

@@ -41,12 +41,13 @@ def _text(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v or "")
 
 
-def decode_outcome(q: Queue, child_id: str, raw: bytes) -> Any:
-    """A child's outcome as its parent's ``children_results()`` shows it."""
+def decode_outcome(q: Queue, child_id: str, raw: bytes, child_queue: str | None = None) -> Any:
+    """A child's outcome as its parent's ``children_results()`` shows it (a result
+    encrypted by the child's queue, ``child_queue``, is opened as that queue's)."""
     kind, rest = raw[:1], raw[2:]
     if kind == b"r":
         try:
-            return q.codec.decode_value(rest, child_id)
+            return q.codec.decode_value(rest, child_id, queue=child_queue)
         except PayloadError as exc:
             return ChildFailed(child_id, str(exc), "completed")
     if kind == b"f":
@@ -162,7 +163,7 @@ class FlowFinisher:
         for ref, _ in parse_kids(_text(raw.get(b"kids"))):
             outcome = raw.get(b"r:" + ref.job_id.encode())
             if outcome is not None:
-                out[ref.job_id] = decode_outcome(w.queue, ref.job_id, outcome)
+                out[ref.job_id] = decode_outcome(w.queue, ref.job_id, outcome, ref.queue)
         return out
 
 
