@@ -98,6 +98,7 @@ class QueueDefaults(msgspec.Struct, frozen=True, kw_only=True):
                   minimum=MIN_PROGRESS_BYTES, maximum=MAX_STORED_VALUE_BYTES)
         seconds_value("QueueDefaults.progress_interval_s", self.progress_interval_s,
                       maximum=3600.0)
+        seconds_value("QueueDefaults.index_live_s", self.index_live_s)
 
     @property
     def completed_ttl_ms(self) -> int:

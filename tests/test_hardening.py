@@ -358,6 +358,7 @@ async def test_failed_ttl_zero_keeps_no_record_but_counts_events_and_hooks(
     ("max_payload_bytes", 0), ("max_payload_bytes", 2**40),
     ("dead_letter_max", 0), ("events_max", -1), ("events_max", "100"),
     ("completed_index_max", -1), ("completed_index_max", 1.5),
+    ("index_live_s", -1.0), ("index_live_s", math.inf),
 ])
 def test_queue_defaults_refuse_bad_values_at_construction(field: str, value: Any) -> None:
     with pytest.raises(ConfigError, match=f"QueueDefaults.{field}") as info:
