@@ -39,7 +39,7 @@ def type_tag(data: Any) -> str:
 
 class Codec:
     __slots__ = ("_decoder", "_encoder", "encrypt", "job_type", "keyring", "max_bytes",
-                 "queue")
+                 "queue", "redact_errors")
 
     def __init__(
         self,
@@ -49,6 +49,7 @@ class Codec:
         queue: str = "",
         keyring: KeyRing | None = None,
         encrypt: bool = False,
+        redact_errors: bool = False,
     ) -> None:
         if encrypt and keyring is None:
             raise ConfigError(
@@ -62,6 +63,8 @@ class Codec:
         """Keys that open envelopes (and, with ``encrypt``, seal new ones); None: no keys."""
         self.encrypt = encrypt
         """True: payloads (and results) are sealed before they reach Redis."""
+        self.redact_errors = encrypt or redact_errors
+        """True: a payload's own values are masked out of error reasons (``redact_error``)."""
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder: msgspec.msgpack.Decoder[Any] = (
             msgspec.msgpack.Decoder(job_type) if job_type is not None else msgspec.msgpack.Decoder()
@@ -168,13 +171,15 @@ class Codec:
     def redact_error(self, text: str, data: Any) -> str:
         """Mask the payload's own values out of an error reason before it is stored.
 
-        Only for an encrypting codec: its payloads are secret at rest, and a handler's
-        exception that quotes them (``ValueError(f"bad code {code}")``) must not put them
-        back in clear into the dead letters, records and events. Every text or number of
+        For an encrypting codec (its payloads are secret at rest) and one built with
+        ``redact_errors`` (the SMS queue: its texts carry OTP codes, which the generic
+        redaction of logs cannot tell from other words): a handler's or provider's
+        exception that quotes the payload (``ValueError(f"bad code {code}")``) must not
+        put it in clear into the dead letters, records, events and logs. Every text or number of
         4+ characters in the payload, and every word of 4+ characters of its texts, is
         replaced with ``***``, and so is the masked form (``7391****254``) that the
         generic redaction leaves of a long digit run; the type tag is kept."""
-        if not self.encrypt or not text:
+        if not self.redact_errors or not text:
             return text
         whole, words = _secrets_of(data)
         for value in sorted(whole, key=len, reverse=True):

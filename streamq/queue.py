@@ -93,11 +93,14 @@ class Queue:
         encrypt: bool = False,
         keyring: KeyRing | None = None,
         blind_index: Terms | None = None,
+        redact_errors: bool = False,
     ) -> None:
         """``encrypt=True`` seals every payload with the active key of ``keyring`` (default:
         ``STREAMQ_ENCRYPTION_KEYS``); without keys it is a ConfigError here. Any queue opens
         envelopes when keys are configured. ``blind_index`` (a payload's search terms) keeps
-        a keyed index of them for ``streamq.blind_index.find_jobs``; it needs the keys too."""
+        a keyed index of them for ``streamq.blind_index.find_jobs``; it needs the keys too.
+        ``redact_errors=True`` (implied by ``encrypt``) masks the payload's own values out
+        of stored error reasons, events and logs."""
         self.name = check_queue_name(name)
         self.layout = Layout(self.name, partitions)
         self.keys = self.layout.home
@@ -105,7 +108,7 @@ class Queue:
         self.defaults = defaults or QueueDefaults()
         ring = keyring if keyring is not None else KeyRing.from_env()
         self.codec = Codec(job_type, self.defaults.max_payload_bytes, queue=self.name,
-                           keyring=ring, encrypt=encrypt)
+                           keyring=ring, encrypt=encrypt, redact_errors=redact_errors)
         self.blind_index: BlindIndex | None = None
         if blind_index is not None:
             d = self.defaults

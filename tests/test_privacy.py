@@ -165,6 +165,16 @@ def test_redact_error_masks_the_payloads_own_values_only_for_an_encrypting_codec
         assert secret not in out
     assert out.startswith("ValueError: code *** for *** rejected: '***' (*** unknown at ***")
     assert Codec(queue="q", keyring=ring()).redact_error(text, data) == text
+    # a plain queue that asks (the SMS queue without keys): the same masking, no key needed
+    assert Codec(queue="q", redact_errors=True).redact_error(text, data) == out
+
+
+def test_the_sms_queue_masks_payload_values_out_of_errors_with_or_without_keys() -> None:
+    from streamq.sms.privacy import sms_queue_options
+
+    assert sms_queue_options({}) == {"redact_errors": True}
+    assert Queue("sms", **sms_queue_options({})).codec.redact_errors
+    assert not Queue("other").codec.redact_errors
 
 
 # -- through Redis and a worker --------------------------------------------------------------
@@ -364,6 +374,27 @@ async def test_error_reasons_written_to_redis_hold_no_payload_value(enc_queue: Q
         "digits": b"254712345678", "surname": b"Kamau", "first name": b"Wanjiku"}
     assert any(k == q.keys.events.encode() for k, _ in pairs)
     assert findings(pairs, needles) == []
+
+
+async def test_a_plain_queue_with_redact_errors_keeps_the_code_out_of_reasons_and_events(
+    redis_url: str, queue_name: str
+) -> None:
+    q = Queue(queue_name, redis_url=redis_url, redact_errors=True)
+    data = {"to": "+254712345678", "text": "Your login code is 730194"}
+
+    async def handler(job: Job) -> None:
+        raise PermanentError(f"provider refused text {job.data['text']!r}")
+
+    try:
+        await q.add(data, JobOptions(job_id="p1"))
+        async with running(Worker(q, handler, rate_limit=None)):
+            dead = await _dead(q, 1)
+        assert dead["p1"].error == "provider refused text '***'"
+        events = [e for e in await q.read_events(count=100) if e.job_id == "p1"]
+        assert events and not any("730194" in str(e) for e in events)
+        assert any("***" in str(e) for e in events)
+    finally:
+        await q.close()
 
 
 def test_keys_generate_a_usable_key() -> None:
