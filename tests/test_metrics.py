@@ -139,11 +139,11 @@ async def test_metrics_move_as_jobs_flow(redis_url: str, queue_name: str, tmp_pa
             victim.wait(timeout=10)
         await q.pause()
         await q.add_bulk([{}, {}, {}])
-        # vt 3 s: the upkeep sweep re-queues a stranded entry after 2 x vt even while
-        # paused, and this worker's start (a second or more on a loaded machine) must not
+        # vt 8 s: the upkeep sweep re-queues a stranded entry after 2 x vt even while
+        # paused, and this worker's start (several seconds on a loaded machine) must not
         # reach that before the paused scrape below
         with worker_process(redis_url, queue_name, log, "--metrics-port", str(port),
-                            "--visibility-timeout", "3") as proc:
+                            "--visibility-timeout", "8") as proc:
             async with scraper(port, proc, log) as s:
                 # paused: nothing is taken, not even the stranded job (still held by the
                 # dead consumer); the backlog is visible as waiting
