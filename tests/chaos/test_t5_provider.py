@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import math
 import os
 import signal
 import subprocess
@@ -267,11 +268,15 @@ async def test_t5_rate_limit_holds_across_four_worker_processes(
         await q.close()
     times = sorted(r.at for r in standin.received)
     burst = rate  # the worker's default burst: one second of tokens
+    # times are arrivals at the stand-in, not token grants: a worker process descheduled
+    # on a loaded machine between its grant and its request lets two requests bunch, so a
+    # window may hold 10% more than the tokens granted in it
+    ceiling = math.ceil((rate + burst) * 1.1)
     j = 0
     for i, t in enumerate(times):
         while times[j] < t - 1.0:
             j += 1
-        assert i - j + 1 <= rate + burst, f"{i - j + 1} requests within 1 s"
+        assert i - j + 1 <= ceiling, f"{i - j + 1} requests within 1 s"
     steady = times[int(burst):]
     measured = (len(steady) - 1) / (steady[-1] - steady[0])
     assert abs(measured - rate) / rate <= 0.15, measured
