@@ -178,8 +178,14 @@ async def cmd_job(args: argparse.Namespace, q: Queue, con: Console) -> int:
     if info.progress is not None:
         rows.append(["progress", payload_text(info.progress)])
     if info.state is JobState.COMPLETED:
-        rows.append(["result", shorten(payload_text(info.result), RESULT_WIDTH)
+        shown = info.result
+        delivery = shown.get("delivery") if isinstance(shown, dict) else None
+        if delivery is not None:
+            shown = {k: v for k, v in shown.items() if k != "delivery"} or None
+        rows.append(["result", shorten(payload_text(shown), RESULT_WIDTH)
                      if info.result_error is None else f"not kept: {info.result_error}"])
+        if delivery is not None:
+            rows.append(["delivery", payload_text(delivery)])
     con.print(table(["field", "value"], rows))
     if info.state is JobState.FAILED:
         con.print(f"\ndead letter: python -m streamq dead --queue {q.name} --show {info.id}")
