@@ -76,6 +76,7 @@ import os
 import signal
 import sys
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any, Final
@@ -220,6 +221,7 @@ class AfricasTalkingStandin:
         self.refusing = False
         self._script: deque[Behaviour] = deque()
         self._ids = itertools.count(1)
+        self._run_id = uuid.uuid4().hex[:24]
         self._arrived = asyncio.Condition()
         self._stopping = asyncio.Event()
         self._runner: web.AppRunner | None = None
@@ -416,7 +418,9 @@ class AfricasTalkingStandin:
             "number": number,
             "status": STATUS_NAMES[code],
             "cost": "KES 0.8000" if sent else "0",
-            "messageId": f"ATXid_{next(self._ids):032x}" if sent else "None",
+            # the real shape (32 hex digits), unique across stand-in runs: a delivery
+            # reference recorded in an earlier run must not match a new message
+            "messageId": f"ATXid_{next(self._ids):08x}{self._run_id}" if sent else "None",
         }
 
     # -- delivery reports -------------------------------------------------------------
