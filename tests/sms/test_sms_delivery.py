@@ -460,3 +460,18 @@ async def test_delivery_references_are_off_with_ttl_zero(queue: Queue) -> None:
             queue.keys.delivery_ref("africastalking", digest(message_id))) is None
         status, _ = await s.post(report(message_id))
         assert status == 404
+
+
+def test_delivery_keys_share_the_queue_slot_and_hold_no_message_id() -> None:
+    from streamq.keys import QueueKeys
+
+    home, third = QueueKeys("sms"), QueueKeys("sms", 3)
+    ref = home.delivery_ref("africastalking", digest("ATXid_abc"))
+    assert ref == f"streamq:{{sms}}:dlr:africastalking:{digest('ATXid_abc')}"
+    assert "ATXid" not in ref and len(digest("ATXid_abc")) == 32
+    assert third.delivery("order-{42}").startswith("streamq:{sms~3}:delivery:")
+    from streamq.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        home.delivery_ref("africastalking", "not-a-digest")
+
