@@ -9,8 +9,9 @@ be):
 * **send**: an SMS worker (in-process, ``ProviderRouter`` over Africa's Talking,
   concurrency 20, no rate limit) drains ``--jobs`` notifications with message-id
   recording on (``AT_DELIVERY_TTL`` default) and off (``AT_DELIVERY_TTL=0``), in
-  alternating rounds: jobs/s (median, min-max) and the ratio on/off, the Redis commands
-  per job (``INFO commandstats``) and the memory one reference takes (``MEMORY USAGE``
+  alternating rounds: jobs/s (median, min-max) and the ratio on/off, the worker
+  process's CPU time per job (less sensitive to a busy machine than the rate), the Redis
+  commands per job (``INFO commandstats``) and the memory one reference takes (``MEMORY USAGE``
   and the ``used_memory`` growth per job);
 * **callback**: ``--jobs`` delivery reports POSTed to the endpoint (20 at a time) for
   the messages just sent, then the same reports again (repeats, which change nothing):
@@ -83,7 +84,8 @@ def standin_process() -> Iterator[str]:
 
 
 async def _drain(url: str, at_url: str, name: str, jobs: int, record: bool
-                 ) -> tuple[float, dict[str, float], Queue]:
+                 ) -> tuple[float, float, dict[str, float], Queue]:
+    """(jobs/s, worker CPU ms per job, Redis commands per job, the queue)."""
     q = Queue(name, redis_url=url, job_type=SMSJob)
     for i in range(jobs):
         await create_notification_sms_job(recipient=f"+25471{i % 10_000_000:07d}",
@@ -105,11 +107,13 @@ async def _drain(url: str, at_url: str, name: str, jobs: int, record: bool
 
     worker.on("completed", on_completed)
     before = await _commands(q)
+    cpu0 = time.process_time()
     await worker.run()
+    cpu_ms = (time.process_time() - cpu0) * 1000 / jobs
     after = await _commands(q)
     await router.aclose()
     rate = (jobs - 1) / (last - first) if last > first else 0.0
-    return rate, _delta(after, before, jobs), q
+    return rate, cpu_ms, _delta(after, before, jobs), q
 
 
 async def _sent(q: Queue) -> list[tuple[str, str]]:
@@ -166,15 +170,17 @@ async def _reference_memory(q: Queue) -> tuple[int, float, int]:
 
 async def run(jobs: int, rounds: int) -> None:
     rates: dict[bool, list[float]] = {True: [], False: []}
+    cpu: dict[bool, list[float]] = {True: [], False: []}
     cmds: dict[bool, dict[str, float]] = {}
     kept: Queue | None = None
     with start_redis_server() as proc:
         with standin_process() as at_url:
             for r in range(rounds):
                 for record in (False, True) if r % 2 == 0 else (True, False):
-                    rate, used, q = await _drain(proc.url, at_url, f"b{r}{int(record)}", jobs,
+                    rate, cpu_ms, used, q = await _drain(proc.url, at_url, f"b{r}{int(record)}", jobs,
                                                  record)
                     rates[record].append(rate)
+                    cpu[record].append(cpu_ms)
                     cmds[record] = used
                     if record and kept is None:
                         kept = q
@@ -191,13 +197,16 @@ async def run(jobs: int, rounds: int) -> None:
     off = statistics.median(rates[False])
     print(f"send: {jobs} jobs x {rounds} rounds each way, concurrency 20, "
           "Africa's Talking stand-in on loopback")
+    cpu_off = statistics.median(cpu[False])
     print(f"{'recording':<11}{'jobs/s median (min-max)':<26}{'ratio':<7}"
-          "Redis commands per job (in scripts too)  of which SET")
+          f"{'worker CPU ms/job':<19}{'ratio':<7}Redis commands/job  of which SET")
     for record in (False, True):
         ratio = statistics.median(rates[record]) / off if off else 0.0
+        c = statistics.median(cpu[record])
         total = sum(v for k, v in cmds[record].items() if k in WORK_COMMANDS)
         print(f"{'on' if record else 'off':<11}{med(rates[record]):<26}{ratio:<7.3f}"
-              f"{total:<40.2f}{cmds[record].get('set', 0):.2f}")
+              f"{c:<19.3f}{c / cpu_off if cpu_off else 0:<7.3f}{total:<20.2f}"
+              f"{cmds[record].get('set', 0):.2f}")
     print(f"one reference: MEMORY USAGE {one} B; used_memory {per_ref:.0f} B per reference "
           f"({refs} references)")
     print(f"callback: {refs} reports, 20 in flight: new {first:.0f}/s, repeats {repeat:.0f}/s; "

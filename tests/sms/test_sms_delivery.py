@@ -475,3 +475,31 @@ def test_delivery_keys_share_the_queue_slot_and_hold_no_message_id() -> None:
     with pytest.raises(ConfigError):
         home.delivery_ref("africastalking", "not-a-digest")
 
+
+
+async def test_a_reference_that_cannot_be_written_never_fails_the_job(
+    redis_url: str, queue_name: str, redis: Any
+) -> None:
+    """A real refusal: an ACL user that may write every key of the queue but its delivery
+    references. The SMS went out, so the job completes (a retry would send it twice), and
+    the failure is logged."""
+    user = f"u{queue_name}"
+    prefix = f"streamq:{{{queue_name}}}:"
+    await redis.execute_command(
+        "ACL", "SETUSER", user, "on", ">pw", "resetkeys", f"~{prefix}[^d]*", f"~{prefix}de*",
+        f"~{prefix}do*", "+@all")
+    url = redis_url.replace("redis://", f"redis://{user}:pw@")
+    q = Queue(queue_name, redis_url=url, job_type=SMSJob)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            async with stack(q) as s:
+                [(job_id, message_id)] = await s.send(NUMBER)
+        info = await q.get_job(job_id)
+        assert info is not None and info.state is JobState.COMPLETED and info.attempts == 1
+        assert len(s.at.received) == 1, "sent once"
+        [failed] = [e for e in logs if e["event"] == "sms.delivery_ref_failed"]
+        assert failed["job_id"] == job_id and "NOPERM" in failed["error"]
+        assert await redis.get(q.keys.delivery_ref("africastalking", digest(message_id))) is None
+    finally:
+        await q.close()
+        await redis.execute_command("ACL", "DELUSER", user)
