@@ -28,10 +28,14 @@ if not loc then
   local out = {st, 'n', made, 'a', max_attempts, 't', created, 'f', finished, 'y', jtype,
     'x', dead_id, 'e', err}
   if st == 'completed' then
-    local d = redis.call('HGETALL', KEYS[9])
-    for i = 1, #d, 2 do
-      out[#out + 1] = 'd.' .. d[i]
-      out[#out + 1] = d[i + 1]
+    -- HMGET of the known fields (not HGETALL): the same ACL as the record's other reads
+    local names = {'s', 'n', 'f', 'c', 't', 'm', 'p'}
+    local d = redis.call('HMGET', KEYS[9], unpack(names))
+    if d[1] then
+      for i, name in ipairs(names) do
+        out[#out + 1] = 'd.' .. name
+        out[#out + 1] = d[i] or ''
+      end
     end
   end
   return out
