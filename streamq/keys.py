@@ -208,6 +208,20 @@ class QueueKeys:
         delivered there (lua/route_*): a job never moves once it may have been sent."""
         return self.prefix + "route:" + job_id
 
+    def delivery(self, job_id: str) -> str:
+        """HASH (with TTL) the last delivery report a downstream sent for a job (an SMS
+        gateway's callback: lua/delivery_report); ``get_job`` shows it in the completed
+        job's result as ``result["delivery"]``. No number, no text."""
+        return self.prefix + "delivery:" + job_id
+
+    def delivery_ref(self, downstream: str, digest: str) -> str:
+        """STRING (with TTL) ``<partition>|<job id>``: the job a downstream's message id
+        belongs to, in the queue's home. ``digest`` is a hash of the message id (hex),
+        so a gateway's id never becomes part of a key name as given."""
+        if not re.fullmatch(r"[0-9a-f]{16,64}", digest):
+            raise ConfigError("a delivery reference is named by a hex digest")
+        return f"{self.prefix}dlr:{check_downstream_name(downstream)}:{digest}"
+
     # -- schedules (streamq/schedules/): one hash per schedule, in the partition of its id -----
     @property
     def schedules(self) -> str:

@@ -336,7 +336,8 @@ class Queue:
         for k in self.layout.lookup(job_id, await self.partition_count()):
             reply = await self._run(
                 "get_job",
-                [*k.lanes, k.moves, k.delayed, k.delayed_data, k.bucket(job_id), k.job(job_id)],
+                [*k.lanes, k.moves, k.delayed, k.delayed_data, k.bucket(job_id), k.job(job_id),
+                 k.delivery(job_id)],
                 [GROUP, job_id],
             )
             if reply:

@@ -35,6 +35,7 @@ SCRIPT_NAMES: tuple[str, ...] = (
     "counts",
     "dead_letter",
     "defer",
+    "delivery_report",
     "due_schedules",
     "enqueue",
     "extend",

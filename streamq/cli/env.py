@@ -130,6 +130,18 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("AT_TIMEOUT", "10", "africastalking: total seconds per request"),
     Setting("AT_CONNECT_TIMEOUT", "3", "africastalking: seconds to connect"),
     Setting("AT_RATE_LIMIT", "-", "africastalking: its own jobs/s limit across all workers"),
+    Setting("AT_DELIVERY_SECRET", "-",
+            "africastalking delivery reports: the callback URL's last path segment, 16-128 "
+            "characters of A-Z a-z 0-9 _ - (a secret: never printed); needed with "
+            "--delivery-port"),
+    Setting("AT_DELIVERY_PORT", "-",
+            "serve the delivery report callback POST /sms/delivery/<secret> on this port",
+            "--delivery-port"),
+    Setting("AT_DELIVERY_HOST", "127.0.0.1", "address of the delivery report server",
+            "--delivery-host"),
+    Setting("AT_DELIVERY_TTL", "259200",
+            "seconds a sent message's id stays resolvable for its delivery reports (and a "
+            "report is kept); 0 = record no ids (one Redis write per message sent)"),
     Setting("SMS_BREAKER_ERRORS", "5",
             "errors in a row (within the window) that open a provider's circuit breaker"),
     Setting("SMS_BREAKER_WINDOW", "30", "seconds within which those errors count"),

@@ -42,6 +42,10 @@ breakers open.
 
 Failovers are logged (``sms.failover``), counted (``streamq_sms_failovers_total``) and
 written to the queue's events stream (``failover``: job, from, to, reason).
+
+After a send through a provider that posts delivery reports (Africa's Talking), the
+message id it answered is recorded for its job (``delivery.py``: one Redis write, never
+failing the job), so the delivery callback can find it.
 """
 
 from __future__ import annotations
@@ -53,15 +57,17 @@ from typing import Any, Final, Literal
 
 import anyio
 import structlog
+from redis.exceptions import RedisError
 
 from streamq import Defer, Job, PermanentError, Queue
-from streamq.errors import ConfigError
+from streamq.errors import ConfigError, StreamqError
 from streamq.keys import QueueKeys, check_downstream_name
 from streamq.metrics import ProviderOutcome, record_provider_send
 from streamq.redact import mask_phone, redact_text
 
 from . import provider_metrics
 from .breaker import BreakerPolicy, Breakers, breaker_policy_from_settings
+from .delivery import DEFAULT_TTL_S, DeliveryReports, delivery_ttl_from_env
 from .providers.base import (
     ProviderConfigError,
     ProviderPermanentError,
@@ -79,6 +85,8 @@ SENT_ROUTE_TTL_S: Final = 3600.0
 PROBE_MARGIN_S: Final = 5.0
 RECHECK_WHILE_PROBING_S: Final = 1.0
 """A probe by another worker is in flight: look again this soon (not after its lease)."""
+RECORD_TIMEOUT_S: Final = 5.0
+"""Recording a sent message's id waits this long at most (the SMS is out either way)."""
 
 SkipReason = Literal["breaker_open", "config", "unreachable"]
 
@@ -121,6 +129,7 @@ class ProviderRouter:
         rate_limits: Mapping[str, float | None] | None = None,
         policy: BreakerPolicy | None = None,
         probe_lease_s: float | None = None,
+        delivery_ttl_s: float = DEFAULT_TTL_S,
     ) -> None:
         if not providers:
             raise ConfigError("at least one SMS provider is needed")
@@ -140,6 +149,7 @@ class ProviderRouter:
         self.queue = queue
         self.slots: tuple[_Slot, ...] = tuple(slots)
         self.breakers = Breakers(queue, policy)
+        self.delivery = DeliveryReports(queue, ttl_s=delivery_ttl_s)
         self._by_name = {s.name: s for s in slots}
 
     @property
@@ -246,6 +256,7 @@ class ProviderRouter:
         else:
             outcome, settle = "sent", "sent"
             await self.breakers.success(slot.name)
+            await self._record_sent(job, slot, result)
             return result
         finally:
             record_provider_send(slot.name, outcome, time.perf_counter() - t0,
@@ -253,6 +264,26 @@ class ProviderRouter:
             if self.multi:
                 with anyio.CancelScope(shield=True):
                     await self._route_settle(job.id, slot.name, settle)
+
+    async def _record_sent(self, job: Job, slot: _Slot, result: SendResult) -> None:
+        """Record the message id for the delivery callback. Shielded and bounded: the SMS
+        went out, so nothing here may fail the job (a retry would send it again)."""
+        if (not self.delivery.enabled or not result.message_id
+                or not getattr(slot.provider, "delivery_reports", False)):
+            return
+        with anyio.move_on_after(RECORD_TIMEOUT_S, shield=True) as scope:
+            try:
+                await self.delivery.record(slot.name, result.message_id, job.id, job.partition)
+            except (StreamqError, RedisError, OSError) as exc:
+                log.warning("sms.delivery_ref_failed", queue=self.queue.name, job_id=job.id,
+                            provider=slot.name, message_id=result.message_id,
+                            error=redact_text(str(exc)),
+                            note="sent; its delivery reports will not find the job")
+        if scope.cancelled_caught:
+            log.warning("sms.delivery_ref_failed", queue=self.queue.name, job_id=job.id,
+                        provider=slot.name, message_id=result.message_id,
+                        error=f"no answer within {RECORD_TIMEOUT_S:g}s",
+                        note="sent; its delivery reports will not find the job")
 
     def _not_now(self, job: Job, skipped: list[_Skip], locked: bool,
                  unreachable: ProviderUnreachable | None) -> BaseException:
@@ -345,7 +376,8 @@ def router_from_settings(queue: Queue, choice: str | Sequence[str] | None = None
     names = provider_names(choice, env=env)
     return ProviderRouter(queue, providers_from_settings(names, env=env),
                           rate_limits=rate_limits_from_settings(names, env=env),
-                          policy=breaker_policy_from_settings(env))
+                          policy=breaker_policy_from_settings(env),
+                          delivery_ttl_s=delivery_ttl_from_env(env))
 
 
 __all__ = ["ProviderRouter", "provider_name", "router_from_settings"]

@@ -13,6 +13,7 @@ location is configured and nothing answers, the worker exits at once with one li
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import os
 import signal
@@ -54,6 +55,7 @@ NUMBERS: dict[str, tuple[str, type[int] | type[float], int | float, float, bool,
     "concurrency": ("STREAMQ_CONCURRENCY", int, 5, 1, False, None),
     "rate_limit": ("STREAMQ_RATE_LIMIT", float, 10.0, 0, False, None),
     "metrics_port": ("STREAMQ_METRICS_PORT", int, 0, 0, False, 65535),
+    "delivery_port": ("AT_DELIVERY_PORT", int, 0, 0, False, 65535),
     "visibility_timeout": ("STREAMQ_VISIBILITY_TIMEOUT", float, 30.0, 0, True, None),
     "job_timeout": ("STREAMQ_JOB_TIMEOUT", float, 0.0, 0, False, None),
     "shutdown_grace": ("STREAMQ_SHUTDOWN_GRACE", float, 30.0, 0, False, None),
@@ -64,6 +66,7 @@ TEXTS: dict[str, tuple[str, str, tuple[str, ...] | None]] = {
     "handler": ("STREAMQ_HANDLER", "", None),
     "job_type": ("STREAMQ_JOB_TYPE", "", None),
     "metrics_host": ("STREAMQ_METRICS_HOST", "127.0.0.1", None),
+    "delivery_host": ("AT_DELIVERY_HOST", "127.0.0.1", None),
     "log_format": ("STREAMQ_LOG_FORMAT", "console", ("json", "console")),
     "log_level": ("STREAMQ_LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
 }
@@ -72,7 +75,7 @@ TEXTS: dict[str, tuple[str, str, tuple[str, ...] | None]] = {
 def _number_flag(p: argparse.ArgumentParser, flag: str, help: str) -> None:
     dest = flag.removeprefix("--").replace("-", "_")
     env, kind, default, low, above, high = NUMBERS[dest]
-    shown = "none" if dest == "metrics_port" else f"{default:g}"
+    shown = "none" if dest in ("metrics_port", "delivery_port") else f"{default:g}"
     p.add_argument(flag, default=None, type=flag_number(flag, kind, minimum=low, above=above,
                                                         maximum=high),
                    help=f"{help} (env {env}; default {shown})")
@@ -116,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-host", default=None,
                    help="address of the metrics server (env STREAMQ_METRICS_HOST; default "
                    "127.0.0.1; 0.0.0.0 in a container)")
+    _number_flag(p, "--delivery-port", "serve the Africa's Talking delivery report callback "
+                 "(POST /sms/delivery/<AT_DELIVERY_SECRET>) on this port; see "
+                 "docs/sms-providers.md")
+    p.add_argument("--delivery-host", default=None,
+                   help="address of the delivery report server (env AT_DELIVERY_HOST; default "
+                   "127.0.0.1: put a TLS reverse proxy in front of it)")
     p.add_argument("--log-format", choices=TEXTS["log_format"][2], default=None,
                    help="json for production, console for development (env STREAMQ_LOG_FORMAT; "
                    "default console)")
@@ -155,6 +164,7 @@ def resolve_env(args: argparse.Namespace) -> argparse.Namespace:
                     raise ConfigError(f"{env}={value[:40]!r}: use one of {', '.join(allowed)}")
             setattr(args, dest, value)
     args.metrics_port = args.metrics_port or None
+    args.delivery_port = args.delivery_port or None
     args.partitions = args.partitions or None  # None: adopt the stored count
     if args.check_provider is None:
         args.check_provider = env_text("STREAMQ_CHECK_PROVIDER", "") not in ("", "0")
@@ -263,6 +273,23 @@ def make_handler(
     return make_sms_handler(router), router.aclose, lambda: check_at_start(router), info
 
 
+def delivery_server(args: argparse.Namespace, queue: Queue) -> Callable[..., Any] | None:
+    """``--delivery-port``: the delivery report endpoint to start with the worker (its
+    secret is checked now, before anything starts), or None."""
+    if not args.delivery_port:
+        return None
+    if args.handler:
+        raise ConfigError("--delivery-port serves the SMS worker's delivery reports; it does "
+                          "not go with --handler")
+    from ..sms.delivery import DeliveryReports, delivery_secret_from_env, delivery_ttl_from_env
+    from ..sms.delivery_http import serve_delivery
+
+    secret = delivery_secret_from_env()
+    reports = DeliveryReports(queue, ttl_s=delivery_ttl_from_env())
+    return functools.partial(serve_delivery, reports, secret, args.delivery_host,
+                             args.delivery_port)
+
+
 def warn_production(info: dict[str, Any]) -> None:
     """Loud when the Salum provider sends for real because SALUM_API_URL is unset."""
     if "salum" in info.get("provider", "").split(",") and not env_text("SALUM_API_URL", ""):
@@ -312,6 +339,7 @@ async def run(args: argparse.Namespace, url: str) -> None:
         privacy = sms_queue_options()
     queue = Queue(args.queue, redis_url=url, job_type=job_type_of(args),
                   partitions=args.partitions, **privacy)
+    delivery = delivery_server(args, queue)
     handler, close_handler, start_check, info = make_handler(args, queue)
     worker = Worker(
         queue, handler,
@@ -353,6 +381,8 @@ async def run(args: argparse.Namespace, url: str) -> None:
                 from ..metrics import serve_metrics
 
                 await tg.start(serve_metrics, worker, args.metrics_host, args.metrics_port)
+            if delivery is not None:
+                await tg.start(delivery)
             await worker.run()
             tg.cancel_scope.cancel()
     finally:

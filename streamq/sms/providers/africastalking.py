@@ -126,6 +126,9 @@ class AfricasTalkingSMSProvider:
     """Sends through Africa's Talking over one pooled :class:`aiohttp.ClientSession`."""
 
     name = "africastalking"
+    delivery_reports = True
+    """Africa's Talking POSTs delivery reports for the message ids it answers: the router
+    records each id (streamq.sms.delivery) so a report can find its job."""
 
     def __init__(
         self,
