@@ -1,12 +1,13 @@
 #!lua flags=no-writes
 --[[ get_job: read one job's state and facts wherever it lives.
 
-  KEYS[1..3] lanes high, normal, low   STREAM
-  KEYS[4] moves          HASH
-  KEYS[5] delayed        ZSET
-  KEYS[6] delayed data   HASH
-  KEYS[7] index bucket of the job   HASH
-  KEYS[8] job record     STRING 'state|attempts made|max|created|finished|type|dead id|error'
+  KEYS[1..10] lanes, by lane number   STREAM (lua/shared.lua: LANE_ORDER)
+  KEYS[11] lane map     STRING bitmap of lanes with unread entries
+  KEYS[12] moves          HASH
+  KEYS[13] delayed        ZSET
+  KEYS[14] delayed data   HASH
+  KEYS[15] index bucket of the job   HASH
+  KEYS[16] job record     STRING 'state|attempts made|max|created|finished|type|dead id|error'
   ARGV[1] group  ARGV[2] job_id
   Returns: {} if unknown or expired; {'waiting_children'} for a flow parent waiting for
     its children; else {state, field, value, ...} with fields
@@ -14,7 +15,7 @@
     take-overs in place), t (created ms), e (last error),
     f (finished ms), due (ms), x (dead entry id), lane, id (entry id), dc (deliveries), y (type)
 ]]
-local moves, delayed, ddata, bucket, rec = KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local moves, delayed, ddata, bucket, rec = KEYS[12], KEYS[13], KEYS[14], KEYS[15], KEYS[16]
 local group, job_id = ARGV[1], ARGV[2]
 local loc = redis.call('HGET', moves, job_id) or redis.call('HGET', bucket, job_id)
 if not loc then

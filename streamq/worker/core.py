@@ -43,7 +43,8 @@ from ..errors import Defer, PayloadError, PermanentError, RetryAfter, StreamqErr
 from ..events import Callback, EventName, Hooks, WorkerEvent
 from ..flows.link import parse_spec
 from ..job import Job
-from ..keys import GROUP, PRIORITIES, QueueKeys
+from ..keys import GROUP, QueueKeys
+from ..priority import LEVELS, Priority, priority_of_lane
 from ..queue import Queue
 from ..redact import redact_text, redact_url
 from ..results import result_tail
@@ -53,7 +54,7 @@ from ..settings import MAX_BLOCK_MS, make_redis
 from .attempt import AttemptFailed, AttemptTimedOut, HandlerCancelled, run_with_timeout
 from .hold import FetchHold
 from .options import check_worker_options
-from .partitioned import PartitionedFetch
+from .partitioned import PartitionedFetch, idle_streams
 from .runtime import WorkerRuntime
 
 Handler = Callable[[Job], Awaitable[Any]]
@@ -81,6 +82,10 @@ def _type_name(raw: bytes) -> str | None:
 
 def _text(v: Any) -> str:
     return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+
+
+_SHOWN: tuple[Priority, ...] = tuple(priority_of_lane(n) or "normal" for n in range(LEVELS))
+"""``Job.priority`` of each lane number."""
 
 
 class Worker:
@@ -386,7 +391,7 @@ class Worker:
 
     def claim_keys(self, partition: int = 0) -> list[str]:
         k = self._keys(partition)
-        return [*k.lanes, k.events, k.delayed, k.delayed_data, k.paused, k.limiter, k.control,
+        return [*k.lane_keys, k.events, k.delayed, k.delayed_data, k.paused, k.limiter, k.control,
                 k.moves, k.reclaim_lock]
 
     def claim_args(self, count: int, *, limited: bool = True) -> list[Any]:
@@ -442,7 +447,7 @@ class Worker:
                 enqueued = int(entry_id.partition("-")[0])
                 backoff, timeout, link = parse_spec(b)
                 job = Job(job_id.decode(), data, int(n) + 1, int(a), qname,
-                          PRIORITIES[lane],  # type: ignore[arg-type]
+                          _SHOWN[lane],
                           enqueued - int(t), enqueued, backoff, lane, entry_id,
                           max(stalls, int(st)), _type_name(y), 0.0, 0.0, partition,
                           job_timeout if timeout is None else timeout)  # all positional: faster
@@ -453,7 +458,7 @@ class Worker:
                 f = dict(zip(raw[::2], raw[1::2], strict=False))
                 job = Job(id=_text(f.get(b"j", b"")) or "?malformed", data=_MalformedEntry(),
                           attempt=1, max_attempts=1, queue_name=qname,
-                          priority=PRIORITIES[lane],  # type: ignore[arg-type]
+                          priority=_SHOWN[lane],
                           created_ms=0, enqueued_ms=0, lane=lane, entry_id=entry_id,
                           stalls=stalls)
             if oversize:
@@ -478,7 +483,7 @@ class Worker:
             lane, entry_id, stalls = int(to_dead[i]), _text(to_dead[i + 1]), int(to_dead[i + 3])
             job_id = _text(to_dead[i + 2]) or "?malformed"
             job = Job(id=job_id, data=None, attempt=0, max_attempts=0, queue_name=q.name,
-                      priority=PRIORITIES[lane],  # type: ignore[arg-type]
+                      priority=_SHOWN[lane],
                       created_ms=0, enqueued_ms=0, lane=lane, entry_id=entry_id, stalls=stalls,
                       partition=partition)
             log.warning("job.stalled", queue=q.name, job_id=job_id, stalls=stalls, final=True)
@@ -487,14 +492,12 @@ class Worker:
 
     async def _idle_wait(self, reply: list[Any]) -> None:
         next_due = int(reply[1])
-        if int(reply[6]) > 0:
+        if int(reply[2]) > 0:
             # entries are held elsewhere: look again for dead holders once the lock allows
             reclaim_ms = max(1, round(self.reclaim_interval * 1000))
             next_due = reclaim_ms if next_due < 0 else min(next_due, reclaim_ms)
         block = MAX_BLOCK_MS if next_due < 0 else max(1, min(MAX_BLOCK_MS, next_due))
-        k = self.queue.keys
-        streams = {k.lanes[0]: reply[2], k.lanes[1]: reply[3], k.lanes[2]: reply[4],
-                   k.control: reply[5]}
+        streams = idle_streams(self.queue.keys, reply)
         if next_due < 0 or next_due >= MAX_BLOCK_MS:
             await self.redis.xread(streams, count=1, block=block)  # type: ignore[arg-type]
             return
@@ -638,7 +641,7 @@ class Worker:
         k = self._keys(job.partition)
         r = await self._call_retrying(
             "retry",
-            [*k.lanes, k.events, k.delayed, k.delayed_data, k.control, k.moves, k.bucket(job.id)],
+            [*k.lane_keys, k.events, k.delayed, k.delayed_data, k.control, k.moves, k.bucket(job.id)],
             [GROUP, self.consumer, job.lane, job.entry_id, job.id, math.ceil(delay * 1000), error,
              self.queue.defaults.events_max],
         )
@@ -661,7 +664,7 @@ class Worker:
         k = self._keys(job.partition)
         r = await self._call_retrying(
             "defer",
-            [*k.lanes, k.events, k.delayed, k.delayed_data, k.control, k.moves, k.bucket(job.id)],
+            [*k.lane_keys, k.events, k.delayed, k.delayed_data, k.control, k.moves, k.bucket(job.id)],
             [GROUP, self.consumer, job.lane, job.entry_id, job.id, math.ceil(delay * 1000), reason,
              self.queue.defaults.events_max],
         )
@@ -683,7 +686,7 @@ class Worker:
         if job.flow is None:
             r = await self._call_retrying(
                 "dead_letter",
-                [*k.lanes, k.events, k.dead, k.stats, k.moves, k.bucket(job.id), k.job(job.id)],
+                [*k.lane_keys, k.events, k.dead, k.stats, k.moves, k.bucket(job.id), k.job(job.id)],
                 [GROUP, self.consumer, job.lane, job.entry_id, job.id, error,
                  q.defaults.failed_ttl_ms, made, q.defaults.dead_letter_max,
                  q.defaults.events_max, 1 if attempt_failed else 0],
@@ -776,7 +779,7 @@ class Worker:
                            len(batch), q.defaults.events_max,
                            2 * self.concurrency + 2 * FLUSH_BATCH,
                            q.defaults.completed_index_max]
-        keys = [*k.lanes, k.events, k.stats, k.moves, k.completed_index]
+        keys = [*k.lane_keys, k.events, k.stats, k.moves, k.completed_index]
         prefix = k.prefix + "job:"
         bucket = k.bucket
         tails: list[Any] = []
@@ -826,7 +829,7 @@ class Worker:
         for job in jobs:
             args += [job.lane, job.entry_id]
         try:
-            lost = await self.scripts("extend", list(k.lanes), args)
+            lost = await self.scripts("extend", list(k.lane_keys), args)
         except (RedisError, OSError) as exc:
             log.error("worker.heartbeat_failed", queue=self.queue.name,
                       error=redact_text(str(exc)))
@@ -862,7 +865,7 @@ class Worker:
         q = self.queue
         k = self._keys(partition)
         r = await self.scripts(
-            "reclaim", [*k.lanes, k.events, k.moves, k.sweep_lock],
+            "reclaim", [*k.lane_keys, k.events, k.moves, k.sweep_lock],
             [GROUP, self.consumer, round(self.visibility_timeout * 1000), self.max_stalled,
              max(1, round(self.reclaim_interval * 1000) - 50),
              round(self.consumer_prune_after * 1000), 1000,
@@ -887,7 +890,7 @@ class Worker:
         for p, part in self._by_partition(jobs).items():
             k = self._keys(p)
             args: list[Any] = [GROUP, self.consumer, len(part)]
-            keys = [*k.lanes, k.moves]
+            keys = [*k.lane_keys, k.moves]
             for job in part:
                 args += [job.lane, job.entry_id]
                 keys.append(k.bucket(job.id))
