@@ -34,8 +34,8 @@
     {1, {lane, entry_id, {field, value, ...}, stalls if taken over (else 0), oversize bytes
         (0 = ok), ...}, {lane, entry_id, job_id, stalls, ...} to dead-letter as stalled}
     {0, ms_until_next_due (-1 none), pending, id_control, {last id of each lane, by lane
-       number}}: nothing available; pending = entries held by consumers (maybe to take
-       over later)
+       number}}: nothing available; pending > 0 when some lane has entries held by
+       consumers (maybe to take over later)
     {-1, ms_until_next_due}  queue paused
     {-2, wait_ms}  rate limited: no token for wait_ms
 ]]
@@ -196,25 +196,24 @@ local function read_lane(lane)
   return false
 end
 
--- the lane map: one byte per 8 lane numbers, the first lane in the high bit (SETBIT's order)
-local bits = redis.call('GET', map) or ''
-local marked = {}
-for lane = 0, LANES - 1 do
-  local byte = string.byte(bits, math.floor(lane / 8) + 1) or 0
-  marked[lane] = bit.band(byte, bit.rshift(128, lane % 8)) ~= 0
+-- the lane map as a 16-bit number: lane number n is bit 15 - n (SETBIT counts from the
+-- first byte's high bit); tested lazily, since the loop stops once count is reached
+local bits = redis.call('BITFIELD_RO', map, 'GET', 'u16', 0)[1]
+local function marked(lane)
+  return bit.band(bits, bit.rshift(32768, lane)) ~= 0
 end
 for _, lane in ipairs(LANE_ORDER) do
   if got >= count then break end
-  if marked[lane] and not read_lane(lane) then
+  if marked(lane) and not read_lane(lane) then
     redis.call('SETBIT', map, lane, 0)  -- nothing unread is left in it
   end
 end
 if got == 0 then
-  -- nothing in the marked lanes: read the others too (an entry added by hand, or by a
-  -- writer from before the lane map, is found here) and mark one that has more
+  -- nothing in the marked lanes: read the others too (an entry added by hand, or by an
+  -- engine from before the lane map, is found here) and mark one that has more
   for _, lane in ipairs(LANE_ORDER) do
     if got >= count then break end
-    if not marked[lane] and read_lane(lane) then
+    if not marked(lane) and read_lane(lane) then
       mark_lane(map, lane)
     end
   end
@@ -229,19 +228,19 @@ if got > 0 or #to_dead > 0 then
   return {1, claimed, to_dead}
 end
 
+-- the id an idle worker's XREAD waits after: the stream's last entry, or 0-0 when it is
+-- empty (every entry after it is new: entries are deleted, never inserted, behind it)
 local function last_id(key)
-  local info = redis.pcall('XINFO', 'STREAM', key)
-  if info.err then return '0-0' end
-  for i = 1, #info, 2 do
-    if info[i] == 'last-generated-id' then return info[i + 1] end
-  end
-  return '0-0'
+  local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
+  return last[1] and last[1][1] or '0-0'
 end
 local pending = 0
 local ids = {}
 for lane = 1, LANES do
-  local s = redis.pcall('XPENDING', KEYS[lane], group)
-  if not s.err then pending = pending + tonumber(s[1]) end
+  if pending == 0 then
+    local s = redis.pcall('XPENDING', KEYS[lane], group)
+    if not s.err then pending = tonumber(s[1]) end
+  end
   ids[lane] = last_id(KEYS[lane])
 end
 return {0, next_due(), pending, last_id(control), ids}
