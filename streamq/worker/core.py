@@ -26,7 +26,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import anyio.lowlevel
@@ -52,12 +52,14 @@ from ..schedules.runner import ScheduleRunner
 from ..scripts import ScriptRunner
 from ..settings import MAX_BLOCK_MS, make_redis
 from .attempt import AttemptFailed, AttemptTimedOut, HandlerCancelled, run_with_timeout
+from .batch import BatchHandler, BatchOptions, BatchRunner, check_batch
 from .hold import FetchHold
 from .options import check_worker_options
 from .partitioned import PartitionedFetch, idle_streams
 from .runtime import WorkerRuntime
 
 Handler = Callable[[Job], Awaitable[Any]]
+"""A handler of one job: its return value is the job's stored result."""
 
 log = structlog.get_logger("streamq.worker")
 
@@ -89,12 +91,15 @@ _SHOWN: tuple[Priority, ...] = tuple(priority_of_lane(n) or "normal" for n in ra
 
 
 class Worker:
-    """Process a queue's jobs with ``handler``; ``await run()`` until ``await close()``."""
+    """Process a queue's jobs with ``handler``; ``await run()`` until ``await close()``.
+
+    With ``batch=BatchOptions(...)`` the handler is a batch handler: it gets ``list[Job]``
+    and ``concurrency`` counts batches (see worker/batch.py)."""
 
     def __init__(
         self,
         queue: Queue,
-        handler: Handler,
+        handler: Handler | BatchHandler,
         *,
         concurrency: int = 5,
         rate_limit: float | None = 10.0,
@@ -109,6 +114,7 @@ class Worker:
         name: str | None = None,
         job_timeout: float | None = None,
         fire_schedules: bool = True,
+        batch: BatchOptions | None = None,
     ) -> None:
         check_worker_options(
             concurrency=concurrency, rate_limit=rate_limit, burst=burst,
@@ -116,9 +122,16 @@ class Worker:
             reclaim_interval=reclaim_interval, max_stalled=max_stalled,
             shutdown_grace=shutdown_grace, max_retry_delay=max_retry_delay,
             consumer_prune_after=consumer_prune_after, name=name, job_timeout=job_timeout)
+        self.batch = check_batch(batch, visibility_timeout)
+        """Batch mode (worker/batch.py), or None: the handler takes one job."""
         self.queue = queue
-        self.handler = handler
+        self.handler: Handler = cast(Handler, handler)
+        """The handler; a ``BatchHandler`` when ``batch`` is set (batch.py calls it)."""
         self.concurrency = concurrency
+        self.slots = concurrency * (self.batch.size if self.batch else 1)
+        """Jobs this worker may hold claimed at once: concurrency, times the batch size."""
+        self.claim_max = self.batch.size if self.batch else self.slots
+        """Jobs one claim call takes at most (a batch's worth in batch mode)."""
         self.rate_limit = rate_limit
         self.burst = burst if burst is not None else max(1.0, rate_limit or 0.0)
         self.visibility_timeout = visibility_timeout
@@ -140,7 +153,7 @@ class Worker:
         self._redis: Redis | None = None
         self._scripts: ScriptRunner | None = None
         self._cut_now = anyio.Event()
-        self._free = concurrency
+        self._free = self.slots
         self._slot_freed = anyio.Event()
         self._ready: deque[Job] = deque()
         self._ready_event = anyio.Event()
@@ -208,7 +221,7 @@ class Worker:
 
     @property
     def in_flight(self) -> int:
-        return self.concurrency - self._free
+        return self.slots - self._free
 
     # -- the main loop ---------------------------------------------------------------------
     async def run(self) -> None:
@@ -236,8 +249,12 @@ class Worker:
                     upkeep.start_soon(self.schedules.run)
                 upkeep.start_soon(self.runtime.board.run)
                 async with anyio.create_task_group() as runners:
+                    runner = self._runner
+                    if self.batch is not None:
+                        runner = BatchRunner(self, cast(BatchHandler, self.handler),
+                                             self.batch).run
                     for _ in range(self.concurrency):
-                        runners.start_soon(self._runner)
+                        runners.start_soon(runner)
                     async with anyio.create_task_group() as fetch:
                         fetch.start_soon(self._fetch_loop)
                         await self._stop_event.wait()
@@ -335,7 +352,7 @@ class Worker:
                 if self._free <= 0:
                     await self._slot_freed.wait()
                 continue
-            count = self._free
+            count = min(self._free, self.claim_max)
             hold_limit = self.fetch_hold.limit()
             if hold_limit is not None:
                 if hold_limit <= 0:
@@ -552,35 +569,70 @@ class Worker:
                 log.error("worker.internal_error", queue=self.queue.name, job_id=job.id,
                           error=_one_line(exc))
             finally:
-                del self._running[id(job)]
-                if job.timeout is not None:
-                    self._cut_at.pop(id(job), None)
-                self._free += 1
-                self._slot_freed.set()
-                self.fetch_hold.finished(job)
+                self.free_slot(job)
             streak += 1
             if streak >= 64:
                 # handlers that never suspend would otherwise starve the fetch and flush loops
                 streak = 0
                 await anyio.lowlevel.checkpoint()
 
-    async def _process(self, job: Job) -> None:
+    def free_slot(self, job: Job) -> None:
+        """A job left its runner (any outcome, or handed back): its slot is free."""
+        del self._running[id(job)]
+        if job.timeout is not None:
+            self._cut_at.pop(id(job), None)
+        self._free += 1
+        self._slot_freed.set()
+        self.fetch_hold.finished(job)
+
+    async def prepare(self, job: Job) -> bool:
+        """Before a job's handler runs: decode its payload (dead-letter a malformed entry,
+        an oversize or undecodable payload: False), give it the runtime, emit 'active'."""
         if isinstance(job.data, _MalformedEntry):
             await self._dead(job, "malformed stream entry")
-            return
+            return False
         if isinstance(job.data, _Oversize):
             limit = self.queue.codec.max_bytes
             await self._dead(job, f"payload {job.data.size} B exceeds limit {limit} B")
-            return
+            return False
         try:
             job.data = self.queue.codec.decode(job.data, job.id)
         except PayloadError as exc:
             await self._dead(job, _one_line(exc))
-            return
+            return False
         job.wait_s = max(0.0, time.time() - job.enqueued_ms / 1000)
         job.runtime = self.runtime
         if self.hooks.wants("active"):
             await self.hooks.emit(self._event("active", job))
+        return True
+
+    def succeeded(self, job: Job, result: Any) -> None:
+        """An attempt succeeded: recorded with the next flush (its result stored)."""
+        self.processed += 1
+        self._unacked[id(job)] = job
+        self._done.append((job, result))
+        self._done_event.set()
+
+    async def attempt_failed(self, job: Job, exc: BaseException) -> None:
+        """An attempt ended with ``exc``, settled by its kind: ``PermanentError`` dead-letters,
+        ``RetryAfter`` retries after its delay, ``Defer`` puts the job back without using an
+        attempt, anything else retries with the job's backoff while attempts remain."""
+        if isinstance(exc, AttemptTimedOut):
+            log.warning("job.timed_out", queue=self.queue.name, job_id=job.id,
+                        attempt=job.attempt, timeout=exc.timeout)
+            await self._failed(job, exc, retry=True)
+        elif isinstance(exc, PermanentError):
+            await self._failed(job, exc, retry=False)
+        elif isinstance(exc, RetryAfter):
+            await self._failed(job, exc, retry=True, delay=exc.delay)
+        elif isinstance(exc, Defer):
+            await self._deferred(job, exc)
+        else:
+            await self._failed(job, exc, retry=True)
+
+    async def _process(self, job: Job) -> None:
+        if not await self.prepare(job):
+            return
         if job.timeout is not None:
             self._cut_at[id(job)] = anyio.current_time() + job.timeout
         t0 = time.perf_counter()
@@ -602,29 +654,12 @@ class Worker:
             # poison job would stop every worker that takes it
             job.run_s = time.perf_counter() - t0
             await self._failed(job, HandlerCancelled(), retry=True)
-        except AttemptTimedOut as exc:
-            job.run_s = time.perf_counter() - t0
-            log.warning("job.timed_out", queue=self.queue.name, job_id=job.id,
-                        attempt=job.attempt, timeout=exc.timeout)
-            await self._failed(job, exc, retry=True)
-        except PermanentError as exc:
-            job.run_s = time.perf_counter() - t0
-            await self._failed(job, exc, retry=False)
-        except RetryAfter as exc:
-            job.run_s = time.perf_counter() - t0
-            await self._failed(job, exc, retry=True, delay=exc.delay)
-        except Defer as exc:
-            job.run_s = time.perf_counter() - t0
-            await self._deferred(job, exc)
         except Exception as exc:
             job.run_s = time.perf_counter() - t0
-            await self._failed(job, exc, retry=True)
+            await self.attempt_failed(job, exc)
         else:
             job.run_s = time.perf_counter() - t0
-            self.processed += 1
-            self._unacked[id(job)] = job
-            self._done.append((job, result))
-            self._done_event.set()
+            self.succeeded(job, result)
 
     async def _failed(
         self, job: Job, exc: BaseException, *, retry: bool, delay: float | None = None
@@ -777,7 +812,7 @@ class Worker:
         q = self.queue
         args: list[Any] = [GROUP, self.consumer, q.defaults.completed_ttl_ms,
                            len(batch), q.defaults.events_max,
-                           2 * self.concurrency + 2 * FLUSH_BATCH,
+                           2 * self.slots + 2 * FLUSH_BATCH,
                            q.defaults.completed_index_max]
         keys = [*k.lane_keys, k.events, k.stats, k.moves, k.completed_index]
         prefix = k.prefix + "job:"

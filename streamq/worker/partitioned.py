@@ -104,7 +104,7 @@ class PartitionedFetch:
             if not candidates:
                 await self._wait_for_work()
                 continue
-            want = w._free
+            want = min(w._free, w.claim_max)
             # a handler's Defer(hold=True) holds fetching: nothing, or one probe (hold.py)
             hold_limit = w.fetch_hold.limit()
             if hold_limit is not None:
