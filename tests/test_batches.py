@@ -4,8 +4,10 @@ mid-batch taken over by another worker with nothing lost."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ from streamq import (
 )
 from streamq.priority import level_of
 from tests.support.ledger import read_ledger
-from tests.support.util import running, spawn_ledger_worker, wait_until
+from tests.support.util import ROOT, running, spawn_ledger_worker, wait_until
 
 
 async def _count(q: Queue, state: str, n: int) -> bool:
@@ -377,3 +379,81 @@ async def test_sigkill_mid_batch_the_batch_is_taken_over_nothing_lost(
         assert {e.job_id for e in stalled} == killed and {e.stalls for e in stalled} == {1}
         c = await q.counts()
         assert (c["active"], c["waiting"], c["failed"]) == (0, 0, 0)
+
+
+async def cli_batch(jobs: list[Job]) -> dict[str, Any]:
+    """The batch handler the worker command line loads in the test below."""
+    return {job.id: len(jobs) for job in jobs}
+
+
+async def test_the_worker_command_line_runs_a_batch_handler(
+        redis_url: str, queue_name: str, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STREAMQ_", "REDIS_"))}
+    env.update(PYTHONPATH=str(ROOT), REDIS_URL=redis_url)
+    bad = subprocess.run([sys.executable, "-m", "streamq.worker", "--batch-size", "5"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "--batch-size goes with --handler" in bad.stderr.strip().splitlines()[-1]
+    async with Queue(queue_name, redis_url=redis_url) as q:
+        refs = await q.add_bulk([{"i": i} for i in range(25)])
+        log = tmp_path / "worker.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "streamq.worker", "--queue", queue_name, "--handler",
+                 "tests.test_batches:cli_batch", "--batch-size", "10", "--batch-max-wait", "0.2",
+                 "--rate-limit", "0", "--log-format", "json"],
+                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            await wait_until(lambda: _count(q, "completed", 25), 60, message="25 completed")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            code = await anyio.to_thread.run_sync(lambda: proc.wait(timeout=30))
+        assert code == 0, log.read_text()
+        results = [(await q.get_job(r.job_id)) for r in refs]
+        assert sorted({i.result for i in results if i is not None}) == [5, 10]
+        assert '"batch": "10 jobs, 0.2s fill wait"' in log.read_text()
+
+
+async def test_batches_on_a_partitioned_queue(redis_url: str, queue_name: str) -> None:
+    async with Queue(queue_name, redis_url=redis_url, partitions=3) as q:
+        refs = await q.add_bulk([{"i": i} for i in range(90)])
+        sizes: list[int] = []
+
+        async def handler(jobs: list[Job]) -> dict[str, Any]:
+            sizes.append(len(jobs))
+            return {job.id: job.partition for job in jobs}
+
+        async with running(Worker(q, handler, concurrency=2, rate_limit=50.0, burst=50,
+                                  batch=BatchOptions(size=20, max_wait=0.05))):
+            await wait_until(lambda: _count(q, "completed", 90), 60)
+        assert sum(sizes) == 90 and max(sizes) <= 20
+        parts = {(await q.get_job(r.job_id)).result for r in refs}  # type: ignore[union-attr]
+        assert parts == {0, 1, 2}
+
+
+async def test_flow_jobs_in_batches(redis_url: str, queue_name: str) -> None:
+    from streamq import FlowJob
+
+    async with Queue(queue_name, redis_url=redis_url) as q:
+        await q.add_flow(FlowJob(data={"role": "parent"}, options=JobOptions(job_id="parent"),
+                                 children=[FlowJob(data={"n": n}, options=JobOptions(
+                                     job_id=f"child{n}")) for n in range(4)]),
+                         on_child_failure="fail")
+        seen: dict[str, Any] = {}
+
+        async def handler(jobs: list[Job]) -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            for job in jobs:
+                if job.id == "parent":
+                    seen["children"] = await job.children_results()
+                    out[job.id] = "parent done"
+                else:
+                    out[job.id] = job.data["n"] * 10
+            return out
+
+        async with running(Worker(q, handler, rate_limit=None,
+                                  batch=BatchOptions(size=10, max_wait=0.05))):
+            await wait_until(lambda: _count(q, "completed", 5), 60)
+        assert seen["children"] == {f"child{n}": n * 10 for n in range(4)}
+        parent = await q.get_job("parent")
+        assert parent is not None and parent.result == "parent done"
