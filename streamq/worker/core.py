@@ -157,7 +157,7 @@ class Worker:
         self._slot_freed = anyio.Event()
         self._ready: deque[Job] = deque()
         self._ready_event = anyio.Event()
-        # keyed by the Job object: entry ids repeat across the three lanes
+        # keyed by the Job object: entry ids repeat across the lanes
         self._running: dict[int, Job] = {}
         # running jobs with a timeout: when (anyio clock) they are cut; heartbeats stop then
         self._cut_at: dict[int, float] = {}
