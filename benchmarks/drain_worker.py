@@ -1,5 +1,5 @@
 """``python benchmarks/drain_worker.py --url URL --n N [--levels normal|three|ten]
-[--concurrency 50] [--batch SIZE --max-wait S]``
+[--concurrency 50] [--batch SIZE --max-wait S] [--sleep S]``
 
 One streamq process for ``benchmarks/priorities.py`` and ``benchmarks/batches.py``: it
 pre-fills N no-op jobs with its own engine (so a checkout with another key layout writes
@@ -70,10 +70,14 @@ async def main(a: argparse.Namespace) -> None:
 
     async def handler(job: Job) -> None:
         started()
+        if a.sleep:
+            await asyncio.sleep(a.sleep)  # one request per job
         returned(1)
 
     async def batch_handler(jobs: list[Job]) -> None:
         started()
+        if a.sleep:
+            await asyncio.sleep(a.sleep)  # one request per batch (a bulk endpoint)
         returned(len(jobs))
 
     if a.claim_cost:
@@ -138,6 +142,8 @@ if __name__ == "__main__":
     p.add_argument("--concurrency", type=int, default=50)
     p.add_argument("--batch", type=int, default=0, help="batch size (0: a handler per job)")
     p.add_argument("--max-wait", type=float, default=0.05)
+    p.add_argument("--sleep", type=float, default=0.0,
+                   help="seconds each handler call awaits (a request: per job, or per batch)")
     p.add_argument("--claim-cost", action="store_true",
                    help="time the claim script instead of draining (claim_cost)")
     args = p.parse_args()

@@ -93,7 +93,8 @@ async def drain_round(url: str, admin: Any, tree: Path, extra: Sequence[str], jo
 Config = tuple[str, Path, list[str]]
 
 
-async def run_configs(configs: list[Config], args: argparse.Namespace) -> dict[str, Any]:
+async def run_configs(configs: list[Config], args: argparse.Namespace, *,
+                      time_claims: bool = True) -> dict[str, Any]:
     from redis.asyncio import Redis
 
     from streamq.devredis import start_redis_server
@@ -114,6 +115,8 @@ async def run_configs(configs: list[Config], args: argparse.Namespace) -> dict[s
                 print(f"[{time.monotonic() - t0:5.0f}s] round {rnd} {label}: "
                       f"{values['drain']:,.0f} jobs/s, worker {values['worker_us']:.1f} us/job, "
                       f"Redis {values['redis_us']:.1f} us/job", file=sys.stderr, flush=True)
+                if not time_claims:
+                    continue
                 values = await claim_round(server.url, admin, tree, extra, args.jobs,
                                            args.concurrency)
                 for k, v in values.items():
@@ -126,7 +129,7 @@ async def run_configs(configs: list[Config], args: argparse.Namespace) -> dict[s
         await asyncio.to_thread(server.stop)
     return {"configs": [c[0] for c in configs], "jobs": args.jobs, "rounds": args.rounds,
             "concurrency": args.concurrency, "loadavg_end": os.getloadavg()[0],
-            "drain": drains, "claim": claims}
+            "drain": drains, "claim": claims if time_claims else {}}
 
 
 def _cell(vals: list[float], fmt: str) -> str:
