@@ -457,3 +457,39 @@ async def test_flow_jobs_in_batches(redis_url: str, queue_name: str) -> None:
         assert seen["children"] == {f"child{n}": n * 10 for n in range(4)}
         parent = await q.get_job("parent")
         assert parent is not None and parent.result == "parent done"
+
+
+async def test_a_batch_runs_under_its_jobs_shortest_timeout(
+        redis_url: str, queue_name: str) -> None:
+    async with Queue(queue_name, redis_url=redis_url) as q:
+        await q.add_bulk([({"i": 0}, JobOptions(job_id="short", timeout=0.3, attempts=1)),
+                          ({"i": 1}, JobOptions(job_id="long", timeout=60, attempts=1))])
+
+        async def handler(jobs: list[Job]) -> None:
+            await anyio.sleep(30)
+
+        t0 = time.monotonic()
+        async with running(Worker(q, handler, rate_limit=None,
+                                  batch=BatchOptions(size=2, max_wait=5.0))):
+            await wait_until(lambda: _count(q, "failed", 2), 30)
+        assert time.monotonic() - t0 < 25
+        errors = {d.job_id: d.error for d in await q.dead_letters()}
+        assert errors == {"short": "timed out after 0.3s", "long": "timed out after 0.3s"}
+
+
+async def test_a_batch_cut_at_the_grace_deadline_is_handed_back_whole(
+        redis_url: str, queue_name: str) -> None:
+    async with Queue(queue_name, redis_url=redis_url) as q:
+        await q.add_bulk([{"i": i} for i in range(4)])
+        started = anyio.Event()
+
+        async def handler(jobs: list[Job]) -> None:
+            started.set()
+            await anyio.sleep(60)
+
+        w = Worker(q, handler, rate_limit=None, shutdown_grace=0.3,
+                   batch=BatchOptions(size=4, max_wait=1.0))
+        async with running(w):
+            await started.wait()
+        c = await q.counts()
+        assert (c["waiting"], c["active"], c["completed"], c["failed"]) == (4, 0, 0, 0)
