@@ -513,30 +513,42 @@ async def job_events(q: Queue, parts: Sequence[QueueKeys], job_id: str,
 
 
 # -- workers ------------------------------------------------------------------------------------
+async def lane_consumers(q: Queue, lanes: Sequence[str]) -> list[dict[str, Any]]:
+    """The consumer group's consumers of every lane given (one pipelined XINFO CONSUMERS
+    per lane), each row with str keys; a lane without stream or group has none."""
+    pipe = q.redis.pipeline(transaction=False)
+    for lane in lanes:
+        pipe.xinfo_consumers(lane, GROUP)
+    replies: Any = await pipe.execute(raise_on_error=False)
+    out: list[dict[str, Any]] = []
+    for rows in replies:
+        if isinstance(rows, ResponseError):  # no stream or group yet: no worker read it
+            continue
+        if isinstance(rows, Exception):
+            raise rows
+        out += [{_s(key): v for key, v in row.items()} for row in rows]
+    return out
+
+
 async def list_workers(q: Queue, parts: Sequence[QueueKeys]) -> list[WorkerInfo]:
     """The consumers of the queue's group over every lane (and partition): jobs held, and
     how long since each last read and last took a job. Workers remove consumers idle for
     longer than their ``consumer_prune_after`` (1 h by default)."""
     seen: dict[str, list[Any]] = {}
     with translate_redis_errors(q.redis_url):
-        for k in parts:
-            for lane in k.lanes:
-                try:
-                    rows: Any = await q.redis.xinfo_consumers(lane, GROUP)
-                except ResponseError:  # no stream or group yet: no worker read this lane
-                    continue
-                for row in rows:
-                    r = {_s(key): v for key, v in row.items()}
-                    acc = seen.setdefault(_s(r["name"]), [0, float("inf"), None])
-                    acc[0] += _int(r.get("pending"))
-                    acc[1] = min(acc[1], _int(r.get("idle")) / 1000)
-                    inactive = r.get("inactive")
-                    if inactive is not None and _int(inactive, -1) >= 0:
-                        a = _int(inactive) / 1000
-                        acc[2] = a if acc[2] is None else min(acc[2], a)
+        rows = await lane_consumers(q, [lane for k in parts for lane in k.lanes])
+    for r in rows:
+        acc = seen.setdefault(_s(r["name"]), [0, float("inf"), None])
+        acc[0] += _int(r.get("pending"))
+        acc[1] = min(acc[1], _int(r.get("idle")) / 1000)
+        inactive = r.get("inactive")
+        if inactive is not None and _int(inactive, -1) >= 0:
+            a = _int(inactive) / 1000
+            acc[2] = a if acc[2] is None else min(acc[2], a)
     out = [WorkerInfo(name, int(p), idle, act) for name, (p, idle, act) in seen.items()]
     return sorted(out, key=lambda w: (w.idle_s, w.name))
 
 
 __all__ = ["LISTABLE", "MAX_PAGE", "JobPage", "ListedJob", "Payload", "WorkerInfo",
-           "decode_payload", "job_events", "list_jobs", "list_workers", "read_payload"]
+           "decode_payload", "job_events", "lane_consumers", "list_jobs", "list_workers",
+           "read_payload"]
