@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ("batches of 10", ROOT, [*extra, "--batch", "10", "--max-wait", "0.05"]),
             ("batches of 100", ROOT, [*extra, "--batch", "100", "--max-wait", "0.05"]),
         ]
-        doc = run_async(run_configs(configs, args, time_claims=False))
+        doc = run_async(run_configs(configs, args))
         docs[kind] = doc
         print(table(doc, f"drain, {kind}"))
         print()

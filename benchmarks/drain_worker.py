@@ -80,13 +80,6 @@ async def main(a: argparse.Namespace) -> None:
             await asyncio.sleep(a.sleep)  # one request per batch (a bulk endpoint)
         returned(len(jobs))
 
-    if a.claim_cost:
-        print("READY", flush=True)
-        print("RESULT " + json.dumps({**await claim_cost(queue, Worker(queue, handler,
-                                                                      rate_limit=None), a),
-                                      "streamq": streamq.__file__}), flush=True)
-        await queue.close()
-        return
     if a.batch:
         from streamq import BatchOptions  # type: ignore[attr-defined,unused-ignore]
 
@@ -106,33 +99,6 @@ async def main(a: argparse.Namespace) -> None:
                                   "streamq": streamq.__file__}), flush=True)
 
 
-async def claim_cost(queue: Any, worker: Any, a: argparse.Namespace) -> dict[str, Any]:
-    """Redis time of the claim script alone (``INFO commandstats``): claims of
-    ``--concurrency`` jobs until the pre-fill is taken, then as many claims on the empty
-    queue (the idle path: what a woken worker pays when nothing is left)."""
-    r = queue.redis
-
-    async def evalsha_us() -> tuple[int, float]:
-        info = await r.info("commandstats")
-        st = info.get("cmdstat_evalsha", {"calls": 0, "usec": 0})
-        return int(st["calls"]), float(st["usec"])
-
-    await r.config_resetstat()
-    calls = 0
-    t0 = time.perf_counter()
-    while await worker.claim_now(a.concurrency):
-        calls += 1
-    busy_wall = time.perf_counter() - t0
-    n_busy, us_busy = await evalsha_us()
-    await r.config_resetstat()
-    for _ in range(max(1, calls)):
-        await worker.claim_now(a.concurrency)
-    n_idle, us_idle = await evalsha_us()
-    return {"count": a.n, "claims": calls, "claim_us": us_busy / max(1, n_busy),
-            "claim_us_per_job": us_busy / max(1, a.n), "busy_wall_s": busy_wall,
-            "idle_claim_us": us_idle / max(1, n_idle)}
-
-
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("--url", required=True)
@@ -144,8 +110,6 @@ if __name__ == "__main__":
     p.add_argument("--max-wait", type=float, default=0.05)
     p.add_argument("--sleep", type=float, default=0.0,
                    help="seconds each handler call awaits (a request: per job, or per batch)")
-    p.add_argument("--claim-cost", action="store_true",
-                   help="time the claim script instead of draining (claim_cost)")
     args = p.parse_args()
     try:
         import uvloop

@@ -13,11 +13,10 @@ side in alternating rounds (Redis flushed before each):
 
 Each process pre-fills with its own engine (its own key layout). Rates (jobs/s, first
 handler start to the last return), CPU per job of the worker process and of Redis
-(``INFO cpu`` between the end of the pre-fill and the result). Then, less sensitive to a
-busy machine, the claim script's own Redis time (``INFO commandstats``): claims of
-``--concurrency`` jobs until a pre-fill of ``--jobs`` is taken, and as many claims of an
-empty queue (the idle path). Prints medians (min-max); ratios are to the first
-configuration.
+(``INFO cpu`` between the end of the pre-fill and the result). Prints medians (min-max);
+ratios are to the first configuration. With ``--baseline`` it then runs
+``benchmarks/claim_ab.py``: the claim script of both engines, call by call (less
+sensitive to a busy machine than a drain's rate).
 """
 
 from __future__ import annotations
@@ -49,25 +48,6 @@ def _inside(path: str, tree: Path) -> bool:
     return tree.resolve() in Path(path).resolve().parents
 
 
-async def claim_round(url: str, admin: Any, tree: Path, extra: Sequence[str], jobs: int,
-                      concurrency: int) -> dict[str, float]:
-    """The claim script's own Redis time (``drain_worker.py --claim-cost``)."""
-    await admin.flushall()
-    proc = WorkerProcess([sys.executable, str(WORKER), "--url", url, "--n", str(jobs),
-                          "--concurrency", str(concurrency), "--claim-cost", *extra],
-                         env={"PYTHONPATH": str(tree)}, cwd=str(tree))
-    await proc.start()
-    try:
-        await proc.ready(300.0)
-        r = await proc.result(600.0)
-    finally:
-        await proc.stop()
-    if not _inside(r["streamq"], tree):
-        raise RuntimeError(f"the worker imported {r['streamq']}, not the engine in {tree}")
-    return {"claim_us": r["claim_us"], "claim_us_per_job": r["claim_us_per_job"],
-            "idle_claim_us": r["idle_claim_us"]}
-
-
 async def drain_round(url: str, admin: Any, tree: Path, extra: Sequence[str], jobs: int,
                       concurrency: int) -> dict[str, float]:
     """One pre-fill and drain by a worker process importing the engine in ``tree``."""
@@ -93,8 +73,7 @@ async def drain_round(url: str, admin: Any, tree: Path, extra: Sequence[str], jo
 Config = tuple[str, Path, list[str]]
 
 
-async def run_configs(configs: list[Config], args: argparse.Namespace, *,
-                      time_claims: bool = True) -> dict[str, Any]:
+async def run_configs(configs: list[Config], args: argparse.Namespace) -> dict[str, Any]:
     from redis.asyncio import Redis
 
     from streamq.devredis import start_redis_server
@@ -102,7 +81,6 @@ async def run_configs(configs: list[Config], args: argparse.Namespace, *,
     server = await asyncio.to_thread(start_redis_server)
     admin = Redis.from_url(server.url)
     drains: dict[str, dict[str, list[float]]] = {c[0]: {} for c in configs}
-    claims: dict[str, dict[str, list[float]]] = {c[0]: {} for c in configs}
     t0 = time.monotonic()
     try:
         for rnd in range(1, args.rounds + 1):
@@ -115,21 +93,12 @@ async def run_configs(configs: list[Config], args: argparse.Namespace, *,
                 print(f"[{time.monotonic() - t0:5.0f}s] round {rnd} {label}: "
                       f"{values['drain']:,.0f} jobs/s, worker {values['worker_us']:.1f} us/job, "
                       f"Redis {values['redis_us']:.1f} us/job", file=sys.stderr, flush=True)
-                if not time_claims:
-                    continue
-                values = await claim_round(server.url, admin, tree, extra, args.jobs,
-                                           args.concurrency)
-                for k, v in values.items():
-                    claims[label].setdefault(k, []).append(v)
-                print(f"[{time.monotonic() - t0:5.0f}s] round {rnd} {label}: claim "
-                      f"{values['claim_us']:.0f} us/call, idle claim "
-                      f"{values['idle_claim_us']:.0f} us/call", file=sys.stderr, flush=True)
     finally:
         await admin.aclose()
         await asyncio.to_thread(server.stop)
     return {"configs": [c[0] for c in configs], "jobs": args.jobs, "rounds": args.rounds,
             "concurrency": args.concurrency, "loadavg_end": os.getloadavg()[0],
-            "drain": drains, "claim": claims if time_claims else {}}
+            "drain": drains}
 
 
 def _cell(vals: list[float], fmt: str) -> str:
@@ -149,19 +118,6 @@ def table(doc: dict[str, Any], title: str) -> str:
             vals = doc["drain"][c][k]
             row += [_cell(vals, fmt), f"{statistics.median(vals) / statistics.median(base[k]):.2f}"]
         lines.append("| " + " | ".join(row) + " |")
-    if doc.get("claim"):
-        lines += ["", f"| the claim script alone (Redis time, INFO commandstats), "
-                  f"{doc['concurrency']} jobs per claim | us per claim | ratio | us per job "
-                  "| ratio | us per claim on an empty queue | ratio |", "|---|---|---|---|---|---|---|"]
-        cbase = doc["claim"][configs[0]]
-        for c in configs:
-            row = [c]
-            for k, fmt in (("claim_us", "{:.0f}"), ("claim_us_per_job", "{:.2f}"),
-                           ("idle_claim_us", "{:.0f}")):
-                vals = doc["claim"][c][k]
-                row += [_cell(vals, fmt),
-                        f"{statistics.median(vals) / statistics.median(cbase[k]):.2f}"]
-            lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
@@ -184,6 +140,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ("after: levels 1-10", ROOT, ["--levels", "ten"])]
     doc = run_async(run_configs(configs, args))
     print(table(doc, "drain no-op"))
+    if args.baseline:
+        from . import claim_ab
+
+        ab = argparse.Namespace(baseline=args.baseline, jobs=args.jobs,
+                                count=args.concurrency, rounds=3, layouts="normal,three,ten")
+        doc["claim_ab"] = run_async(claim_ab.run(ab))
+        print()
+        print(claim_ab.table(doc["claim_ab"]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(doc, f, indent=1)

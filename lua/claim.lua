@@ -208,12 +208,26 @@ for _, lane in ipairs(LANE_ORDER) do
     redis.call('SETBIT', map, lane, 0)  -- nothing unread is left in it
   end
 end
+
+-- the id an idle worker's XREAD waits after: the stream's last entry, or 0-0 when it is
+-- empty (every entry after it is new: entries are deleted, never inserted, behind it)
+local function last_id(key)
+  local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
+  return last[1] and last[1][1] or '0-0'
+end
+
+local ids = nil
 if got == 0 then
-  -- nothing in the marked lanes: read the others too (an entry added by hand, or by an
-  -- engine from before the lane map, is found here) and mark one that has more
+  -- nothing in the marked lanes: read the other lanes that hold entries too (an entry
+  -- added by hand, or by an engine from before the lane map, is found here) and mark
+  -- one that has more. Their last ids are what an idle worker waits after.
+  ids = {}
+  for lane = 1, LANES do
+    ids[lane] = last_id(KEYS[lane])
+  end
   for _, lane in ipairs(LANE_ORDER) do
     if got >= count then break end
-    if not marked(lane) and read_lane(lane) then
+    if ids[lane + 1] ~= '0-0' and not marked(lane) and read_lane(lane) then
       mark_lane(map, lane)
     end
   end
@@ -228,19 +242,14 @@ if got > 0 or #to_dead > 0 then
   return {1, claimed, to_dead}
 end
 
--- the id an idle worker's XREAD waits after: the stream's last entry, or 0-0 when it is
--- empty (every entry after it is new: entries are deleted, never inserted, behind it)
-local function last_id(key)
-  local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
-  return last[1] and last[1][1] or '0-0'
-end
 local pending = 0
-local ids = {}
 for lane = 1, LANES do
-  if pending == 0 then
+  -- an empty stream has nothing to take over (a pending entry whose data was deleted
+  -- is the upkeep sweep's: lua/reclaim.lua acknowledges it away)
+  if ids[lane] ~= '0-0' then
     local s = redis.pcall('XPENDING', KEYS[lane], group)
     if not s.err then pending = tonumber(s[1]) end
+    if pending > 0 then break end
   end
-  ids[lane] = last_id(KEYS[lane])
 end
 return {0, next_due(), pending, last_id(control), ids}
