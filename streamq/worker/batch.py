@@ -62,6 +62,10 @@ BatchHandler = Callable[[list[Job]], Awaitable[Mapping[str, Any] | None]]
 MAX_BATCH = 10_000
 """The largest batch: a batch's jobs are claimed, kept alive by heartbeats and recorded
 together, each a few hundred bytes in one call."""
+CLAIM_JOBS = 500
+"""Jobs one claim call takes at most in batch mode (a larger batch: one batch's worth).
+A worker holds concurrency x size jobs; claiming them all in one Lua call would keep
+Redis busy for tens of ms, claiming one batch at a time would cost a call per batch."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +94,14 @@ def check_batch(batch: object, visibility_timeout: float) -> BatchOptions | None
         raise ConfigError(f"batch max_wait ({batch.max_wait:g}s) must be below half the "
                           f"visibility_timeout ({visibility_timeout:g}s)")
     return batch
+
+
+def claim_max(batch: BatchOptions | None, slots: int) -> int:
+    """Jobs one claim call takes at most: every free slot (one job per handler call), or
+    in batch mode up to CLAIM_JOBS, and at least one batch's worth."""
+    if batch is None:
+        return slots
+    return max(batch.size, min(slots, CLAIM_JOBS))
 
 
 def _describe(value: object) -> str:
@@ -266,4 +278,5 @@ class BatchRunner:
                         note="the batch handler's result names jobs not in its batch; ignored")
 
 
-__all__ = ["MAX_BATCH", "BatchHandler", "BatchOptions", "BatchRunner", "check_batch"]
+__all__ = ["CLAIM_JOBS", "MAX_BATCH", "BatchHandler", "BatchOptions", "BatchRunner",
+           "check_batch", "claim_max"]

@@ -52,7 +52,7 @@ from ..schedules.runner import ScheduleRunner
 from ..scripts import ScriptRunner
 from ..settings import MAX_BLOCK_MS, make_redis
 from .attempt import AttemptFailed, AttemptTimedOut, HandlerCancelled, run_with_timeout
-from .batch import BatchHandler, BatchOptions, BatchRunner, check_batch
+from .batch import BatchHandler, BatchOptions, BatchRunner, check_batch, claim_max
 from .hold import FetchHold
 from .options import check_worker_options
 from .partitioned import PartitionedFetch, idle_streams
@@ -130,8 +130,8 @@ class Worker:
         self.concurrency = concurrency
         self.slots = concurrency * (self.batch.size if self.batch else 1)
         """Jobs this worker may hold claimed at once: concurrency, times the batch size."""
-        self.claim_max = self.batch.size if self.batch else self.slots
-        """Jobs one claim call takes at most (a batch's worth in batch mode)."""
+        self.claim_max = claim_max(self.batch, self.slots)
+        """Jobs one claim call takes at most."""
         self.rate_limit = rate_limit
         self.burst = burst if burst is not None else max(1.0, rate_limit or 0.0)
         self.visibility_timeout = visibility_timeout
