@@ -66,7 +66,8 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("STREAMQ_JOB_TYPE", "-", "module:Type (msgspec) the --handler payloads decode to",
             "--job-type"),
     Setting("STREAMQ_BATCH_SIZE", "0",
-            "with --handler: call it with lists of up to this many jobs (a batch handler); "
+            "call the handler with lists of up to this many jobs (a batch handler); for the "
+            "SMS worker: send one text to many recipients per request (a broadcast); "
             "0 = one job per call", "--batch-size"),
     Setting("STREAMQ_BATCH_MAX_WAIT", "0.05", "seconds a batch waits to fill",
             "--batch-max-wait"),
@@ -135,6 +136,9 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("AT_TIMEOUT", "10", "africastalking: total seconds per request"),
     Setting("AT_CONNECT_TIMEOUT", "3", "africastalking: seconds to connect"),
     Setting("AT_RATE_LIMIT", "-", "africastalking: its own jobs/s limit across all workers"),
+    Setting("AT_BULK_MAX", "100",
+            "africastalking: recipients per request at most when a broadcast sends one text to "
+            "many (--batch-size; 1-1000)"),
     Setting("AT_DELIVERY_SECRET", "-",
             "africastalking delivery reports: the callback URL's last path segment, 16-128 "
             "characters of A-Z a-z 0-9 _ - (a secret: never printed); needed with "
