@@ -82,10 +82,11 @@ def _instruments() -> _Instruments | None:
     return found
 
 
-def failover(queue: str, from_provider: str, to_provider: str, reason: str) -> None:
+def failover(queue: str, from_provider: str, to_provider: str, reason: str,
+             count: int = 1) -> None:
     i = _instruments()
     if i is not None:
-        i.failovers.labels(queue, from_provider, to_provider, reason).inc()
+        i.failovers.labels(queue, from_provider, to_provider, reason).inc(count)
 
 
 def breaker_transition(queue: str, provider: str, state: str) -> None:

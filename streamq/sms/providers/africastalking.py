@@ -2,8 +2,9 @@
 
 Request: ``POST {AT_API_URL}/version1/messaging``, form-encoded ``username``, ``to`` (E.164
 with ``+``: one number for :meth:`~AfricasTalkingSMSProvider.send`, a comma-separated list
-for :meth:`~AfricasTalkingSMSProvider.send_many`, the broadcast path), ``message`` and, when ``AT_SENDER_ID`` is set, ``from`` (an approved sender id or short
-code; without it the account's default is used). Headers ``apiKey``, ``Accept:
+for :meth:`~AfricasTalkingSMSProvider.send_many`, the broadcast path), ``message`` and,
+when ``AT_SENDER_ID`` is set, ``from`` (an approved sender id or short code; without it
+the account's default is used). Headers ``apiKey``, ``Accept:
 application/json``. The live API is ``https://api.africastalking.com`` (the default);
 the sandbox is ``https://api.sandbox.africastalking.com``, where the username is always
 ``sandbox`` (a mismatch is refused at start: the API would only answer 401).

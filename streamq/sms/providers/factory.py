@@ -37,8 +37,8 @@ from typing import Final
 
 from streamq.errors import ConfigError
 
-from .africastalking import DEFAULT_API_URL as AT_DEFAULT_API_URL
 from .africastalking import BULK_MAX_DEFAULT, BULK_MAX_LIMIT, AfricasTalkingSMSProvider
+from .africastalking import DEFAULT_API_URL as AT_DEFAULT_API_URL
 from .base import SMSProvider
 from .mock import MockSMSProvider
 from .salum import DEFAULT_API_URL, SalumSMSProvider
