@@ -390,10 +390,11 @@ async def test_the_worker_command_line_runs_a_batch_handler(
         redis_url: str, queue_name: str, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STREAMQ_", "REDIS_"))}
     env.update(PYTHONPATH=str(ROOT), REDIS_URL=redis_url)
-    bad = subprocess.run([sys.executable, "-m", "streamq.worker", "--batch-size", "5"],
+    bad = subprocess.run([sys.executable, "-m", "streamq.worker", "--batch-size", "5",
+                          "--batch-max-wait", "61"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
-    assert "--batch-size goes with --handler" in bad.stderr.strip().splitlines()[-1]
+    assert "--batch-max-wait" in bad.stderr.strip().splitlines()[-1]
     async with Queue(queue_name, redis_url=redis_url) as q:
         refs = await q.add_bulk([{"i": i} for i in range(25)])
         log = tmp_path / "worker.log"

@@ -7,7 +7,8 @@ steps make such a report land on the job that sent the message:
 
 1. **At send** (:meth:`DeliveryReports.record`, called by the
    :class:`~streamq.sms.failover.ProviderRouter` once a provider that sends delivery
-   callbacks accepted a message): one ``SET`` with a TTL, in the queue's home,
+   callbacks accepted a message; :meth:`DeliveryReports.record_many` for the messages of
+   a broadcast request, pipelined): one ``SET`` with a TTL, in the queue's home,
    ``streamq:{sms}:dlr:<provider>:<digest of the message id>`` -> ``<partition>|<job id>``.
    It is written after the send succeeded and before the job completes; a failure to
    write it is logged and never fails the job (the SMS went out: a retry would send it
@@ -43,7 +44,7 @@ import hashlib
 import hmac
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -243,6 +244,20 @@ class DeliveryReports:
         with translate_redis_errors(self.queue.redis_url):
             await self.queue.redis.set(self._ref_key(provider, message_id),
                                        f"{partition}|{job_id}", px=round(self.ttl_s * 1000))
+
+    async def record_many(self, provider: str,
+                          refs: Sequence[tuple[str, str, int]]) -> None:
+        """:meth:`record` for many ``(message id, job id, partition)`` at once: the SETs
+        of a broadcast's request in one round trip (one pipeline; the keys share the
+        queue's home slot, and a SET repeated after a failure writes the same value)."""
+        if not self.enabled or not refs:
+            return
+        px = round(self.ttl_s * 1000)
+        with translate_redis_errors(self.queue.redis_url):
+            pipe = self.queue.redis.pipeline(transaction=False)
+            for message_id, job_id, partition in refs:
+                pipe.set(self._ref_key(provider, message_id), f"{partition}|{job_id}", px=px)
+            await pipe.execute()
 
     async def find(self, provider: str, message_id: str) -> tuple[int, str] | None:
         """(partition, job id) of a recorded message id, or None."""

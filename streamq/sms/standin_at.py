@@ -31,10 +31,20 @@ or for the next requests in order (:meth:`AfricasTalkingStandin.script`). Modes:
 ``disconnect``         reset the connection without a reply
 =====================  ================================================================
 
+**Many recipients.** A request may name many numbers (``to`` comma-separated, as the real
+API takes them); the reply has one ``Recipients`` entry per number, in order, each with
+the mode's ``statusCode`` (a malformed number gets 403, as the real API answers). Per
+number (:meth:`AfricasTalkingStandin.script_number`, or ``{"numbers": {...}}`` over HTTP)
+the next replies naming that number can be scripted: a statusCode (``101``, ``403``,
+``500``...), ``ok``, or ``omit`` (the reply leaves that number out). ``stray`` numbers
+(:attr:`AfricasTalkingStandin.stray`) are added to every reply as if sent, though nobody
+asked for them.
+
 Over HTTP, next to the API (all under ``/_standin/``)::
 
     curl -X POST localhost:8090/_standin/mode -d '{"mode": "http401"}'   # every reply
     curl -X POST localhost:8090/_standin/mode -d '{"script": ["500", "ok"]}'  # next ones
+    curl -X POST localhost:8090/_standin/mode -d '{"numbers": {"+254712345678": ["500", "ok"]}}'
     curl -X POST localhost:8090/_standin/refuse -d '{"seconds": 5}'  # refuse connections
     curl localhost:8090/_standin/received        # what arrived (key and number masked)
     curl -X DELETE localhost:8090/_standin/received   # forget it
@@ -220,6 +230,9 @@ class AfricasTalkingStandin:
         self.max_concurrent = 0
         self.refusing = False
         self._script: deque[Behaviour] = deque()
+        self._numbers: dict[str, deque[str]] = {}
+        self.stray: list[str] = []
+        """Numbers added to every reply that sent something, as if asked for."""
         self._ids = itertools.count(1)
         self._run_id = uuid.uuid4().hex[:24]
         self._arrived = asyncio.Condition()
@@ -238,10 +251,21 @@ class AfricasTalkingStandin:
     def script(self, *replies: Behaviour | str) -> None:
         self._script.extend(Behaviour.parse(r) if isinstance(r, str) else r for r in replies)
 
+    def script_number(self, number: str, *replies: str) -> None:
+        """The next replies naming ``number`` give it these entries in order: a
+        statusCode (``101``, ``403``, ``500``...), ``ok`` or ``omit`` (left out)."""
+        for r in replies:
+            if r not in ("ok", "omit") and not (r.isdigit() and int(r) in STATUS_NAMES):
+                raise ValueError(f"unknown per-number reply {r!r}: use ok, omit or a "
+                                 "statusCode (100-102, 401-409, 500-502)")
+        self._numbers.setdefault(number, deque()).extend(replies)
+
     def reset(self) -> None:
         self.received.clear()
         self.callbacks.clear()
         self._script.clear()
+        self._numbers.clear()
+        self.stray.clear()
         self.mode = Behaviour()
         self.max_concurrent = 0
 
@@ -400,7 +424,16 @@ class AfricasTalkingStandin:
             empty: dict[str, Any] = {"SMSMessageData": {"Message": behaviour.empty, "Recipients": []}}
             return web.json_response(empty, status=behaviour.status, headers=headers), None
         code = behaviour.code or 101
-        recipients = [self._recipient(n, code) for n in numbers]
+        recipients = []
+        for n in numbers:
+            scripted = self._numbers.get(n)
+            spec = scripted.popleft() if scripted else "default"
+            if spec == "omit":
+                continue
+            recipients.append(self._recipient(n, code if spec == "default" else
+                                              101 if spec == "ok" else int(spec)))
+        if any(r["statusCode"] in SENT_CODES for r in recipients):
+            recipients.extend(self._recipient(n, 101) for n in self.stray)
         sent = sum(1 for r in recipients if r["statusCode"] in SENT_CODES)
         cost = sent * 0.8
         doc: dict[str, Any] = {"SMSMessageData": {
@@ -493,8 +526,10 @@ class AfricasTalkingStandin:
             return
         to = ",".join(mask_phone(n) for n in arrival.form.get("to", "").split(",") if n)
         sent = "reset (no reply)" if status is None else f"HTTP {status}"
+        many = to.count(",")
+        shown_to = f"{many + 1} numbers" if many >= 3 else to
         line = (f"[africastalking stand-in] {sent} statusCode={code if code is not None else '-'} "
-                f"to={to} key={arrival.idempotency_key} "
+                f"to={shown_to} key={arrival.idempotency_key} "
                 f"chars={len(arrival.form.get('message', ''))}")
         if self.show_text:
             line += f" text={arrival.form.get('message')!r}"
@@ -514,6 +549,10 @@ class AfricasTalkingStandin:
                 self.set_mode(str(doc["mode"]))
             if "script" in doc:
                 self.script(*(str(item) for item in doc["script"]))
+            for number, replies in dict(doc.get("numbers") or {}).items():
+                self.script_number(str(number), *(str(r) for r in replies))
+            if "stray" in doc:
+                self.stray = [str(n) for n in doc["stray"]]
         except (ValueError, TypeError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
         return web.json_response({"ok": True, "scripted": len(self._script)})

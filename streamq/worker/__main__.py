@@ -115,9 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--handler", default=None,
                    help="run 'module:function' instead of the SMS dispatcher; with it, "
                    "--queue names any queue (env STREAMQ_HANDLER)")
-    _number_flag(p, "--batch-size", "with --handler: call it with lists of up to this many "
-                 "jobs of one priority level (a batch handler, docs/workflows.md); --concurrency "
-                 "then counts batches; 0 = one job per call")
+    _number_flag(p, "--batch-size", "call the handler with lists of up to this many jobs of "
+                 "one priority level (a batch handler, docs/workflows.md); --concurrency then "
+                 "counts batches. The SMS worker then sends one text to many recipients per "
+                 "request where the provider allows it (a broadcast, docs/sms-providers.md; "
+                 "AT_BULK_MAX recipients per request); 0 = one job per call")
     _number_flag(p, "--batch-max-wait", "with --batch-size: seconds a batch waits to fill")
     p.add_argument("--job-type", default=None,
                    help="with --handler: 'module:Type', a msgspec type (e.g. a tagged union) "
@@ -264,6 +266,7 @@ def make_handler(
     if args.handler:
         return load_handler(args.handler), None, None, {"handler": args.handler}
     from ..sms import make_sms_handler
+    from ..sms.broadcast import make_sms_batch_handler
     from ..sms.failover import router_from_settings
 
     router = router_from_settings(queue, args.provider)
@@ -277,7 +280,9 @@ def make_handler(
         "provider": ",".join(names),
         "endpoint": ", ".join(describe_provider(s.name, s.provider) for s in router.slots),
     }
-    return make_sms_handler(router), router.aclose, lambda: check_at_start(router), info
+    handler: Handler = (make_sms_batch_handler(router) if args.batch_size  # type: ignore[assignment]
+                        else make_sms_handler(router))
+    return handler, router.aclose, lambda: check_at_start(router), info
 
 
 def delivery_server(args: argparse.Namespace, queue: Queue) -> Callable[..., Any] | None:
@@ -350,11 +355,10 @@ async def run(args: argparse.Namespace, url: str) -> None:
     handler, close_handler, start_check, info = make_handler(args, queue)
     batch = None
     if args.batch_size:
-        if not args.handler:
-            raise ConfigError("--batch-size goes with --handler (the SMS dispatcher takes "
-                              "one job per call)")
         batch = BatchOptions(size=args.batch_size, max_wait=args.batch_max_wait)
         info["batch"] = f"{batch.size} jobs, {batch.max_wait:g}s fill wait"
+        if not args.handler:
+            info["broadcast"] = "one request per text where the provider allows it"
     worker = Worker(
         queue, handler,
         batch=batch,
