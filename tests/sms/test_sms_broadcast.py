@@ -14,7 +14,13 @@ import structlog
 
 from streamq import BatchOptions, Job, JobState, Queue, QueueDefaults, Worker, WorkerEvent
 from streamq.devredis import free_port
-from streamq.sms import SMSJob, create_notification_sms_job
+from streamq.errors import PayloadError
+from streamq.sms import (
+    InvalidPhoneNumber,
+    SMSJob,
+    create_notification_sms_job,
+    create_notification_sms_jobs,
+)
 from streamq.sms.breaker import BreakerPolicy
 from streamq.sms.broadcast import _Item, chunks, make_sms_batch_handler, request_key
 from streamq.sms.delivery_http import serve_delivery
@@ -409,6 +415,24 @@ async def attempts(q: Queue, job_id: str) -> int:
 
 async def _completed(q: Queue, n: int) -> bool:
     return (await q.counts())["completed"] >= n
+
+
+async def test_create_notification_sms_jobs_checks_everything_before_writing(
+    queue: Queue
+) -> None:
+    with pytest.raises(InvalidPhoneNumber, match=r"recipient 2: invalid phone number '\+\*+'"):
+        await create_notification_sms_jobs(
+            recipients=[number(1), number(2), "+2547123", number(3)], message=TEXT, queue=queue)
+    with pytest.raises(PayloadError, match="1600"):
+        await create_notification_sms_jobs(recipients=[number(1)], message="x" * 1601,
+                                           queue=queue)
+    assert (await queue.counts())["waiting"] == 0, "nothing written"
+    refs = await create_notification_sms_jobs(
+        recipients=[number(1), "0710000026", number(1)], message=TEXT, queue=queue)
+    assert len(refs) == 3 and (await queue.counts())["waiting"] == 3
+    payloads = [await queue.job_payload(r.job_id) for r in refs]
+    assert [p.data.recipient.phone_number for p in payloads if p] == [  # type: ignore[union-attr]
+        number(1), number(2), number(1)]
 
 
 # -- the parts --------------------------------------------------------------------------------
