@@ -23,7 +23,7 @@ from tests.support.pii import assert_no_pii
 from tests.support.util import ROOT, wait_until
 
 DOC = (ROOT / "docs" / "sms-providers.md").read_text()
-SECTION = DOC[DOC.index("\n## Delivery reports\n"):DOC.index("\n## Not yet\n")]
+SECTION = DOC[DOC.index("\n## Delivery reports\n"):DOC.index("\n## Broadcasts")]
 
 
 def _env(**extra: str) -> dict[str, str]:
