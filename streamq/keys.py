@@ -75,6 +75,18 @@ def queue_of_key(key: str) -> str | None:
     return m.group(1) if m else None
 
 
+BREAKER_PATTERN = "streamq:{*}:breaker:*"
+"""What ``discovery.find_breakers`` SCANs for: the breaker hash of a downstream (an SMS
+provider), kept in its queue's home partition once it has counted a failure."""
+_BREAKER_RE = re.compile(r"^streamq:\{([A-Za-z0-9_.-]{1,64})\}:breaker:([a-z0-9_-]{1,32})$")
+
+
+def breaker_of_key(key: str) -> tuple[str, str] | None:
+    """(queue, downstream) of a key matched by BREAKER_PATTERN; None for anything else."""
+    m = _BREAKER_RE.match(key)
+    return (m.group(1), m.group(2)) if m else None
+
+
 def check_partitions(n: object, what: str = "partitions") -> int:
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_PARTITIONS:
         raise ConfigError(f"{what} must be an integer from 1 to {MAX_PARTITIONS}, got {n!r}")

@@ -19,7 +19,7 @@ import structlog
 from aiohttp import web
 
 from ..connection import translate_redis_errors
-from ..discovery import find_queues
+from ..discovery import find_breakers, find_queues
 from ..errors import ConfigError
 from ..keys import QueueKeys, check_queue_name
 from ..queue import Queue
@@ -33,6 +33,8 @@ from .rates import RateMeter
 log = structlog.get_logger("streamq.dashboard")
 
 STATE_KEY: web.AppKey[Dashboard] = web.AppKey("streamq_dashboard")
+BREAKERS_MAX_AGE_S = 30.0
+"""How long the breakers page trusts its last SCAN for breaker hashes."""
 
 
 class Dashboard:
@@ -49,6 +51,8 @@ class Dashboard:
         self._found: set[str] = set()
         self._stopped = anyio.Event()
         self._redis: Any = None
+        self._breakers: dict[str, list[str]] = {}
+        self._breakers_at = float("-inf")
 
     @property
     def redis(self) -> Any:
@@ -134,6 +138,16 @@ class Dashboard:
             await q.connect()
             self._queues[name] = q
         return q
+
+    async def breakers_found(self, max_age_s: float = BREAKERS_MAX_AGE_S) -> dict[str, list[str]]:
+        """The providers with a breaker hash, per queue (``discovery.find_breakers``): a
+        SCAN, so its answer is kept ``max_age_s`` seconds and only redone when a page asks
+        after that."""
+        if self._clock() - self._breakers_at > max_age_s:
+            with translate_redis_errors(self.redis_url):
+                self._breakers = await find_breakers(self.redis)
+            self._breakers_at = self._clock()
+        return self._breakers
 
     def meter(self, name: str) -> RateMeter:
         m = self._meters.get(name)

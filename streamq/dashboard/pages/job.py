@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from ...breakers import PIN_STATES, route_pin
 from ...errors import ConfigError, JobIdError
 from ...job import JobInfo, JobState
 from ...keys import check_job_id
@@ -94,6 +95,10 @@ async def job_page(request: web.Request) -> web.StreamResponse:
         _field("error", f"<span class=error>{mask(info.error or '-')}</span>", "error"),
         _field("progress", _progress_html(info.progress), "progress"),
     ])
+    pin = await route_pin(q, job_id)
+    if pin is not None:
+        facts += _field("SMS provider", f"<b>{esc(pin[0])}</b> <span class=hint>({esc(pin[1])}: "
+                        f"{esc(PIN_STATES.get(pin[1], ''))})</span>", "provider")
     if info.pending_children is not None:
         facts += _field("children not finished", esc(info.pending_children), "pending_children")
     if info.state is JobState.COMPLETED:
