@@ -48,12 +48,20 @@ async def _by_id(dash: Dashboard, job_id: str) -> list[tuple[str, JobInfo]]:
     return hits
 
 
-async def _by_term(dash: Dashboard, term: str) -> list[tuple[str, JobInfo]]:
-    hits = []
+async def _by_term(dash: Dashboard, term: str) -> tuple[list[tuple[str, JobInfo]], str]:
+    """The jobs of ``term`` in every shown queue, and why the index could not be searched
+    ('' when it was, in at least one queue: a queue opened without keys is skipped)."""
+    hits: list[tuple[str, JobInfo]] = []
+    problem, searched = "", 0
     for name in await dash.names():
         q = await dash.queue(name)
-        hits += [(name, info) for info in await find_jobs(q, term)]
-    return hits
+        try:
+            hits += [(name, info) for info in await find_jobs(q, term)]
+        except ConfigError as exc:  # no STREAMQ_ENCRYPTION_KEYS: no index to search
+            problem = str(exc)
+        else:
+            searched += 1
+    return hits, "" if searched else problem
 
 
 def _valid_id(text: str) -> bool:
@@ -122,10 +130,8 @@ async def search_post(request: web.Request) -> web.StreamResponse:
     problem = ""
     found: list[tuple[str, JobInfo]] = []
     for _, term in matched:
-        try:
-            found += await _by_term(dash, term)
-        except ConfigError as exc:  # no STREAMQ_ENCRYPTION_KEYS: no index to search
-            problem = str(exc)
+        hits, problem = await _by_term(dash, term)
+        found += hits
     ident = identity_of(request)
     log.info("dashboard.search", by=st.option, role=ident.role, found=len(found),
              by_id=len(by_id), index_searched=not problem)
