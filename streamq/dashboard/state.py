@@ -33,8 +33,6 @@ from .rates import RateMeter
 log = structlog.get_logger("streamq.dashboard")
 
 STATE_KEY: web.AppKey[Dashboard] = web.AppKey("streamq_dashboard")
-BREAKERS_MAX_AGE_S = 30.0
-"""How long the breakers page trusts its last SCAN for breaker hashes."""
 
 
 class Dashboard:
@@ -139,11 +137,11 @@ class Dashboard:
             self._queues[name] = q
         return q
 
-    async def breakers_found(self, max_age_s: float = BREAKERS_MAX_AGE_S) -> dict[str, list[str]]:
+    async def breakers_found(self) -> dict[str, list[str]]:
         """The providers with a breaker hash, per queue (``discovery.find_breakers``): a
-        SCAN, so its answer is kept ``max_age_s`` seconds and only redone when a page asks
-        after that."""
-        if self._clock() - self._breakers_at > max_age_s:
+        SCAN, so its answer is kept ``config.breaker_scan_s`` seconds (30) and only redone
+        when a page asks after that."""
+        if self._clock() - self._breakers_at >= self.config.breaker_scan_s:
             with translate_redis_errors(self.redis_url):
                 self._breakers = await find_breakers(self.redis)
             self._breakers_at = self._clock()

@@ -15,14 +15,13 @@ first, then the rest breadth first. Nothing is written.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..connection import translate_redis_errors
 from ..errors import ChildFailed
-from ..fanout import each
-from ..job import JobInfo
-from ..keys import QueueKeys, check_job_id, check_queue_name
+from ..keys import GROUP, QueueKeys, check_job_id, check_queue_name
 from .finish import decode_outcome
 from .link import SEP, NodeRef, parse_spec
 from .tree import parse_kids, queue_cfg, read_tree
@@ -32,6 +31,8 @@ if TYPE_CHECKING:
 
 DEFAULT_LIMIT = 300
 """Nodes whose state is read for one view (a flow holds up to 10,000 jobs)."""
+STATE_BATCH = 500
+"""get_job calls per pipeline."""
 FLOW_STATES = {"w": "waiting for children", "r": "released", "d": "done", "f": "failed",
                "x": "cancelled"}
 OUTCOME_STATES = {"n": "completed", "r": "completed", "x": "completed", "f": "failed",
@@ -51,8 +52,9 @@ class FlowNode:
     parent: int
     """1-based index of its parent in ``FlowView.nodes``; 0 for the root."""
     has_children: bool
-    info: JobInfo | None = None
-    """Its state now (None: its record expired, its queue is not read, or beyond the limit)."""
+    state: str = ""
+    """Its state now (``JobState`` values; '': its record expired, its queue is not read,
+    or it is beyond the limit)."""
     read: bool = False
     """Whether it is among the nodes read (the limit): its state was asked for."""
     readable: bool = True
@@ -201,29 +203,52 @@ def _chosen(nodes: list[FlowNode], focus: int, limit: int) -> list[int]:
 
 
 async def _read_states(nodes: list[FlowNode], chosen: list[int], queue_of: QueueOf) -> None:
+    """The state of each chosen node: one pipeline of ``get_job`` calls per queue (the
+    state is all a tree line shows; a job not in its current partition is looked up again
+    under the queue's earlier partition counts, one call each)."""
     queues: dict[str, Queue | None] = {}
     for i in chosen:
         name = nodes[i - 1].ref.queue
         if name not in queues:
             queues[name] = await queue_of(name)
+    by_queue: dict[str, list[int]] = {}
     for i in chosen:
-        nodes[i - 1].read = True
-        nodes[i - 1].readable = queues[nodes[i - 1].ref.queue] is not None
-    wanted = [i for i in chosen if nodes[i - 1].readable]
-    batch = 50  # concurrent reads at a time: one get_job each
+        node = nodes[i - 1]
+        node.read = True
+        node.readable = queues[node.ref.queue] is not None
+        if node.readable:
+            by_queue.setdefault(node.ref.queue, []).append(i)
+    for name, wanted in by_queue.items():
+        q = queues[name]
+        assert q is not None
+        states = await job_states(q, [nodes[i - 1].ref.job_id for i in wanted])
+        for i, state in zip(wanted, states, strict=True):
+            nodes[i - 1].state = state
 
-    for start in range(0, len(wanted), batch):
-        part = wanted[start:start + batch]
 
-        def reader(i: int) -> Callable[[], Awaitable[JobInfo | None]]:
-            node = nodes[i - 1]
-            q = queues[node.ref.queue]
-            assert q is not None
-            return lambda: q.get_job(node.ref.job_id)
-
-        infos = await each([reader(i) for i in part])
-        for i, info in zip(part, infos, strict=True):
-            nodes[i - 1].info = info
+async def job_states(q: Queue, job_ids: Sequence[str]) -> list[str]:
+    """The state of each job ('' when unknown or expired), pipelined."""
+    count = await q.partition_count()
+    out: list[str] = []
+    for start in range(0, len(job_ids), STATE_BATCH):
+        part = job_ids[start:start + STATE_BATCH]
+        pipe = q.redis.pipeline(transaction=False)
+        for job_id in part:
+            k = q.layout.lookup(job_id, count)[0]
+            q.scripts.queue_call(pipe, "get_job", [*k.lanes, k.moves, k.delayed, k.delayed_data,
+                                                   k.bucket(job_id), k.job(job_id)],
+                                 [GROUP, job_id])
+        with translate_redis_errors(q.redis_url):
+            replies = await q.scripts.run_pipeline(pipe)
+        for job_id, reply in zip(part, replies, strict=True):
+            if reply:
+                out.append(_text(reply[0]))
+            elif len(q.layout.lookup(job_id, count)) > 1:  # added under an earlier count
+                info = await q.get_job(job_id)
+                out.append(info.state.value if info else "")
+            else:
+                out.append("")
+    return out
 
 
 def outcome_text(node: FlowNode) -> str:
@@ -231,5 +256,5 @@ def outcome_text(node: FlowNode) -> str:
     return node.outcome.error if isinstance(node.outcome, ChildFailed) else ""
 
 
-__all__ = ["DEFAULT_LIMIT", "FlowNode", "FlowView", "QueueOf", "outcome_text", "parse_ref",
-           "read_flow"]
+__all__ = ["DEFAULT_LIMIT", "FlowNode", "FlowView", "QueueOf", "job_states", "outcome_text",
+           "parse_ref", "read_flow"]

@@ -195,7 +195,7 @@ async def test_partition_counts_match_the_queue(dash_redis: RedisProcess, queue_
             await one.add({"i": 1})
             await page.goto(f"/q/{one.name}")
             await expect(page.locator("table.jobs")).to_be_visible()
-            await expect(page.locator("section.partitions")).to_have_count(0)
+            await expect(page.locator("details.partitions")).to_have_count(0)
 
 
 async def test_job_ids_with_braces_open_their_page(q: Queue, login_as: Login) -> None:

@@ -116,7 +116,8 @@ async def test_a_big_flow_reads_only_a_page_of_states(redis_url: str, queue_name
         assert len(read) == 10 and "c35" in read and "big" in read
         assert view.nodes[view.focus - 1].ref.job_id == "c35"
         assert view.unread == 31
-        assert all(n.info is not None for n in view.nodes if n.read)
+        assert all(n.state == "waiting" for n in view.nodes[1:] if n.read)
+        assert view.root.state == "waiting_children"
         assert await read_flow(q, "nothing-here", queue_of=queue_of) is None
         plain = await q.add({"x": 1})
         assert await read_flow(q, plain.job_id, queue_of=queue_of) is None

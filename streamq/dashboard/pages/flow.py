@@ -31,8 +31,8 @@ def node_path(ref: NodeRef, parent: NodeRef | None) -> str:
 
 
 def _state(node: FlowNode) -> str:
-    if node.info is not None:
-        return node.info.state.value
+    if node.state:
+        return node.state
     if not node.readable:
         return node.outcome_state or "not shown here"
     return node.outcome_state or "expired"

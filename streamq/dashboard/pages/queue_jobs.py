@@ -62,10 +62,11 @@ def partition_table(queue: str, parts: list[dict[str, int]]) -> str:
              *(f'<span class=num data-partition-count="{esc(queue)}:{p}:{esc(s)}">'
                f"{esc(c.get(s, 0))}</span>" for s in PARTITION_COLUMNS)]
             for p, c in enumerate(parts)]
-    return ("<section class=partitions><h2>Partitions</h2><p class=hint>This queue is spread "
-            f"over {len(parts)} partitions (each its own Redis hash tag); the counts above are "
-            "their sums. Counts as read for this page (the tabs above update live).</p>"
-            + table(["partition", *PARTITION_COLUMNS], rows, cls="partitions") + "</section>")
+    return ("<details class=partitions open><summary>Partitions: this queue is spread over "
+            f"{len(parts)} (each its own Redis hash tag); the counts above are their sums</summary>"
+            + table(["partition", *PARTITION_COLUMNS], rows, cls="partitions")
+            + "<p class=hint>Each partition's counts as read for this page (the totals above "
+            "update live).</p></details>")
 
 
 @routes.get("/q/{queue}")
@@ -115,7 +116,7 @@ async def queue_page(request: web.Request) -> web.StreamResponse:
         listing = ("<p class=empty>Cancelled jobs are counted, not listed (no index keeps them); "
                    "find one by its id with the search box.</p>")
     if parts:
-        listing += partition_table(q.name, parts)
+        head += partition_table(q.name, parts)
     live = (f'<section class=live><h2>Latest events</h2><ol id=live-events '
             f'data-queue="{esc(q.name)}"></ol></section>')
     return page(request, q.name, head + listing + live, queue=q.name, tab="Jobs", live=[q.name])
