@@ -154,14 +154,16 @@ async def read_flow(q: Queue, job_id: str, *, queue_of: QueueOf, via: NodeRef | 
     if len(nodes) == 1 and not has_children:
         return None  # its parent's flow expired: nothing left to show as a tree
     focus = next(i for i, n in enumerate(nodes, 1) if n.ref == me)
-    await _read_parents(q, nodes)
-    await _read_states(nodes, _chosen(nodes, focus, limit), queue_of)
+    chosen = _chosen(nodes, focus, limit)
+    await _read_parents(q, nodes, set(chosen))
+    await _read_states(nodes, chosen, queue_of)
     return FlowView(nodes, focus)
 
 
-async def _read_parents(q: Queue, nodes: list[FlowNode]) -> None:
-    """Each parent's flow hash: its state, policy, pending count, its children's outcomes
-    (opened as the parent's queue opens them: ``decode_outcome``)."""
+async def _read_parents(q: Queue, nodes: list[FlowNode], chosen: set[int]) -> None:
+    """Each parent's flow hash: its state, policy, pending count, how each child finished,
+    and the outcomes of the ``chosen`` children (opened as the parent's queue opens them:
+    ``decode_outcome``)."""
     parents = [i for i, n in enumerate(nodes, 1) if n.has_children]
     if not parents:
         return
@@ -182,7 +184,9 @@ async def _read_parents(q: Queue, nodes: list[FlowNode]) -> None:
             raw_outcome = h.get("r:" + child.ref.job_id)
             if isinstance(raw_outcome, bytes) and raw_outcome:
                 child.outcome_state = OUTCOME_STATES.get(raw_outcome[:1].decode(), "")
-                child.outcome = decode_outcome(q, child.ref.job_id, raw_outcome, child.ref.queue)
+                if c in chosen:
+                    child.outcome = decode_outcome(q, child.ref.job_id, raw_outcome,
+                                                   child.ref.queue)
 
 
 def _chosen(nodes: list[FlowNode], focus: int, limit: int) -> list[int]:

@@ -125,10 +125,12 @@ def _row(request: web.Request, q: Queue, b: BreakerStatus, conf: Configured) -> 
 
 
 async def _recent(q: Queue) -> list[QueueEvent]:
+    """The newest breaker transitions and closes by hand (only those entries are parsed:
+    the others are mostly batch entries of up to 100 jobs each)."""
     entries: Any = await q.redis.xrevrange(q.keys.events, count=SCAN_EVENTS)
-    events = parse_events([(q.keys.events, entries or [])])
-    return [e for e in events if e.name == "breaker" or (
-        e.name == "action" and (e.fields or {}).get("act") == "close_breaker")][:RECENT]
+    wanted = [e for e in entries or [] if e[1].get(b"ev") == b"breaker" or (
+        e[1].get(b"ev") == b"action" and e[1].get(b"act") == b"close_breaker")]
+    return parse_events([(q.keys.events, wanted[:RECENT])])
 
 
 def _event_row(e: QueueEvent) -> list[str]:
