@@ -153,7 +153,7 @@ async def read_flow(q: Queue, job_id: str, *, queue_of: QueueOf, via: NodeRef | 
             nodes[n.parent - 1].children.append(i)
     if len(nodes) == 1 and not has_children:
         return None  # its parent's flow expired: nothing left to show as a tree
-    focus = next(i for i, n in enumerate(nodes, 1) if n.ref == me)
+    focus = next(i for i, n in enumerate(nodes, 1) if n.ref.job_id == job_id and n.ref == me)
     chosen = _chosen(nodes, focus, limit)
     await _read_parents(q, nodes, set(chosen))
     await _read_states(nodes, chosen, queue_of)
