@@ -1,6 +1,8 @@
 """The dashboard's flow tree, provider breakers, phone search, partition counts and
 job ids with braces, in a real browser (Playwright driving Debian's chromium; the
 fixtures and the skip rules are test_browser.py's)."""
+# The fixtures are imported from test_browser.py, so test arguments share their names:
+# ruff: noqa: F811
 
 from __future__ import annotations
 
