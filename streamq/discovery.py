@@ -1,7 +1,8 @@
 """Which queues exist in a Redis: found by a SCAN, never by a key producers must write.
 
-Every queue has the stream ``streamq:{<name>}:lane:normal`` from its first job (or the
-first start of a worker), so one SCAN for ``keys.DISCOVERY_PATTERN`` finds them all.
+Every queue has a lane stream ``streamq:{<name>}:lane:<priority>`` from its first job
+(or the first start of a worker), so one SCAN for ``keys.DISCOVERY_PATTERN`` finds them
+all.
 Producers and workers write nothing outside their queue's own keys for this, so the
 least-privilege ACLs (``~streamq:{<queue>}:*``) stay as they are; the one who scans
 (the dashboard) needs ``+scan`` on ``~streamq:*``.

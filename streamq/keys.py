@@ -62,10 +62,12 @@ def check_job_id(job_id: str) -> str:
 
 INDEX_BUCKETS = 2048
 
-DISCOVERY_PATTERN = "streamq:{*}:lane:normal"
-"""What ``discovery.find_queues`` SCANs for: a key every queue has once a job was added
-or a worker started (each partition has one; only the home's name is a queue name)."""
-_DISCOVERED_RE = re.compile(r"^streamq:\{([A-Za-z0-9_.-]{1,64})\}:lane:normal$")
+DISCOVERY_PATTERN = "streamq:{*}:lane:*"
+"""What ``discovery.find_queues`` SCANs for: the lanes, one of which every queue has once
+a job was added (the lane of its priority: a queue of high-priority jobs only has no
+normal lane until a worker starts) or a worker started (each partition has them; only
+the home's name is a queue name)."""
+_DISCOVERED_RE = re.compile(r"^streamq:\{([A-Za-z0-9_.-]{1,64})\}:lane:(?:high|normal|low)$")
 
 
 def queue_of_key(key: str) -> str | None:
