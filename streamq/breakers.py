@@ -14,16 +14,23 @@ use. Times are Redis's clock.
 
     statuses = await read_breakers(q, ["salum", "africastalking"])
     closed = await close_breaker(q, "salum")     # lua/breaker_close.lua
+
+The engine knows no channel: which downstreams a channel configures, with what breaker
+policy and rate limits, it declares as a :class:`Downstreams` entry point of the group
+``streamq.downstreams`` (the SMS package does: ``sms =
+"streamq.sms.provider_settings:DOWNSTREAMS"``), read by :func:`downstream_settings`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
+from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
 from .connection import translate_redis_errors
+from .errors import ConfigError
 from .job import ms_to_dt
 from .keys import check_downstream_name
 
@@ -31,6 +38,51 @@ if TYPE_CHECKING:
     from .queue import Queue
 
 STATES = ("closed", "open", "half_open")
+DOWNSTREAMS_GROUP = "streamq.downstreams"
+"""The entry-point group where a channel declares its :class:`Downstreams`."""
+
+
+@dataclass(frozen=True, slots=True)
+class DownstreamSettings:
+    """What a channel's configuration (this process's environment) says about the
+    downstreams of its queue: for operators' tools (the dashboard's breakers page), which
+    label it as this process's: the workers' own settings decide."""
+
+    queue: str
+    """The channel's queue."""
+    names: list[str] = field(default_factory=list)
+    """The downstreams configured here, in order ([] when none is named here)."""
+    policy: str = ""
+    """The breaker policy as one line."""
+    limits: dict[str, float | None] = field(default_factory=dict)
+    """Each downstream's rate limit (calls/s; None: none of its own)."""
+    problem: str = ""
+    """A configuration error, one line ('' when none)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Downstreams:
+    """A channel's downstreams, declared as an entry point of ``streamq.downstreams``."""
+
+    settings: Callable[[Mapping[str, str], Mapping[str, Sequence[str]]], DownstreamSettings]
+    """(environment, downstreams found in Redis per queue) -> its settings (the rate
+    limits of the found ones of its queue included)."""
+
+
+def downstream_settings(env: Mapping[str, str],
+                        found: Mapping[str, Sequence[str]]) -> list[DownstreamSettings]:
+    """Every installed channel's settings; ``found``: downstreams with a breaker hash per
+    queue."""
+    out = []
+    for ep in entry_points(group=DOWNSTREAMS_GROUP):
+        try:
+            obj = ep.load()
+        except Exception as exc:  # a broken plugin must not take the tools down
+            raise ConfigError(f"entry point {ep.name} of {DOWNSTREAMS_GROUP} cannot be "
+                              f"loaded: {type(exc).__name__}: {exc}") from None
+        if isinstance(obj, Downstreams):
+            out.append(obj.settings(env, found))
+    return out
 
 
 def _text(v: Any) -> str:
@@ -129,4 +181,5 @@ async def route_pin(queue: Queue, job_id: str) -> tuple[str, str] | None:
     return (_text(got[0]), _text(got[1]) or "maybe") if got and got[0] else None
 
 
-__all__ = ["PIN_STATES", "STATES", "BreakerStatus", "close_breaker", "read_breakers", "route_pin"]
+__all__ = ["DOWNSTREAMS_GROUP", "PIN_STATES", "STATES", "BreakerStatus", "DownstreamSettings",
+           "Downstreams", "close_breaker", "downstream_settings", "read_breakers", "route_pin"]

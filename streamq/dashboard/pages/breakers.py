@@ -4,22 +4,27 @@ limit and token bucket; the latest breaker transitions. Operators may close an o
 breaker by hand (CSRF-checked and written to the events stream by ``act``).
 
 Which providers: those with a breaker hash (found by a SCAN, ``Dashboard.breakers_found``,
-kept 30 s) and, on the SMS queue, the ones this dashboard's own environment configures
-(``SMS_PROVIDERS`` / ``STREAMQ_PROVIDER``): a provider that never failed has no hash and is
-closed. The breaker policy and rate limits shown come from this dashboard's environment
-(the workers' may differ: the page says so).
+kept 30 s) and the ones this dashboard's own environment configures for a channel's queue
+(the SMS package's ``SMS_PROVIDERS`` / ``STREAMQ_PROVIDER``, declared through the
+``streamq.downstreams`` entry point: the engine does not import the channel): a provider
+that never failed has no hash and is closed. The breaker policy and rate limits shown
+come from this dashboard's environment (the workers' may differ: the page says so).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
-from ...breakers import BreakerStatus, close_breaker, read_breakers
+from ...breakers import (
+    BreakerStatus,
+    DownstreamSettings,
+    close_breaker,
+    downstream_settings,
+    read_breakers,
+)
 from ...errors import ConfigError, StreamqError
 from ...events import QueueEvent, parse_events
 from ...job import ms_to_dt
@@ -36,44 +41,6 @@ RECENT = 20
 SCAN_EVENTS = 1000
 STATE_LABEL = {"closed": "closed", "open": "open", "half_open": "half-open"}
 STATE_CLASS = {"closed": "st-completed", "open": "st-failed", "half_open": "st-delayed"}
-
-
-@dataclass(slots=True)
-class Configured:
-    """What this dashboard's environment says about the SMS queue's providers."""
-
-    queue: str = "sms"
-    names: list[str] = field(default_factory=list)
-    policy: str = ""
-    limits: dict[str, float | None] = field(default_factory=dict)
-    problem: str = ""
-
-
-def configured(found: Mapping[str, list[str]], env: Mapping[str, str] | None = None) -> Configured:
-    """The SMS queue's provider list, breaker policy and rate limits as configured here
-    (the SMS package read lazily: the engine does not need it). ``found``: providers seen
-    in Redis per queue, whose rate limits are looked up too."""
-    source = os.environ if env is None else env
-    out = Configured()
-    try:
-        from ...sms.breaker import breaker_policy_from_settings
-        from ...sms.jobs import QUEUE_ENV
-        from ...sms.providers.factory import provider_names, rate_limits_from_settings
-    except ImportError:  # pragma: no cover - the SMS package is part of streamq
-        return out
-    out.queue = source.get(QUEUE_ENV, "").strip() or "sms"
-    try:
-        if source.get("SMS_PROVIDERS", "").strip() or source.get("STREAMQ_PROVIDER", "").strip():
-            out.names = provider_names(None, env=source)
-        p = breaker_policy_from_settings(source)
-        out.policy = (f"opens after {p.errors} errors in a row within {p.window_s:g} s (or at "
-                      f"once on refused credentials), stays open {p.cooldown_s:g} s, then one "
-                      "message probes")
-        out.limits = rate_limits_from_settings(sorted({*out.names, *found.get(out.queue, [])}),
-                                               env=source)
-    except ConfigError as exc:
-        out.problem = str(exc)
-    return out
 
 
 def _next(b: BreakerStatus) -> str:
@@ -93,8 +60,8 @@ def _errors(b: BreakerStatus) -> str:
             f"<span class=ago>since {esc(ago(b.window_start))}</span>")
 
 
-def _limit(b: BreakerStatus, conf: Configured, sms_queue: bool) -> str:
-    rate = conf.limits.get(b.downstream) if sms_queue else None
+def _limit(b: BreakerStatus, conf: DownstreamSettings | None) -> str:
+    rate = conf.limits.get(b.downstream) if conf else None
     text = f"{rate:g}/s" if rate else "none set here"
     if b.tokens is not None:
         text += (f'<br><span class=hint>bucket: {b.tokens:.1f} token(s) at '
@@ -102,7 +69,8 @@ def _limit(b: BreakerStatus, conf: Configured, sms_queue: bool) -> str:
     return text
 
 
-def _row(request: web.Request, q: Queue, b: BreakerStatus, conf: Configured) -> list[str]:
+def _row(request: web.Request, q: Queue, b: BreakerStatus,
+         conf: DownstreamSettings | None) -> list[str]:
     label = STATE_LABEL.get(b.state, b.state)
     badge = (f'<span class="badge {STATE_CLASS.get(b.state, "")}" '
              f'data-breaker="{esc(q.name)}:{esc(b.downstream)}">{esc(label)}</span>')
@@ -121,7 +89,7 @@ def _row(request: web.Request, q: Queue, b: BreakerStatus, conf: Configured) -> 
                              confirm=f"Close the breaker of {b.downstream} on {q.name} now? "
                              "Messages go to it again at once.")
     return [f"<b>{esc(b.downstream)}</b>", badge, _errors(b), opened, _next(b), why,
-            _limit(b, conf, q.name == conf.queue), action]
+            _limit(b, conf), action]
 
 
 async def _recent(q: Queue) -> list[QueueEvent]:
@@ -155,11 +123,17 @@ async def breakers_page(request: web.Request) -> web.StreamResponse:
     dash = dashboard_of(request)
     shown = await dash.names()
     found = await dash.breakers_found()
-    conf = configured(found)
+    try:
+        channels = {c.queue: c for c in downstream_settings(os.environ, found)}
+    except ConfigError as exc:  # a broken channel plugin: the breakers still show
+        channels, problem = {}, str(exc)
+    else:
+        problem = ""
     sections = []
     for name in shown:
+        conf = channels.get(name)
         names = list(found.get(name, []))
-        if name == conf.queue:
+        if conf is not None:
             names = [*conf.names, *(n for n in names if n not in conf.names)]
         if not names:
             continue
@@ -170,20 +144,22 @@ async def breakers_page(request: web.Request) -> web.StreamResponse:
             recent = [_event_row(e) for e in await _recent(q)]
         except StreamqError:
             recent = []
+        policy = ""
+        if conf is not None and conf.policy:
+            policy = (f"<p class=hint>Breaker policy in this dashboard's environment: "
+                      f"{esc(conf.policy)}; the workers' own settings decide, and may differ. "
+                      "Rate limits likewise.</p>")
+        if conf is not None and conf.problem:
+            policy += f"<p class=error>This dashboard's settings: {mask(conf.problem)}</p>"
         sections.append(
-            f"<section class=breakers><h2>{link(q_path(name), esc(name))}</h2>"
+            f"<section class=breakers><h2>{link(q_path(name), esc(name))}</h2>{policy}"
             + table(["provider", "state", "errors counted", "opened / last change", "next probe",
                      "why", "rate limit", ""], rows, cls="breakers")
             + "<h3>Latest transitions</h3>"
             + table(["when", "provider", "became", "reason"], recent, cls="breaker-events",
                     empty="none in the events stream")
             + "</section>")
-    policy = (f"<p class=hint>Breaker policy in this dashboard's environment: {esc(conf.policy)} "
-              "(SMS_BREAKER_ERRORS, SMS_BREAKER_WINDOW, SMS_BREAKER_COOLDOWN; the workers' "
-              "settings decide, and may differ). Rate limits likewise (SALUM_RATE_LIMIT, "
-              "AT_RATE_LIMIT).</p>" if conf.policy else "")
-    if conf.problem:
-        policy += f"<p class=error>This dashboard's SMS settings: {mask(conf.problem)}</p>"
+    policy = f"<p class=error>{mask(problem)}</p>" if problem else ""
     body = ("<h1>Provider breakers</h1><p class=hint>Each SMS provider has a circuit breaker "
             "kept in Redis, shared by every worker of the queue: <b>closed</b> (messages go "
             "through), <b>open</b> (its cool-down: messages fail over or wait), "
@@ -214,4 +190,4 @@ async def close(request: web.Request) -> web.StreamResponse:
                      f"the breaker of {provider} on {q.name} was closed already")
 
 
-__all__ = ["configured", "routes"]
+__all__ = ["routes"]
