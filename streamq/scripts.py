@@ -27,6 +27,7 @@ ArgT = str | bytes | int | float
 SCRIPT_NAMES: tuple[str, ...] = (
     "adopt_partitions",
     "breaker_admit",
+    "breaker_close",
     "breaker_failure",
     "breaker_success",
     "cancel",
@@ -44,6 +45,7 @@ SCRIPT_NAMES: tuple[str, ...] = (
     "flow_cancel",
     "flow_complete",
     "flow_dead_letter",
+    "flow_link",
     "get_job",
     "get_payload",
     "grow_partitions",
