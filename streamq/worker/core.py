@@ -585,23 +585,28 @@ class Worker:
         self._slot_freed.set()
         self.fetch_hold.finished(job)
 
-    async def prepare(self, job: Job) -> bool:
-        """Before a job's handler runs: decode its payload (dead-letter a malformed entry,
-        an oversize or undecodable payload: False), give it the runtime, emit 'active'."""
+    def unpack(self, job: Job) -> str | None:
+        """Before a job's handler runs: decode its payload and give it the runtime. Returns
+        why it must be dead-lettered instead (a malformed entry, an oversize or undecodable
+        payload), else None. (Synchronous: the hot path pays no coroutine for it.)"""
         if isinstance(job.data, _MalformedEntry):
-            await self._dead(job, "malformed stream entry")
-            return False
+            return "malformed stream entry"
         if isinstance(job.data, _Oversize):
-            limit = self.queue.codec.max_bytes
-            await self._dead(job, f"payload {job.data.size} B exceeds limit {limit} B")
-            return False
+            return f"payload {job.data.size} B exceeds limit {self.queue.codec.max_bytes} B"
         try:
             job.data = self.queue.codec.decode(job.data, job.id)
         except PayloadError as exc:
-            await self._dead(job, _one_line(exc))
-            return False
+            return _one_line(exc)
         job.wait_s = max(0.0, time.time() - job.enqueued_ms / 1000)
         job.runtime = self.runtime
+        return None
+
+    async def prepare(self, job: Job) -> bool:
+        """``unpack``, then dead-letter the job (False) or emit 'active' (True)."""
+        reason = self.unpack(job)
+        if reason is not None:
+            await self._dead(job, reason)
+            return False
         if self.hooks.wants("active"):
             await self.hooks.emit(self._event("active", job))
         return True
@@ -631,8 +636,12 @@ class Worker:
             await self._failed(job, exc, retry=True)
 
     async def _process(self, job: Job) -> None:
-        if not await self.prepare(job):
+        reason = self.unpack(job)
+        if reason is not None:
+            await self._dead(job, reason)
             return
+        if self.hooks.wants("active"):
+            await self.hooks.emit(self._event("active", job))
         if job.timeout is not None:
             self._cut_at[id(job)] = anyio.current_time() + job.timeout
         t0 = time.perf_counter()
