@@ -6,21 +6,21 @@
   delayed, the dead letter once failed. A completed or cancelled job without children
   keeps no link (its record holds facts only): the caller then needs its parent named.
 
-  KEYS[1..3] lanes high, normal, low   STREAM
-  KEYS[4] moves          HASH
-  KEYS[5] delayed data   HASH
-  KEYS[6] index bucket of the job   HASH
-  KEYS[7] job record     STRING 'state|attempts made|max|created|finished|type|dead id|error'
-  KEYS[8] dead           STREAM
-  KEYS[9] flow hash of the job   HASH
+  KEYS[1..10] lanes, by lane number   STREAM (lua/shared.lua: LANE_ORDER)
+  KEYS[11] moves          HASH
+  KEYS[12] delayed data   HASH
+  KEYS[13] index bucket of the job   HASH
+  KEYS[14] job record     STRING 'state|attempts made|max|created|finished|type|dead id|error'
+  KEYS[15] dead           STREAM
+  KEYS[16] flow hash of the job   HASH
   ARGV[1] job_id
   Returns: {'parent', up} for a job with children (up: its own parent as
     'queue/partition/id', '' for a flow's root); {'spec', spec} for another job found in
     an entry (a spec without '/' is a job outside any flow); {'found'} for a job known
     here without a link (completed, cancelled); {} for a job unknown here.
 ]]
-local moves, ddata, bucket, rec, dead, flow = KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8],
-  KEYS[9]
+local moves, ddata, bucket, rec, dead, flow = KEYS[11], KEYS[12], KEYS[13], KEYS[14],
+  KEYS[15], KEYS[16]
 local job_id = ARGV[1]
 local up = redis.call('HMGET', flow, 'st', 'up')
 if up[1] then

@@ -29,10 +29,11 @@ from .job import Backoff, Job, JobInfo, JobOptions, JobRef, JobState
 from .queue import Queue
 from .schedules import Schedule
 from .settings import QueueDefaults
-from .worker import Worker
+from .worker import BatchOptions, Worker
 
 __all__ = [
     "Backoff",
+    "BatchOptions",
     "ChildFailed",
     "ConfigError",
     "DeadLetter",

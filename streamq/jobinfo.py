@@ -7,8 +7,9 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, cast
 
-from .job import JobInfo, JobState, Priority, ms_to_dt
-from .keys import PRIORITIES, QueueKeys
+from .job import JobInfo, JobState, ms_to_dt
+from .keys import QueueKeys
+from .priority import Priority, priority_of_lane
 from .progress import decode_progress
 from .results import read_delivery, read_result, with_delivery
 
@@ -30,8 +31,8 @@ def _int(v: Any, default: int = 0) -> int:
 
 
 def _priority(lane: str | None) -> Priority | None:
-    if lane is not None and lane.isdigit() and int(lane) < len(PRIORITIES):
-        return PRIORITIES[int(lane)]  # type: ignore[return-value]
+    if lane is not None and lane.isdigit():
+        return priority_of_lane(int(lane))
     return None
 
 

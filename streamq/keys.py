@@ -18,9 +18,8 @@ import zlib
 from dataclasses import dataclass, field
 
 from .errors import ConfigError, JobIdError
+from .priority import LANE_SUFFIXES
 
-PRIORITIES: tuple[str, ...] = ("high", "normal", "low")
-LANE_INDEX: dict[str, int] = {name: i for i, name in enumerate(PRIORITIES)}
 GROUP = "workers"
 
 _QUEUE_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -103,18 +102,32 @@ def partition_tag(name: str, partition: int) -> str:
 @dataclass(frozen=True, slots=True)
 class QueueKeys:
     """Key names of one partition of a queue (partition 0: the queue's home, whose keys
-    are those of a queue without partitions). ``lanes`` is ordered high, normal, low."""
+    are those of a queue without partitions). ``lanes`` holds one stream per priority
+    level, indexed by lane number (priority.py: 0 high, 1 normal, 2 low, 3-9 the other
+    levels; not in priority order). ``lane_keys`` is what every script that reads or
+    writes lanes takes first: the ten lanes, then the lane map."""
 
     name: str
     partition: int = 0
     buckets: int = INDEX_BUCKETS
     prefix: str = field(init=False)
-    lanes: tuple[str, str, str] = field(init=False)
+    lanes: tuple[str, ...] = field(init=False)
+    lane_keys: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         p = f"streamq:{{{partition_tag(self.name, self.partition)}}}:"
         object.__setattr__(self, "prefix", p)
-        object.__setattr__(self, "lanes", (p + "lane:high", p + "lane:normal", p + "lane:low"))
+        lanes = tuple(p + "lane:" + suffix for suffix in LANE_SUFFIXES)
+        object.__setattr__(self, "lanes", lanes)
+        object.__setattr__(self, "lane_keys", (*lanes, p + "lanemap"))
+
+    @property
+    def lane_map(self) -> str:
+        """STRING bitmap, bit i = lane number i may hold entries no consumer has read yet.
+        Every transition that adds to a lane sets its bit; the claim reads only the lanes
+        whose bit is set and clears a bit when that lane had no more to give (it reads
+        every lane when it finds nothing, so an entry added by hand is found too)."""
+        return self.lane_keys[-1]
 
     def bucket(self, job_id: str) -> str:
         """The index bucket of a job: HASH job_id -> location at add time
@@ -256,7 +269,7 @@ class QueueKeys:
 
     def all_fixed(self) -> list[str]:
         return [
-            *self.lanes,
+            *self.lane_keys,
             self.moves,
             self.delayed,
             self.delayed_data,

@@ -31,9 +31,10 @@ from .flows.create import ChildFailurePolicy, FlowJob, FlowRef, add_flow
 from .flows.finish import cancel_flow_job
 from .job import Backoff, JobInfo, JobOptions, JobRef, JobState, run_spec
 from .jobinfo import job_info
-from .keys import GROUP, LANE_INDEX, PRIORITIES, QueueKeys, check_job_id, check_queue_name
+from .keys import GROUP, QueueKeys, check_job_id, check_queue_name
 from .listing import JobPage, Payload, WorkerInfo, job_events, list_jobs, list_workers, read_payload
 from .partitions import Layout
+from .priority import lane_of
 from .redact import redact_url
 from .routing import partition_of
 from .schedules.model import Misfire, Overlap, Schedule
@@ -220,9 +221,7 @@ class Queue:
     # -- adding ---------------------------------------------------------------------
     def _job_args(self, data: Any, options: JobOptions | None) -> tuple[str, list[ArgT]]:
         opts = options or _NO_OPTIONS
-        lane = LANE_INDEX.get(opts.priority)
-        if lane is None:
-            raise ConfigError(f"priority {opts.priority!r} is invalid: use one of {PRIORITIES}")
+        lane = lane_of(opts.priority)
         job_id = check_job_id(opts.job_id) if opts.job_id is not None else new_job_id()
         attempts = self.defaults.attempts if opts.attempts is None else opts.attempts
         if not isinstance(attempts, int) or attempts < 1:
@@ -326,7 +325,7 @@ class Queue:
 
     @staticmethod
     def _enqueue_keys(k: QueueKeys) -> list[str]:
-        return [*k.lanes, k.events, k.delayed, k.delayed_data, k.control]
+        return [*k.lane_keys, k.events, k.delayed, k.delayed_data, k.control]
 
     # -- questions and operations -----------------------------------------------------
     async def get_job(self, job_id: str) -> JobInfo | None:
@@ -336,7 +335,7 @@ class Queue:
         for k in self.layout.lookup(job_id, await self.partition_count()):
             reply = await self._run(
                 "get_job",
-                [*k.lanes, k.moves, k.delayed, k.delayed_data, k.bucket(job_id), k.job(job_id),
+                [*k.lane_keys, k.moves, k.delayed, k.delayed_data, k.bucket(job_id), k.job(job_id),
                  k.delivery(job_id)],
                 [GROUP, job_id],
             )
@@ -354,7 +353,7 @@ class Queue:
         A partitioned queue's counts are the sums over its partitions (one snapshot each)."""
         return sum_counts(await each([
             functools.partial(self._run, "counts",
-                              [*k.lanes, k.delayed, k.stats, k.paused, k.dead], [GROUP])
+                              [*k.lane_keys, k.delayed, k.stats, k.paused, k.dead], [GROUP])
             for k in self.layout.all_keys(await self.partition_count())
         ]))
 
@@ -362,7 +361,7 @@ class Queue:
         """The counts of each partition, partition 0 first (operators: is the load even?)."""
         return [sum_counts([r]) for r in await each([
             functools.partial(self._run, "counts",
-                              [*k.lanes, k.delayed, k.stats, k.paused, k.dead], [GROUP])
+                              [*k.lane_keys, k.delayed, k.stats, k.paused, k.dead], [GROUP])
             for k in self.layout.all_keys(await self.partition_count())
         ])]
 
@@ -375,7 +374,7 @@ class Queue:
         for k in self.layout.lookup(job_id, await self.partition_count()):
             reply = await self._run(
                 "cancel",
-                [*k.lanes, k.events, k.delayed, k.delayed_data, k.stats, k.moves,
+                [*k.lane_keys, k.events, k.delayed, k.delayed_data, k.stats, k.moves,
                  k.bucket(job_id), k.job(job_id)],
                 [GROUP, job_id, self.defaults.failed_ttl_ms, self.defaults.events_max],
             )
@@ -500,7 +499,7 @@ class Queue:
         k = self.layout.keys(partition)
         r = await self._run(
             "replay",
-            [*k.lanes, k.events, k.dead, k.stats, k.moves, k.bucket(job_id), k.job(job_id)],
+            [*k.lane_keys, k.events, k.dead, k.stats, k.moves, k.bucket(job_id), k.job(job_id)],
             [entry_id, self.defaults.events_max],
         )
         return 1 if int(r) == 1 else 0

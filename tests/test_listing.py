@@ -169,7 +169,7 @@ async def test_bad_states_limits_and_cursors_are_one_line_errors(
             await q.list_jobs("cancelled")
         with pytest.raises(ConfigError, match="limit"):
             await q.list_jobs("waiting", limit=0)
-        for bad in ("garbage", "d0.1:2-3", "w0.9:1-0", "w7.1:1-0", "w0.1:x-y", "c0.abc:j"):
+        for bad in ("garbage", "d0.1:2-3", "w0.12:1-0", "w0.a:1-0", "w7.1:1-0", "w0.1:x-y", "c0.abc:j"):
             with pytest.raises(ConfigError):
                 await q.list_jobs("waiting" if bad.startswith("w") else "completed", cursor=bad)
 

@@ -14,15 +14,15 @@ from typing import Any
 
 import anyio
 import msgspec
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from ..connection import translate_redis_errors
 from ..dead import DeadLetter
 from ..errors import ConfigError, StreamqError
 from ..fanout import COUNT_NAMES, id_key, sum_counts
 from ..job import JobState
-from ..keys import GROUP, MAX_PARTITIONS, partition_tag
-from ..listing import decode_payload
+from ..keys import MAX_PARTITIONS, partition_tag
+from ..listing import decode_payload, lane_consumers
 from ..partitions import RECHECK_S, grow_partitions
 from ..queue import Queue
 from ..redact import redact_url
@@ -75,19 +75,14 @@ async def _workers(q: Queue) -> list[tuple[str, int, float]]:
     seen: dict[str, list[float]] = {}
     lanes = [lane for k in q.layout.all_keys(await q.partition_count()) for lane in k.lanes]
     with translate_redis_errors(q.redis_url):
-        for lane in lanes:
-            try:
-                rows: Any = await q.redis.xinfo_consumers(lane, GROUP)
-            except ResponseError:  # no such stream or group yet: no worker has run
-                continue
-            for row in rows:
-                r = {(k.decode() if isinstance(k, bytes) else str(k)): v for k, v in row.items()}
-                name = r["name"].decode() if isinstance(r["name"], bytes) else str(r["name"])
-                acc = seen.setdefault(name, [0, float("inf")])
-                acc[0] += int(r.get("pending", 0))
-                since = int(r.get("inactive", r.get("idle", 0)))
-                if since >= 0:  # -1: never took a job from this lane
-                    acc[1] = min(acc[1], since / 1000)
+        rows = await lane_consumers(q, lanes)
+    for r in rows:
+        name = r["name"].decode() if isinstance(r["name"], bytes) else str(r["name"])
+        acc = seen.setdefault(name, [0, float("inf")])
+        acc[0] += int(r.get("pending", 0))
+        since = int(r.get("inactive", r.get("idle", 0)))
+        if since >= 0:  # -1: never took a job from this lane
+            acc[1] = min(acc[1], since / 1000)
     live = [(n, int(p), idle) for n, (p, idle) in seen.items() if p > 0 or idle <= WORKER_SEEN_S]
     return sorted(live, key=lambda w: (w[2], w[0]))
 

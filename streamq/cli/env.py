@@ -65,6 +65,11 @@ SETTINGS: Final[tuple[Setting, ...]] = (
             "--handler"),
     Setting("STREAMQ_JOB_TYPE", "-", "module:Type (msgspec) the --handler payloads decode to",
             "--job-type"),
+    Setting("STREAMQ_BATCH_SIZE", "0",
+            "with --handler: call it with lists of up to this many jobs (a batch handler); "
+            "0 = one job per call", "--batch-size"),
+    Setting("STREAMQ_BATCH_MAX_WAIT", "0.05", "seconds a batch waits to fill",
+            "--batch-max-wait"),
     Setting("STREAMQ_VISIBILITY_TIMEOUT", "30",
             "seconds a silent worker keeps its jobs before another takes them over",
             "--visibility-timeout"),

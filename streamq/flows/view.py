@@ -239,8 +239,9 @@ async def job_states(q: Queue, job_ids: Sequence[str]) -> list[str]:
         pipe = q.redis.pipeline(transaction=False)
         for job_id in part:
             k = q.layout.lookup(job_id, count)[0]
-            q.scripts.queue_call(pipe, "get_job", [*k.lanes, k.moves, k.delayed, k.delayed_data,
-                                                   k.bucket(job_id), k.job(job_id)],
+            q.scripts.queue_call(pipe, "get_job", [*k.lane_keys, k.moves, k.delayed,
+                                                   k.delayed_data, k.bucket(job_id),
+                                                   k.job(job_id), k.delivery(job_id)],
                                  [GROUP, job_id])
         with translate_redis_errors(q.redis_url):
             replies = await q.scripts.run_pipeline(pipe)

@@ -17,10 +17,11 @@ import os
 import time
 import uuid
 from datetime import timedelta
-from typing import Final, Literal, TypeAlias
+from typing import Final, TypeAlias
 
 from streamq import JobOptions, JobRef, Queue
 from streamq.errors import PayloadError
+from streamq.priority import Priority
 
 from .phone import normalize_phone
 from .privacy import sms_queue_options
@@ -34,7 +35,6 @@ from .types import (
     validate_job,
 )
 
-Priority: TypeAlias = Literal["high", "normal", "low"]
 Delay: TypeAlias = float | timedelta | None
 QUEUE_ENV: Final = "STREAMQ_SMS_QUEUE"
 DEFAULT_QUEUE: Final = "sms"

@@ -38,6 +38,7 @@ from ..settings import (
     env_is_default_local,
     redis_url_from_env,
 )
+from .batch import MAX_BATCH, BatchOptions
 from .core import Handler, Worker
 from .joblog import log_jobs
 
@@ -60,6 +61,8 @@ NUMBERS: dict[str, tuple[str, type[int] | type[float], int | float, float, bool,
     "job_timeout": ("STREAMQ_JOB_TIMEOUT", float, 0.0, 0, False, None),
     "shutdown_grace": ("STREAMQ_SHUTDOWN_GRACE", float, 30.0, 0, False, None),
     "max_stalled": ("STREAMQ_MAX_STALLED", int, 3, 1, False, None),
+    "batch_size": ("STREAMQ_BATCH_SIZE", int, 0, 0, False, MAX_BATCH),
+    "batch_max_wait": ("STREAMQ_BATCH_MAX_WAIT", float, 0.05, 0, False, 60.0),
 }
 # Text options: dest -> (env twin, default, allowed values or None)
 TEXTS: dict[str, tuple[str, str, tuple[str, ...] | None]] = {
@@ -112,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--handler", default=None,
                    help="run 'module:function' instead of the SMS dispatcher; with it, "
                    "--queue names any queue (env STREAMQ_HANDLER)")
+    _number_flag(p, "--batch-size", "with --handler: call it with lists of up to this many "
+                 "jobs of one priority level (a batch handler, docs/workflows.md); --concurrency "
+                 "then counts batches; 0 = one job per call")
+    _number_flag(p, "--batch-max-wait", "with --batch-size: seconds a batch waits to fill")
     p.add_argument("--job-type", default=None,
                    help="with --handler: 'module:Type', a msgspec type (e.g. a tagged union) "
                    "the payloads are decoded to; none = plain msgpack values (env STREAMQ_JOB_TYPE)")
@@ -341,8 +348,16 @@ async def run(args: argparse.Namespace, url: str) -> None:
                   partitions=args.partitions, **privacy)
     delivery = delivery_server(args, queue)
     handler, close_handler, start_check, info = make_handler(args, queue)
+    batch = None
+    if args.batch_size:
+        if not args.handler:
+            raise ConfigError("--batch-size goes with --handler (the SMS dispatcher takes "
+                              "one job per call)")
+        batch = BatchOptions(size=args.batch_size, max_wait=args.batch_max_wait)
+        info["batch"] = f"{batch.size} jobs, {batch.max_wait:g}s fill wait"
     worker = Worker(
         queue, handler,
+        batch=batch,
         concurrency=args.concurrency,
         rate_limit=args.rate_limit or None,
         visibility_timeout=args.visibility_timeout,
