@@ -6,23 +6,41 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from redis.exceptions import (
+    AskError,
     AuthenticationError,
     AuthorizationError,
+    ClusterError,
     NoPermissionError,
+    RedisClusterException,
     ResponseError,
+    TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .cluster import ClusterUnreachable, one_line
 from .errors import ConfigError, QueueFull, RedisUnavailable
 from .redact import redact_url
 
 
 @contextmanager
 def translate_redis_errors(url: str) -> Iterator[None]:
-    """Map connection, auth and OOM failures to RedisUnavailable / QueueFull naming the URL."""
+    """Map connection, auth and OOM failures to RedisUnavailable / QueueFull naming the URL,
+    and cluster trouble that outlasted its retries (``cluster.py``) to RedisUnavailable
+    naming the cluster, each in one line."""
     try:
         yield
+    except ClusterUnreachable as exc:
+        raise RedisUnavailable(f"Redis Cluster at {redact_url(url)} is unavailable: {exc}") from None
+    except (AskError, TryAgainError, ClusterError) as exc:
+        # MOVED/ASK reaching a single-node client, or cluster trouble on a client the
+        # caller built: name what it is
+        hint = (" (a Redis Cluster node: streamq uses a cluster client when the URL names "
+                "one; a client passed in as redis= must be a RedisCluster)"
+                if isinstance(exc, AskError) else "")
+        raise RedisUnavailable(f"Redis Cluster at {redact_url(url)}: {one_line(exc)}{hint}") from None
+    except RedisClusterException as exc:
+        raise RedisUnavailable(f"Redis Cluster at {redact_url(url)}: {one_line(exc)}") from None
     except (AuthenticationError, AuthorizationError) as exc:
         raise RedisUnavailable(f"Redis AUTH failed at {redact_url(url)}: {exc}") from None
     except RedisConnectionError as exc:

@@ -23,6 +23,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .cluster import Client, known_cluster, make_cluster, probe_is_cluster, remember
 from .errors import ConfigError
 from .validate import int_value, seconds_value
 
@@ -204,8 +205,8 @@ class HiredisPackSSLConnection(_PackMixin, SSLConnection):
     """The TLS twin of HiredisPackConnection."""
 
 
-def make_redis(url: str, **overrides: Any) -> Redis:
-    """A redis.asyncio client with every reliability-relevant option set explicitly."""
+def redis_options(url: str, **overrides: Any) -> dict[str, Any]:
+    """The client options of ``make_redis``, for one Redis or a cluster's nodes."""
     options: dict[str, Any] = {
         "protocol": 2,
         "decode_responses": False,
@@ -231,6 +232,13 @@ def make_redis(url: str, **overrides: Any) -> Redis:
             "refusing rediss:// without certificate verification; "
             "set STREAMQ_TLS_INSECURE=1 to allow it"
         )
+    return options
+
+
+def make_redis(url: str, **overrides: Any) -> Redis:
+    """A redis.asyncio client for one Redis with every reliability-relevant option set
+    explicitly."""
+    options = redis_options(url, **overrides)
     try:
         # a plain pool: redis-py's blocking pool costs ~50 us a call; Queue bounds its own
         # concurrent calls (CONCURRENT_CALLS) so a burst waits instead of failing
@@ -238,3 +246,31 @@ def make_redis(url: str, **overrides: Any) -> Redis:
         return Redis.from_pool(pool)
     except ValueError as exc:
         raise ConfigError(f"REDIS_URL is malformed: {exc}") from None
+
+
+def make_client(url: str, **overrides: Any) -> Client:
+    """The client for ``url`` without asking the server: the cluster client when this
+    process found the URL to name a cluster node (``open_client``), else one for a
+    single Redis."""
+    if known_cluster(url):
+        return make_cluster(url, redis_options(url, **overrides))
+    return make_redis(url, **overrides)
+
+
+async def open_client(url: str, **overrides: Any) -> Client:
+    """The client for ``url``: a Redis Cluster client when the node it names runs in
+    cluster mode (asked once per process and URL: ``INFO cluster``), else a client for
+    one Redis. The caller translates connection errors (``translate_redis_errors``)."""
+    found = known_cluster(url)
+    if found is None:
+        probe = make_redis(url, **overrides)
+        try:
+            found = await probe_is_cluster(probe, url)
+        except BaseException:
+            await probe.aclose()
+            raise
+        remember(url, found)
+        if not found:
+            return probe
+        await probe.aclose()
+    return make_client(url, **overrides)

@@ -1,0 +1,261 @@
+"""Redis Cluster: found from any node's URL, and a cluster client that rides out failovers.
+
+Detection: ``REDIS_URL`` may name any node of a cluster. The first time a process opens
+a URL, one ``INFO cluster`` on a single-node client says whether the node is in cluster
+mode (``cluster_enabled:1``); the answer is remembered for the process, so later queues
+on the same URL do not ask again. A single Redis keeps the probing client.
+
+The cluster client is redis-py's ``RedisCluster`` with the options of ``make_redis``
+(RESP2, timeouts, keepalive, hiredis packing) and one change: a command that meets a
+moment of cluster trouble is tried again until ``STREAMQ_CLUSTER_RETRY_S`` seconds
+(default 10) have passed since its first failure, with a short growing pause between
+tries. Trouble means: MOVED/ASK storms and ``TTL exhausted`` (redis-py follows each
+redirect itself, 16 at most per try), TRYAGAIN (a multi-key command, every script of
+ours, on a slot that is being migrated), CLUSTERDOWN / MASTERDOWN, a node that refuses
+connections or times out (a killed master until its replica takes over, about two
+``cluster-node-timeout`` later), and a slot map that cannot be read or does not cover
+every slot. Past the bound the command raises ``ClusterUnreachable``, which
+``connection.translate_redis_errors`` turns into one ``RedisUnavailable`` line naming
+the cluster. Retrying is safe because every write of streamq is idempotent (``enqueue``
+dedups on the job id while the job is live) or fenced (a worker's transitions check
+that it still owns the entry).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar, cast
+from urllib.parse import parse_qs, urlsplit
+
+import anyio
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    ClusterError,
+    RedisClusterException,
+    ResponseError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .errors import ConfigError
+from .redact import redact_text, redact_url
+
+T = TypeVar("T")
+
+Client = Redis | RedisCluster
+"""What a queue talks to: one Redis, or a Redis Cluster."""
+
+RETRY_ENV = "STREAMQ_CLUSTER_RETRY_S"
+DEFAULT_RETRY_S = 10.0
+FIRST_PAUSE_S = 0.05
+MAX_PAUSE_S = 1.0
+
+_TRANSIENT_MESSAGES = (
+    "Redis Cluster cannot be connected",  # no startup node answered CLUSTER SLOTS
+    "All slots are not covered",  # a slot map read mid-failover
+    "could not agree on a valid slots cache",  # nodes disagree while a failover settles
+)
+
+
+class ClusterUnreachable(RedisConnectionError):
+    """A cluster command kept failing for the whole retry bound. A redis-py connection
+    error, so the worker's loops treat it as an outage; a ``Queue`` reports it as
+    ``RedisUnavailable`` naming the cluster."""
+
+
+def retry_s_from_env(env: Mapping[str, str] | None = None) -> float:
+    """``STREAMQ_CLUSTER_RETRY_S`` (seconds, >= 0), else 10."""
+    raw = (os.environ if env is None else env).get(RETRY_ENV, "").strip()
+    if not raw:
+        return DEFAULT_RETRY_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{RETRY_ENV}={raw[:40]!r}: must be a number of seconds >= 0")
+    return value
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for the cluster troubles that pass by themselves (see the module's doc)."""
+    if isinstance(exc, ClusterUnreachable):
+        return False  # already retried for the whole bound (a nested call)
+    if isinstance(exc, AskError | TryAgainError | ClusterDownError | ClusterError |
+                  RedisConnectionError | RedisTimeoutError | SlotNotCoveredError):
+        # AskError covers MovedError; ClusterDownError covers MASTERDOWN
+        return not _is_auth(exc)
+    if isinstance(exc, RedisClusterException):
+        cause = exc.__cause__
+        if cause is not None and _is_auth(cause):
+            return False  # no node accepted the credentials: that does not pass
+        return str(exc).startswith(_TRANSIENT_MESSAGES)
+    return isinstance(exc, ResponseError) and str(exc).startswith("LOADING")
+
+
+def _is_auth(exc: BaseException) -> bool:
+    text = str(exc)
+    return type(exc).__name__ in ("AuthenticationError", "AuthorizationError") or any(
+        w in text for w in ("WRONGPASS", "NOAUTH", "invalid username-password"))
+
+
+def one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    name = type(exc).__name__
+    return redact_text(f"{name}: {text}" if text else name)[:300]
+
+
+async def call_with_retry(call: Callable[[], Awaitable[T]], retry_s: float, what: str) -> T:
+    """``await call()``, again after each transient failure until ``retry_s`` seconds have
+    passed since the first; then ``ClusterUnreachable``."""
+    first_failure: float | None = None
+    pause = FIRST_PAUSE_S
+    while True:
+        try:
+            return await call()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            now = time.monotonic()
+            if first_failure is None:
+                first_failure = now
+            if now + pause - first_failure > retry_s:
+                raise ClusterUnreachable(
+                    f"no answer for {what} within {RETRY_ENV}={retry_s:g}s; last error "
+                    f"{one_line(exc)}") from None
+            await anyio.sleep(pause)
+            pause = min(pause * 2, MAX_PAUSE_S)
+
+
+class ClusterClient(RedisCluster):
+    """redis-py's cluster client whose commands ride out cluster trouble for up to
+    ``retry_s`` seconds (see the module's doc). redis-py's own retries are off: a failed
+    try marks the slot map stale, and the next try reads it again."""
+
+    retry_s: float = DEFAULT_RETRY_S
+    label: str = ""
+    """The URL the cluster was reached at, password removed (for error messages)."""
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        parent = super().execute_command
+        return await call_with_retry(lambda: parent(*args, **kwargs), self.retry_s,
+                                     _command_name(args))
+
+
+def retry_bound(client: Any) -> float:
+    """How long cluster trouble is ridden out on ``client``: its own bound, or the
+    environment's for a client streamq did not make."""
+    bound = getattr(client, "retry_s", None)
+    return float(bound) if isinstance(bound, int | float) else retry_s_from_env()
+
+
+def _command_name(args: tuple[Any, ...]) -> str:
+    if not args:
+        return "a command"
+    first = args[0]
+    return (first.decode() if isinstance(first, bytes) else str(first)).split()[0].upper()
+
+
+# -- detection ---------------------------------------------------------------------------------
+_KNOWN: dict[str, bool] = {}
+"""URL -> is it a cluster node, as found by this process."""
+
+
+def known_cluster(url: str) -> bool | None:
+    """What this process found the URL to be: True (a cluster), False, or None (not
+    asked yet)."""
+    return _KNOWN.get(url)
+
+
+def remember(url: str, cluster: bool) -> None:
+    _KNOWN[url] = cluster
+
+
+def url_db(url: str) -> int:
+    """The database number a redis:// or rediss:// URL selects (0 when it names none)."""
+    parts = urlsplit(url)
+    values = parse_qs(parts.query).get("db", [])
+    path = parts.path.strip("/") if parts.scheme in ("redis", "rediss") else ""
+    if path:
+        values.append(path)
+    return int(values[-1]) if values and values[-1].isdigit() else 0
+
+
+def check_cluster_url(url: str) -> None:
+    """One line when a cluster URL asks for what cluster mode lacks."""
+    if url.startswith("unix://"):
+        raise ConfigError(f"{redact_url(url)} is a Redis Cluster node: connect to a cluster "
+                          "over TCP (redis://host:port or rediss://), not a unix socket")
+    db = url_db(url)
+    if db != 0:
+        raise ConfigError(f"{redact_url(url)} is a Redis Cluster node: a cluster has only "
+                          f"database 0, so the URL may end in /0 or nothing, not /{db}")
+
+
+async def probe_is_cluster(client: Redis, url: str) -> bool:
+    """Ask one node whether it runs in cluster mode: ``HELLO 2`` (its ``mode`` field), a
+    command least-privilege users are granted anyway; else ``INFO cluster``
+    (``cluster_enabled:1``). A user allowed neither is taken to be on one Redis (a
+    cluster node then answers MOVED, reported in one line)."""
+    try:
+        reply: Any = await client.execute_command("HELLO", 2)
+        fields = reply if isinstance(reply, dict) else dict(zip(reply[::2], reply[1::2],
+                                                                strict=False))
+        mode = fields.get(b"mode", fields.get("mode", b""))
+        return (mode.decode() if isinstance(mode, bytes) else str(mode)) == "cluster"
+    except ResponseError as exc:
+        if "not allowed in cluster mode" in str(exc):  # SELECT <db> on a cluster node
+            check_cluster_url(url)
+        if not _refused(exc):
+            raise
+    try:
+        info = await client.info("cluster")
+    except ResponseError as exc:
+        if _refused(exc):
+            return False
+        raise
+    return str(info.get("cluster_enabled", "0")) == "1"
+
+
+def _refused(exc: BaseException) -> bool:
+    """NOPERM (an ACL), or a command this server does not know (HELLO before Redis 6)."""
+    text = str(exc)
+    return (type(exc).__name__ == "NoPermissionError" or "NOPERM" in text
+            or "no permissions" in text or "unknown command" in text)
+
+
+def make_cluster(url: str, options: Mapping[str, Any], retry_s: float | None = None
+                 ) -> ClusterClient:
+    """The cluster client for ``url`` (any node) with ``make_redis``'s ``options``."""
+    check_cluster_url(url)
+    opts = {k: v for k, v in options.items()
+            if k not in ("connection_class", "retry", "retry_on_error")}
+    pack_class = options.get("connection_class")  # hiredis packing, for the URL's scheme
+    try:
+        client = cast(ClusterClient,
+                      ClusterClient.from_url(url, retry=Retry(NoBackoff(), 0), **opts))
+    except (ValueError, RedisClusterException) as exc:
+        raise ConfigError(f"REDIS_URL {redact_url(url)} cannot be used for a Redis Cluster: "
+                          f"{' '.join(str(exc).split())}") from None
+    if pack_class is not None:
+        # read by the nodes made at each slot-map read (RedisCluster takes no such option)
+        client.connection_kwargs["connection_class"] = pack_class
+    client.retry_s = retry_s_from_env() if retry_s is None else retry_s
+    client.label = redact_url(url)
+    return client
+
+
+__all__ = ["DEFAULT_RETRY_S", "RETRY_ENV", "Client", "ClusterClient", "ClusterUnreachable",
+           "call_with_retry", "check_cluster_url", "is_transient", "known_cluster",
+           "make_cluster", "one_line", "probe_is_cluster", "remember", "retry_bound",
+           "retry_s_from_env", "url_db"]
