@@ -23,6 +23,7 @@ that it still owns the entry).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -32,7 +33,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import anyio
 from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import (
@@ -115,9 +116,11 @@ def one_line(exc: BaseException) -> str:
     return redact_text(f"{name}: {text}" if text else name)[:300]
 
 
-async def call_with_retry(call: Callable[[], Awaitable[T]], retry_s: float, what: str) -> T:
+async def call_with_retry(call: Callable[[], Awaitable[T]], retry_s: float, what: str,
+                          before_retry: Callable[[], Awaitable[Any]] | None = None) -> T:
     """``await call()``, again after each transient failure until ``retry_s`` seconds have
-    passed since the first; then ``ClusterUnreachable``."""
+    passed since the first; then ``ClusterUnreachable``. ``before_retry`` runs before
+    each new try (a pipeline re-reads the slot map there)."""
     first_failure: float | None = None
     pause = FIRST_PAUSE_S
     while True:
@@ -135,6 +138,42 @@ async def call_with_retry(call: Callable[[], Awaitable[T]], retry_s: float, what
                     f"{one_line(exc)}") from None
             await anyio.sleep(pause)
             pause = min(pause * 2, MAX_PAUSE_S)
+            if before_retry is not None:
+                with contextlib.suppress(Exception):  # the next try reports what is wrong
+                    await before_retry()
+
+
+class RetryingPipeline(ClusterPipeline):
+    """A cluster pipeline (of reads: listings, schedule and flow trees) sent again, whole,
+    after cluster trouble, within its client's bound. redis-py empties a pipeline after
+    each execute, so the commands are kept here to be queued again."""
+
+    def __init__(self, client: ClusterClient, transaction: Any = None) -> None:
+        super().__init__(client, transaction)
+        self._client = client
+        self._kept: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> ClusterPipeline:
+        self._kept.append((args, dict(kwargs)))
+        return super().execute_command(*args, **kwargs)
+
+    async def execute(self, raise_on_error: bool = True,
+                      allow_redirections: bool = True) -> list[Any]:
+        kept, self._kept = self._kept, []
+        queued = True
+        parent_queue = super().execute_command
+        parent_execute = super().execute
+
+        async def attempt() -> list[Any]:
+            nonlocal queued
+            if not queued:
+                for args, kwargs in kept:
+                    parent_queue(*args, **dict(kwargs))
+            queued = False
+            return await parent_execute(raise_on_error, allow_redirections)
+
+        return await call_with_retry(attempt, self._client.retry_s, "a pipeline",
+                                     self._client.nodes_manager.initialize)
 
 
 class ClusterClient(RedisCluster):
@@ -150,6 +189,20 @@ class ClusterClient(RedisCluster):
         parent = super().execute_command
         return await call_with_retry(lambda: parent(*args, **kwargs), self.retry_s,
                                      _command_name(args))
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        # redis-py closes nothing while a failure has marked its slot map stale: close the
+        # nodes' connections anyway (a closed queue leaves no socket behind)
+        for attr in ("nodes_cache", "startup_nodes"):
+            with contextlib.suppress(Exception):
+                await self.nodes_manager.aclose(attr)
+
+    def pipeline(self, transaction: Any | None = None,
+                 shard_hint: Any | None = None) -> ClusterPipeline:
+        if transaction or shard_hint:
+            return super().pipeline(transaction, shard_hint)
+        return RetryingPipeline(self)  # type: ignore[abstract]  # (redis-py's typing)
 
 
 def retry_bound(client: Any) -> float:
@@ -208,7 +261,8 @@ async def probe_is_cluster(client: Redis, url: str) -> bool:
     (``cluster_enabled:1``). A user allowed neither is taken to be on one Redis (a
     cluster node then answers MOVED, reported in one line)."""
     try:
-        reply: Any = await client.execute_command("HELLO", 2)
+        hello = cast(Callable[..., Awaitable[Any]], client.execute_command)
+        reply: Any = await hello("HELLO", 2)
         fields = reply if isinstance(reply, dict) else dict(zip(reply[::2], reply[1::2],
                                                                 strict=False))
         mode = fields.get(b"mode", fields.get("mode", b""))

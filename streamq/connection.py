@@ -10,6 +10,7 @@ from redis.exceptions import (
     AuthenticationError,
     AuthorizationError,
     ClusterError,
+    MovedError,
     NoPermissionError,
     RedisClusterException,
     ResponseError,
@@ -32,13 +33,15 @@ def translate_redis_errors(url: str) -> Iterator[None]:
         yield
     except ClusterUnreachable as exc:
         raise RedisUnavailable(f"Redis Cluster at {redact_url(url)} is unavailable: {exc}") from None
-    except (AskError, TryAgainError, ClusterError) as exc:
-        # MOVED/ASK reaching a single-node client, or cluster trouble on a client the
-        # caller built: name what it is
-        hint = (" (a Redis Cluster node: streamq uses a cluster client when the URL names "
-                "one; a client passed in as redis= must be a RedisCluster)"
-                if isinstance(exc, AskError) else "")
-        raise RedisUnavailable(f"Redis Cluster at {redact_url(url)}: {one_line(exc)}{hint}") from None
+    except AskError as exc:  # MOVED or ASK reaching a client for one Redis
+        kind = "MOVED" if isinstance(exc, MovedError) else "ASK"
+        raise RedisUnavailable(
+            f"Redis at {redact_url(url)} answered {kind} (slot {exc.slot_id} is served by "
+            f"{exc.host}:{exc.port}): it is a Redis Cluster node; streamq uses a cluster "
+            "client when the URL names one, and a client passed in as redis= must be a "
+            "RedisCluster") from None
+    except (TryAgainError, ClusterError) as exc:  # on a cluster client the caller built
+        raise RedisUnavailable(f"Redis Cluster at {redact_url(url)}: {one_line(exc)}") from None
     except RedisClusterException as exc:
         raise RedisUnavailable(f"Redis Cluster at {redact_url(url)}: {one_line(exc)}") from None
     except (AuthenticationError, AuthorizationError) as exc:
