@@ -36,6 +36,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.crc import key_slot
 from redis.exceptions import (
     AskError,
     ClusterDownError,
@@ -219,6 +220,16 @@ def _command_name(args: tuple[Any, ...]) -> str:
     return (first.decode() if isinstance(first, bytes) else str(first)).split()[0].upper()
 
 
+async def slot_owners(client: RedisCluster, keys: list[str]) -> list[tuple[int, str]]:
+    """Each key's slot and the master serving it now (``host:port``)."""
+    await client.initialize()
+    out = []
+    for key in keys:
+        node = client.get_node_from_key(key)
+        out.append((key_slot(key.encode()), node.name if node is not None else "?"))
+    return out
+
+
 # -- detection ---------------------------------------------------------------------------------
 _KNOWN: dict[str, bool] = {}
 """URL -> is it a cluster node, as found by this process."""
@@ -312,4 +323,4 @@ def make_cluster(url: str, options: Mapping[str, Any], retry_s: float | None = N
 __all__ = ["DEFAULT_RETRY_S", "RETRY_ENV", "Client", "ClusterClient", "ClusterUnreachable",
            "call_with_retry", "check_cluster_url", "is_transient", "known_cluster",
            "make_cluster", "one_line", "probe_is_cluster", "remember", "retry_bound",
-           "retry_s_from_env", "url_db"]
+           "retry_s_from_env", "slot_owners", "url_db"]
