@@ -27,6 +27,7 @@ import contextlib
 import math
 import os
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar, cast
 from urllib.parse import parse_qs, urlsplit
@@ -118,10 +119,12 @@ def one_line(exc: BaseException) -> str:
 
 
 async def call_with_retry(call: Callable[[], Awaitable[T]], retry_s: float, what: str,
-                          before_retry: Callable[[], Awaitable[Any]] | None = None) -> T:
+                          before_retry: Callable[[], Awaitable[Any]] | None = None,
+                          seen: Counter[str] | None = None) -> T:
     """``await call()``, again after each transient failure until ``retry_s`` seconds have
     passed since the first; then ``ClusterUnreachable``. ``before_retry`` runs before
-    each new try (a pipeline re-reads the slot map there)."""
+    each new try (a pipeline re-reads the slot map there); ``seen`` counts the failures
+    ridden out, by exception type."""
     first_failure: float | None = None
     pause = FIRST_PAUSE_S
     while True:
@@ -130,6 +133,8 @@ async def call_with_retry(call: Callable[[], Awaitable[T]], retry_s: float, what
         except Exception as exc:
             if not is_transient(exc):
                 raise
+            if seen is not None:
+                seen[type(exc).__name__] += 1
             now = time.monotonic()
             if first_failure is None:
                 first_failure = now
@@ -174,7 +179,8 @@ class RetryingPipeline(ClusterPipeline):
             return await parent_execute(raise_on_error, allow_redirections)
 
         return await call_with_retry(attempt, self._client.retry_s, "a pipeline",
-                                     self._client.nodes_manager.initialize)
+                                     self._client.nodes_manager.initialize,
+                                     self._client.troubles)
 
 
 class ClusterClient(RedisCluster):
@@ -185,11 +191,14 @@ class ClusterClient(RedisCluster):
     retry_s: float = DEFAULT_RETRY_S
     label: str = ""
     """The URL the cluster was reached at, password removed (for error messages)."""
+    troubles: Counter[str]
+    """Failures ridden out so far, by exception type (TryAgainError, MovedError,
+    ConnectionError...): what a failover or a migration cost this client."""
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         parent = super().execute_command
         return await call_with_retry(lambda: parent(*args, **kwargs), self.retry_s,
-                                     _command_name(args))
+                                     _command_name(args), seen=self.troubles)
 
     async def aclose(self) -> None:
         await super().aclose()
@@ -317,6 +326,7 @@ def make_cluster(url: str, options: Mapping[str, Any], retry_s: float | None = N
         client.connection_kwargs["connection_class"] = pack_class
     client.retry_s = retry_s_from_env() if retry_s is None else retry_s
     client.label = redact_url(url)
+    client.troubles = Counter()
     return client
 
 

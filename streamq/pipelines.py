@@ -25,6 +25,7 @@ and ``rotate_payload`` (it replaces only the bytes it was given).
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -89,6 +90,7 @@ async def run_calls(client: Client, runner: ScriptRunner, calls: Sequence[Call],
                                          per_trip, replicas)
         retry: list[int] = []
         last: BaseException | None = None
+        seen = getattr(client, "troubles", None)
         for i in failed:
             exc = results[i]
             if isinstance(exc, NoScriptError) and i not in by_source:
@@ -97,6 +99,8 @@ async def run_calls(client: Client, runner: ScriptRunner, calls: Sequence[Call],
             elif isinstance(client, RedisCluster) and is_transient(exc):
                 retry.append(i)
                 last = exc
+                if isinstance(seen, Counter):
+                    seen[type(exc).__name__] += 1
             else:
                 raise exc
         todo = retry
