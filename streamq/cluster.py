@@ -99,11 +99,24 @@ def is_transient(exc: BaseException) -> bool:
         # AskError covers MovedError; ClusterDownError covers MASTERDOWN
         return not _is_auth(exc)
     if isinstance(exc, RedisClusterException):
-        cause = exc.__cause__
-        if cause is not None and _is_auth(cause):
-            return False  # no node accepted the credentials: that does not pass
+        if refused_in_chain(exc) is not None:
+            return False  # no node accepted the credentials or the ACL: that does not pass
         return str(exc).startswith(_TRANSIENT_MESSAGES)
     return isinstance(exc, ResponseError) and str(exc).startswith("LOADING")
+
+
+def refused_in_chain(exc: BaseException) -> BaseException | None:
+    """The authentication or ACL refusal behind a cluster client's failure to read the
+    slot map (redis-py wraps it: "Cluster mode is not enabled on this node" is what a
+    NOPERM on CLUSTER SLOTS becomes), if that is what it was."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return None
+        if _is_auth(seen) or _refused(seen):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _is_auth(exc: BaseException) -> bool:
@@ -125,28 +138,39 @@ async def call_with_retry(call: Callable[[], Awaitable[T]], retry_s: float, what
     passed since the first; then ``ClusterUnreachable``. ``before_retry`` runs before
     each new try (a pipeline re-reads the slot map there); ``seen`` counts the failures
     ridden out, by exception type."""
-    first_failure: float | None = None
+    deadline: float | None = None  # the first failure + retry_s
     pause = FIRST_PAUSE_S
+    last: BaseException | None = None
     while True:
         try:
-            return await call()
-        except Exception as exc:
-            if not is_transient(exc):
+            if deadline is None:
+                return await call()
+            # a try after a failure gets what is left of the bound: a node that hangs
+            # (stopped, black-holed) must not stretch the bound by a socket timeout per try
+            with anyio.fail_after(max(0.0, deadline - time.monotonic())):
+                if before_retry is not None:
+                    with contextlib.suppress(Exception):  # the try reports what is wrong
+                        await before_retry()
+                return await call()
+        except TimeoutError:
+            if deadline is None or time.monotonic() < deadline:
                 raise
+            exc = last or TimeoutError("no answer")
+        except Exception as error:
+            if not is_transient(error):
+                raise
+            exc = last = error
             if seen is not None:
-                seen[type(exc).__name__] += 1
-            now = time.monotonic()
-            if first_failure is None:
-                first_failure = now
-            if now + pause - first_failure > retry_s:
-                raise ClusterUnreachable(
-                    f"no answer for {what} within {RETRY_ENV}={retry_s:g}s; last error "
-                    f"{one_line(exc)}") from None
-            await anyio.sleep(pause)
-            pause = min(pause * 2, MAX_PAUSE_S)
-            if before_retry is not None:
-                with contextlib.suppress(Exception):  # the next try reports what is wrong
-                    await before_retry()
+                seen[type(error).__name__] += 1
+        now = time.monotonic()
+        if deadline is None:
+            deadline = now + retry_s
+        if now + pause >= deadline:
+            raise ClusterUnreachable(
+                f"no answer for {what} within {RETRY_ENV}={retry_s:g}s; last error "
+                f"{one_line(exc)}") from None
+        await anyio.sleep(pause)
+        pause = min(pause * 2, MAX_PAUSE_S)
 
 
 class RetryingPipeline(ClusterPipeline):
@@ -200,6 +224,20 @@ class ClusterClient(RedisCluster):
         return await call_with_retry(lambda: parent(*args, **kwargs), self.retry_s,
                                      _command_name(args), seen=self.troubles)
 
+    async def _determine_slot(self, command: str, *args: Any) -> int:
+        # XREAD / XREADGROUP name their keys after STREAMS, which redis-py asks the server
+        # to find (COMMAND GETKEYS: a round trip per read, and one more ACL grant); the
+        # streams of one read of ours always share a slot
+        if _text(command).upper() in ("XREAD", "XREADGROUP"):
+            words = [_text(a).upper() if isinstance(a, str | bytes) else "" for a in args]
+            if "STREAMS" in words:
+                at = words.index("STREAMS") + 1
+                keys = args[at : at + (len(args) - at) // 2]
+                slots = {self.keyslot(k) for k in keys}
+                if len(slots) == 1:
+                    return slots.pop()
+        return await super()._determine_slot(command, *args)
+
     async def aclose(self) -> None:
         await super().aclose()
         # redis-py closes nothing while a failure has marked its slot map stale: close the
@@ -220,6 +258,10 @@ def retry_bound(client: Any) -> float:
     environment's for a client streamq did not make."""
     bound = getattr(client, "retry_s", None)
     return float(bound) if isinstance(bound, int | float) else retry_s_from_env()
+
+
+def _text(v: Any) -> str:
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
 
 
 def _command_name(args: tuple[Any, ...]) -> str:

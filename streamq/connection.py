@@ -19,9 +19,15 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .cluster import ClusterUnreachable, one_line
+from .cluster import ClusterUnreachable, one_line, refused_in_chain
 from .errors import ConfigError, QueueFull, RedisUnavailable
 from .redact import redact_url
+
+
+def _is_auth_error(exc: BaseException) -> bool:
+    text = str(exc)
+    return isinstance(exc, AuthenticationError | AuthorizationError) or any(
+        w in text for w in ("WRONGPASS", "NOAUTH", "invalid username-password"))
 
 
 @contextmanager
@@ -43,6 +49,15 @@ def translate_redis_errors(url: str) -> Iterator[None]:
     except (TryAgainError, ClusterError) as exc:  # on a cluster client the caller built
         raise RedisUnavailable(f"Redis Cluster at {redact_url(url)}: {one_line(exc)}") from None
     except RedisClusterException as exc:
+        refused = refused_in_chain(exc)
+        if refused is not None and not _is_auth_error(refused):
+            raise RedisUnavailable(
+                f"Redis Cluster at {redact_url(url)} refused access: {one_line(refused)} (a "
+                "cluster client reads the slot map and the command table: the ACL user "
+                "needs +cluster|slots and +command)") from None
+        if refused is not None:
+            raise RedisUnavailable(f"Redis AUTH failed at {redact_url(url)}: "
+                                   f"{one_line(refused)}") from None
         raise RedisUnavailable(f"Redis Cluster at {redact_url(url)}: {one_line(exc)}") from None
     except (AuthenticationError, AuthorizationError) as exc:
         raise RedisUnavailable(f"Redis AUTH failed at {redact_url(url)}: {exc}") from None

@@ -13,8 +13,8 @@ pipeline per connection, and not through a client that picks a connection per co
 Fewer than k acknowledgements raise ``NotReplicated``.
 
 Failures are sorted per call: NOSCRIPT (the master restarted, failed over or flushed
-its scripts) sends the call again as EVAL with the script's source, which also caches
-it there; cluster trouble (MOVED, ASK, TRYAGAIN, CLUSTERDOWN, a master that does not
+its scripts) loads the script where the call runs and sends the call again; cluster
+trouble (MOVED, ASK, TRYAGAIN, CLUSTERDOWN, a master that does not
 answer: ``cluster.is_transient``) reads the slot map again and sends the failed calls
 again after a pause, until the cluster client's retry bound (``STREAMQ_CLUSTER_RETRY_S``)
 has passed since the first failure. Any other error is raised as itself. Only calls
@@ -24,6 +24,7 @@ and ``rotate_payload`` (it replaces only the bytes it was given).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ from typing import Any
 import anyio
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
+from redis.crc import key_slot
 from redis.exceptions import NoScriptError, SlotNotCoveredError
 
 from .cluster import (
@@ -77,54 +79,75 @@ async def run_calls(client: Client, runner: ScriptRunner, calls: Sequence[Call],
     per pipeline (None: one pipeline per node)."""
     results: list[Any] = [None] * len(calls)
     todo = list(range(len(calls)))
-    by_source: set[int] = set()  # calls to send as EVAL (their script was missing)
-    first_failure: float | None = None
+    noscript: Counter[int] = Counter()  # NOSCRIPT replies per call
+    deadline: float | None = None  # the first cluster trouble + the bound
     pause = FIRST_PAUSE_S
     bound = retry_bound(client)
+    last: BaseException | None = None
+    seen = getattr(client, "troubles", None)
     while todo:
-        if isinstance(client, RedisCluster):
-            failed = await _cluster_round(client, runner, calls, todo, by_source, results,
-                                          per_trip, replicas)
-        else:
-            failed = await _single_round(client, runner, calls, todo, by_source, results,
-                                         per_trip, replicas)
+        # a round after cluster trouble gets what is left of the bound (a node that hangs
+        # must not stretch it by a socket timeout per round)
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            with anyio.fail_after(left):
+                if isinstance(client, RedisCluster):
+                    if deadline is not None:  # read the slot map again
+                        with contextlib.suppress(Exception):  # the round says what is wrong
+                            await client.nodes_manager.initialize()
+                    failed = await _cluster_round(client, runner, calls, todo, results,
+                                                  per_trip, replicas)
+                else:
+                    failed = await _single_round(client, runner, calls, todo, results,
+                                                 per_trip, replicas)
+        except TimeoutError:
+            if left is None:
+                raise
+            raise ClusterUnreachable(
+                f"{len(todo)} pipelined calls kept failing for {bound:g}s; last error "
+                f"{one_line(last or TimeoutError('no answer'))}") from None
         retry: list[int] = []
-        last: BaseException | None = None
-        seen = getattr(client, "troubles", None)
+        troubled = False
+        loaded: set[tuple[str, int]] = set()
         for i in failed:
             exc = results[i]
-            if isinstance(exc, NoScriptError) and i not in by_source:
-                by_source.add(i)
+            if isinstance(exc, NoScriptError) and noscript[i] < 3:
+                noscript[i] += 1
+                name, keys, _ = calls[i]
+                where = (name, key_slot(_bytes(keys[0])))
+                if where not in loaded:  # load it where the call runs, then send it again
+                    loaded.add(where)
+                    await runner.load_for(name, keys[0])
                 retry.append(i)
             elif isinstance(client, RedisCluster) and is_transient(exc):
                 retry.append(i)
                 last = exc
+                troubled = True
                 if isinstance(seen, Counter):
                     seen[type(exc).__name__] += 1
             else:
                 raise exc
         todo = retry
-        if last is not None:  # cluster trouble: wait, read the slot map again, resend
+        if troubled:  # cluster trouble: wait, then the next round reads the slot map again
             now = time.monotonic()
-            first_failure = now if first_failure is None else first_failure
-            if now + pause - first_failure > bound:
+            if deadline is None:
+                deadline = now + bound
+            if now + pause >= deadline:
                 raise ClusterUnreachable(
                     f"{len(todo)} pipelined calls kept failing for {bound:g}s; last error "
-                    f"{one_line(last)}")
+                    f"{one_line(last or TimeoutError('no answer'))}")
             await anyio.sleep(pause)
             pause = min(pause * 2, MAX_PAUSE_S)
-            assert isinstance(client, RedisCluster)
-            try:
-                await client.nodes_manager.initialize()
-            except Exception as exc:  # the next round fails again and is counted
-                if not is_transient(exc):
-                    raise
     return results
 
 
-def _args(runner: ScriptRunner, call: Call, source: bool) -> tuple[Any, ...]:
+def _args(runner: ScriptRunner, call: Call) -> tuple[Any, ...]:
     name, keys, argv = call
-    return runner.command(name, keys, argv, by_source=source)
+    return runner.command(name, keys, argv)
+
+
+def _bytes(key: KeyT) -> bytes:
+    return key if isinstance(key, bytes) else key.encode()
 
 
 def _chunks(items: list[int], size: int | None) -> list[list[int]]:
@@ -134,13 +157,13 @@ def _chunks(items: list[int], size: int | None) -> list[list[int]]:
 
 
 async def _single_round(client: Redis, runner: ScriptRunner, calls: Sequence[Call],
-                        todo: list[int], by_source: set[int], results: list[Any],
-                        per_trip: int | None, replicas: Replicas | None) -> list[int]:
+                        todo: list[int], results: list[Any], per_trip: int | None,
+                        replicas: Replicas | None) -> list[int]:
     failed: list[int] = []
     for chunk in _chunks(todo, per_trip):
         pipe = client.pipeline(transaction=False)
         for i in chunk:
-            pipe.execute_command(*_args(runner, calls[i], i in by_source))
+            pipe.execute_command(*_args(runner, calls[i]))
         if replicas is not None:
             pipe.execute_command("WAIT", replicas.count, replicas.timeout_ms)
         replies: list[Any] = await pipe.execute(raise_on_error=False)
@@ -157,8 +180,8 @@ async def _single_round(client: Redis, runner: ScriptRunner, calls: Sequence[Cal
 
 
 async def _cluster_round(client: RedisCluster, runner: ScriptRunner, calls: Sequence[Call],
-                         todo: list[int], by_source: set[int], results: list[Any],
-                         per_trip: int | None, replicas: Replicas | None) -> list[int]:
+                         todo: list[int], results: list[Any], per_trip: int | None,
+                         replicas: Replicas | None) -> list[int]:
     await client.initialize()  # a no-op once the slot map is read
     groups: dict[str, tuple[ClusterNode, list[int]]] = {}
     failed: list[int] = []
@@ -177,7 +200,7 @@ async def _cluster_round(client: RedisCluster, runner: ScriptRunner, calls: Sequ
 
     async def send(node: ClusterNode, indexes: list[int]) -> None:
         for chunk in _chunks(indexes, per_trip):
-            cmds = [PipelineCommand(n, *_args(runner, calls[i], i in by_source))
+            cmds = [PipelineCommand(n, *_args(runner, calls[i]))
                     for n, i in enumerate(chunk)]
             if replicas is not None:
                 cmds.append(PipelineCommand(len(chunk), "WAIT", replicas.count,

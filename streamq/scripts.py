@@ -3,9 +3,9 @@
 Scripts are static files (never built from strings), loaded once per client (on a
 cluster: on every master) and called with EVALSHA. A Redis restart, a failover to a
 replica or ``SCRIPT FLUSH`` empties a script cache; the NOSCRIPT reply is answered by
-repeating the call as EVAL with the script's source, which runs on whichever master
-serves the keys and caches the script there. Repeating is safe because every transition
-is either idempotent or fenced (and a NOSCRIPT call did not run).
+loading the script where the call runs (on a cluster: on the master serving its keys'
+slot) and repeating the call, which did not run. SCRIPT LOAD rather than EVAL of the
+source: least-privilege ACL users are granted ``+evalsha +script|load`` only.
 """
 
 from __future__ import annotations
@@ -141,14 +141,24 @@ class ScriptRunner:
         for s in self._scripts.values():
             await self._redis.script_load(s.source)
 
-    def command(self, name: str, keys: Sequence[KeyT], args: Sequence[ArgT], *,
-                by_source: bool = False) -> tuple[Any, ...]:
-        """The EVALSHA of a call, or with ``by_source`` its EVAL (which also caches the
-        script on the node that runs it)."""
+    def command(self, name: str, keys: Sequence[KeyT], args: Sequence[ArgT]) -> tuple[Any, ...]:
+        """The EVALSHA of a call, for a pipeline."""
         s = self._scripts[name]
-        if by_source:
-            return ("EVAL", s.source, len(keys), *keys, *args)
         return ("EVALSHA", s.sha, len(keys), *keys, *args)
+
+    async def load_for(self, name: str, key: KeyT) -> None:
+        """Load one script where a call with ``key`` runs: on one Redis, there; on a
+        cluster, on the master serving the key's slot (a promoted replica, a restarted
+        master or a new one lacks what the others were given)."""
+        source = self._scripts[name].source
+        client = self._redis
+        if isinstance(client, RedisCluster):
+            await client.initialize()
+            node = client.get_node_from_key(key.decode() if isinstance(key, bytes) else key)
+            load = cast(Callable[..., Awaitable[Any]], client.execute_command)
+            await load("SCRIPT LOAD", source, target_nodes=node)
+        else:
+            await client.script_load(source)
 
     async def __call__(self, name: str, keys: Sequence[KeyT], args: Sequence[ArgT]) -> Any:
         if self._retry_s is not None:
@@ -161,6 +171,8 @@ class ScriptRunner:
         try:
             return await self._exec("EVALSHA", s.sha, len(keys), *keys, *args)
         except NoScriptError:
-            # the master serving these keys lacks it (restarted, failed over, flushed):
-            # EVAL runs it there and caches it for the next EVALSHA
-            return await self._exec("EVAL", s.source, len(keys), *keys, *args)
+            if keys:
+                await self.load_for(name, keys[0])
+            else:
+                await self._redis.script_load(s.source)
+            return await self._exec("EVALSHA", s.sha, len(keys), *keys, *args)

@@ -66,7 +66,19 @@ class LocalCluster:
         return cluster
 
     def _start_node(self, directory: Path) -> RedisProcess:
+        # free ports are picked, not reserved: another process may take one meanwhile
+        for attempt in range(3):
+            try:
+                return self._try_node(directory)
+            except Exception:
+                if attempt == 2:
+                    raise
+                shutil.rmtree(directory, ignore_errors=True)
+        raise AssertionError("unreachable")
+
+    def _try_node(self, directory: Path) -> RedisProcess:
         return start_redis_server(
+            port=free_port(),
             directory=directory,
             extra_args=["--cluster-enabled", "yes",
                         "--cluster-config-file", "nodes.conf",
