@@ -158,15 +158,23 @@ async def test_a_partitioned_queue_through_a_replica_node_spans_the_masters(
         refs = await q.add_bulk([{"i": i} for i in range(600)])
         per = await q.partition_counts()
         assert sum(p["waiting"] for p in per) == 600 and all(p["waiting"] for p in per)
+        # a flow on a partitioned queue: children without ids inherit the root's tag
+        flow = await q.add_flow(FlowJob(data={"f": 0}, options=JobOptions(job_id="o-{7}"),
+                                        children=[FlowJob(data={"f": i}) for i in (1, 2)]),
+                                on_child_failure="continue")
+        events = await q.read_events("0-0", count=1000)
+        assert len(events) >= 603 and "," in events[-1].id  # one position per partition
         ran: set[str] = set()
 
         async def handler(job: Job) -> None:
             ran.add(job.id)
 
         async with running(Worker(q, handler, rate_limit=None, concurrency=20)):
-            await wait_until(lambda: len(ran) == 600, 60, 0.05, "600 jobs")
-        assert ran == {r.job_id for r in refs}
-        assert (await q.counts())["completed"] == 600
+            await wait_until(lambda: len(ran) == 603, 60, 0.05, "603 jobs")
+            later = await q.read_events(events[-1].id, count=5000, block=1.0)
+            assert {e.name for e in later} >= {"active", "completed"}
+        assert ran >= {r.job_id for r in refs} | {flow.job_id}
+        assert (await q.counts())["completed"] == 603
         # growing the count works on a cluster too (every partition its own slot)
         assert await grow_partitions(q, 8) == 6
         await q.add_bulk([{} for _ in range(50)])
