@@ -103,12 +103,16 @@ async def test_every_queue_operation_through_a_node_that_does_not_serve_the_queu
                              on_child_failure="fail")
         await other.close()
 
-        # a worker drains it all; one job fails for good
+        # a worker drains it all (and fires a schedule due every second); one job fails
+        await q.upsert_schedule("fast", every=1, data={"s": "fast"})
         bad = await q.add({"fail": True}, JobOptions(job_id="bad", attempts=1))
         ran: list[str] = []
+        fired: list[str] = []
 
         async def handler(job: Job) -> Any:
             ran.append(job.id)
+            if job.data == {"s": "fast"}:
+                fired.append(job.id)
             if isinstance(job.data, dict) and job.data.get("fail"):
                 raise PermanentError("no")
             return {"ok": job.id}
@@ -116,6 +120,8 @@ async def test_every_queue_operation_through_a_node_that_does_not_serve_the_queu
         async with running(Worker(q, handler, rate_limit=None, concurrency=8)) as w:
             await wait_until(lambda: flow.job_id in ran, 60, 0.05, "the flow's parent")
             await wait_until(lambda: "bad" in ran, 30, 0.05, "the failing job")
+            await wait_until(lambda: len(fired) >= 2, 30, 0.05, "two runs of the schedule")
+            assert await q.remove_schedule("fast")
             assert [x.name for x in await q.workers()] == [w.consumer]
             await wait_until(lambda: _idle(q), 30, 0.05, "a drained queue")
         parent = await q.get_job(flow.job_id)
