@@ -1,9 +1,10 @@
 """Redis Cluster: found from any node's URL, and a cluster client that rides out failovers.
 
-Detection: ``REDIS_URL`` may name any node of a cluster. The first time a process opens
-a URL, one ``INFO cluster`` on a single-node client says whether the node is in cluster
-mode (``cluster_enabled:1``); the answer is remembered for the process, so later queues
-on the same URL do not ask again. A single Redis keeps the probing client.
+Detection: ``REDIS_URL`` may name any node of a cluster. When a queue (or a worker, the
+dashboard...) first talks to Redis, one ``HELLO 2`` on a single-node client says whether
+the node runs in cluster mode (its ``mode`` field; ``INFO cluster`` when HELLO is not
+allowed). A single Redis keeps the probing client, so the question costs one round trip
+per client made.
 
 The cluster client is redis-py's ``RedisCluster`` with the options of ``make_redis``
 (RESP2, timeouts, keepalive, hiredis packing) and one change: a command that meets a
@@ -282,20 +283,6 @@ async def slot_owners(client: RedisCluster, keys: list[str]) -> list[tuple[int, 
 
 
 # -- detection ---------------------------------------------------------------------------------
-_KNOWN: dict[str, bool] = {}
-"""URL -> is it a cluster node, as found by this process."""
-
-
-def known_cluster(url: str) -> bool | None:
-    """What this process found the URL to be: True (a cluster), False, or None (not
-    asked yet)."""
-    return _KNOWN.get(url)
-
-
-def remember(url: str, cluster: bool) -> None:
-    _KNOWN[url] = cluster
-
-
 def url_db(url: str) -> int:
     """The database number a redis:// or rediss:// URL selects (0 when it names none)."""
     parts = urlsplit(url)
@@ -373,6 +360,6 @@ def make_cluster(url: str, options: Mapping[str, Any], retry_s: float | None = N
 
 
 __all__ = ["DEFAULT_RETRY_S", "RETRY_ENV", "Client", "ClusterClient", "ClusterUnreachable",
-           "call_with_retry", "check_cluster_url", "is_transient", "known_cluster",
-           "make_cluster", "one_line", "probe_is_cluster", "remember", "retry_bound",
+           "call_with_retry", "check_cluster_url", "is_transient", "make_cluster", "one_line",
+           "probe_is_cluster", "refused_in_chain", "retry_bound",
            "retry_s_from_env", "slot_owners", "url_db"]

@@ -19,7 +19,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from .blind_index import BlindIndex, Terms
-from .cluster import Client, known_cluster
+from .cluster import Client
 from .codec import Codec, type_tag
 from .connection import translate_redis_errors
 from .crypto import KeyRing
@@ -154,6 +154,7 @@ class Queue:
         self._redis: Client | None = redis
         self._own_redis = redis is None
         self._opened = redis is not None
+        self._open_lock: anyio.Lock | None = None
         self._scripts: ScriptRunner | None = None
         self._calls: anyio.Semaphore | None = None
         self._default_backoff = Backoff(base=self.defaults.backoff_s).encode()
@@ -162,10 +163,11 @@ class Queue:
     # -- connection -----------------------------------------------------------------
     @property
     def redis(self) -> Client:
-        """The client: a ``RedisCluster`` once the URL was found to name a cluster node
-        (at the queue's first call, or earlier in this process), else a ``Redis``."""
+        """The client: once the queue has talked to Redis, a ``RedisCluster`` when the URL
+        names a cluster node, else a ``Redis`` (before that: a ``Redis``, replaced at the
+        first call if the node turns out to be a cluster's)."""
         if self._redis is None:
-            self._redis = make_client(self.redis_url)
+            self._redis = make_client(self.redis_url, False)
         return self._redis
 
     @property
@@ -173,26 +175,24 @@ class Queue:
         return isinstance(self._redis, RedisCluster)
 
     async def _open(self) -> Client:
-        """The client, after finding out (once per process and URL) whether the URL names
-        a cluster node. Every call that talks to Redis passes here first."""
-        if self._opened:
-            assert self._redis is not None
-            return self._redis
-        with translate_redis_errors(self.redis_url):
-            cluster = known_cluster(self.redis_url)
-            made = self._redis
-            if cluster is None or (cluster and not self.is_cluster):
-                client = await open_client(self.redis_url)
-                if made is not None and not isinstance(client, RedisCluster):
-                    await client.aclose()  # one Redis: keep the client already made
-                else:
-                    if made is not None:
-                        await made.aclose()  # a one-Redis client made before the answer
-                    self._redis = client
-                    self._scripts = None
-            elif made is None:
-                self._redis = make_client(self.redis_url)
-        self._opened = True
+        """The client, after asking the node the URL names whether it is a cluster's
+        (once per queue; ``cluster.py``). Every call that talks to Redis passes here."""
+        if not self._opened:
+            if self._open_lock is None:
+                self._open_lock = anyio.Lock()
+            async with self._open_lock:
+                if not self._opened:
+                    with translate_redis_errors(self.redis_url):
+                        client = await open_client(self.redis_url)
+                    made = self._redis
+                    if made is not None and not isinstance(client, RedisCluster):
+                        await client.aclose()  # one Redis: keep the client already made
+                    else:
+                        if made is not None:
+                            await made.aclose()  # made before the answer: a cluster's node
+                        self._redis = client
+                        self._scripts = None
+                    self._opened = True
         assert self._redis is not None
         return self._redis
 

@@ -23,7 +23,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .cluster import Client, known_cluster, make_cluster, probe_is_cluster, remember
+from .cluster import Client, make_cluster, probe_is_cluster
 from .errors import ConfigError
 from .validate import int_value, seconds_value
 
@@ -248,29 +248,27 @@ def make_redis(url: str, **overrides: Any) -> Redis:
         raise ConfigError(f"REDIS_URL is malformed: {exc}") from None
 
 
-def make_client(url: str, **overrides: Any) -> Client:
-    """The client for ``url`` without asking the server: the cluster client when this
-    process found the URL to name a cluster node (``open_client``), else one for a
-    single Redis."""
-    if known_cluster(url):
+def make_client(url: str, cluster: bool, **overrides: Any) -> Client:
+    """The client for ``url``, for a Redis Cluster node (``cluster``) or one Redis, with
+    the same options either way."""
+    if cluster:
         return make_cluster(url, redis_options(url, **overrides))
     return make_redis(url, **overrides)
 
 
 async def open_client(url: str, **overrides: Any) -> Client:
     """The client for ``url``: a Redis Cluster client when the node it names runs in
-    cluster mode (asked once per process and URL: ``INFO cluster``), else a client for
-    one Redis. The caller translates connection errors (``translate_redis_errors``)."""
-    found = known_cluster(url)
-    if found is None:
-        probe = make_redis(url, **overrides)
-        try:
-            found = await probe_is_cluster(probe, url)
-        except BaseException:
-            await probe.aclose()
-            raise
-        remember(url, found)
-        if not found:
-            return probe
+    cluster mode (asked: ``HELLO``, else ``INFO cluster``), else a client for one Redis
+    (the one that asked). The caller translates connection errors
+    (``translate_redis_errors``). Asked anew each time, never remembered: a URL may name
+    another server later (a restart, a reused port)."""
+    probe = make_redis(url, **overrides)
+    try:
+        cluster = await probe_is_cluster(probe, url)
+    except BaseException:
         await probe.aclose()
-    return make_client(url, **overrides)
+        raise
+    if not cluster:
+        return probe
+    await probe.aclose()
+    return make_client(url, True, **overrides)

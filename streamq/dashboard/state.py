@@ -54,7 +54,7 @@ class Dashboard:
     def redis(self) -> Any:
         """A client for discovery (the queues use their own)."""
         if self._redis is None:
-            self._redis = make_client(self.redis_url)
+            self._redis = make_client(self.redis_url, False)
         return self._redis
 
     async def start(self) -> None:
@@ -63,6 +63,8 @@ class Dashboard:
                       redis_url=self.redis_url)
         try:
             await probe.connect()
+            if self._redis is None:  # discovery's client: a cluster's when the URL names one
+                self._redis = make_client(self.redis_url, probe.is_cluster)
         finally:
             await probe.close()
         if not self.config.queues:

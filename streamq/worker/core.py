@@ -49,7 +49,7 @@ from ..redact import redact_text, redact_url
 from ..results import result_tail
 from ..schedules.runner import ScheduleRunner
 from ..scripts import ScriptRunner
-from ..settings import MAX_BLOCK_MS, open_client
+from ..settings import MAX_BLOCK_MS, make_client
 from .attempt import AttemptFailed, AttemptTimedOut, HandlerCancelled, run_with_timeout
 from .hold import FetchHold
 from .options import check_worker_options
@@ -215,9 +215,9 @@ class Worker:
             await self.queue.ensure_groups()
             if self.queue.owns_client:
                 with translate_redis_errors(self.queue.redis_url):
-                    # (the queue found out above whether the URL names a cluster node)
-                    self._redis = await open_client(self.queue.redis_url,
-                                                    retry=Retry(NoBackoff(), 0))
+                    # a cluster client when the queue found the URL to name a cluster node
+                    self._redis = make_client(self.queue.redis_url, self.queue.is_cluster,
+                                              retry=Retry(NoBackoff(), 0))
                     self._scripts = ScriptRunner(self._redis)
                     await self._scripts.load_all()
             self.healthy = True

@@ -44,8 +44,10 @@ async def test_a_slot_moved_mid_drain_loses_nothing_and_adds_are_retried(
     assert report.added > 500
     assert report.lost == [] and report.duplicated == {}
     assert not report.add_errors, report.add_errors  # retried, never raised
-    # the migration was met (a slot half-moved: ASK, then TRYAGAIN on the scripts)
-    assert report.troubles, "the producers never met the migration"
+    # the migration was met (a slot half-moved: ASK, then TRYAGAIN on the scripts), and
+    # the clients followed and retried (redis-py's own redirects, then streamq's bound)
+    met = report.server_errors["TRYAGAIN"] + report.server_errors["ASK"]
+    assert met or report.troubles, "the producers never met the migration"
 
 
 async def test_not_replicated_when_the_replica_is_stopped(healthy: LocalCluster) -> None:

@@ -21,6 +21,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -292,6 +293,17 @@ class LocalCluster:
         with self.client(node) as c:
             info = c.info("cpu")
         return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+    def error_replies(self) -> Counter[str]:
+        """Error replies sent so far by the live nodes, by prefix (TRYAGAIN, ASK,
+        MOVED...: INFO errorstats)."""
+        total: Counter[str] = Counter()
+        for node in self.alive():
+            with contextlib.suppress(redis.RedisError, OSError), self.client(node) as c:
+                for name, row in c.info("errorstats").items():
+                    if name.startswith("errorstat_") and isinstance(row, dict):
+                        total[name[len("errorstat_"):]] += int(row["count"])
+        return total
 
     def command_calls(self, node: RedisProcess, command: str = "evalsha") -> int:
         with self.client(node) as c:

@@ -11,8 +11,10 @@ master (``migrate``). Then the figures.
 * recovery_s: from the fault's start until the partition it hit took an add again (the
   first add to that partition returning after the fault began); max_add_s: the slowest
   add of the run;
-* troubles: what the producers' cluster client rode out meanwhile (TryAgainError,
-  AskError, MovedError, ConnectionError... counts), i.e. adds retried rather than raised.
+* troubles: what the producers' cluster client rode out past redis-py's own redirect
+  handling (TryAgainError, ConnectionError... counts); ``server_errors``: the error
+  replies the nodes sent during the run (TRYAGAIN, ASK, MOVED...: INFO errorstats), i.e.
+  what the clients met and retried rather than raised.
 
 Used by tests/cluster/test_cluster_faults.py (CI size) and by hand at larger sizes.
 """
@@ -64,6 +66,7 @@ class FaultReport:
     recovery_s: float = 0.0
     max_add_s: float = 0.0
     troubles: Counter[str] = field(default_factory=Counter)
+    server_errors: Counter[str] = field(default_factory=Counter)
     fault_s: float = 0.0
     drain_s: float = 0.0
     detail: str = ""
@@ -76,7 +79,8 @@ class FaultReport:
             f"  add errors seen by producers: {dict(self.add_errors) or 0}; recovery "
             f"{self.recovery_s:.2f}s; slowest add {self.max_add_s:.2f}s; the fault took "
             f"{self.fault_s:.2f}s; drained {self.drain_s:.1f}s after the last add",
-            f"  ridden out by the producers' client: {dict(self.troubles) or 0}",
+            f"  ridden out by the producers' client: {dict(self.troubles) or 0}; error "
+            f"replies of the nodes meanwhile: {dict(self.server_errors) or 0}",
             f"  {self.detail}",
         ]
 
@@ -91,6 +95,7 @@ async def run_fault(cluster: LocalCluster, queue: str, tmp: Path, cfg: FaultConf
     stop_adding = anyio.Event()
     fault_at: list[float] = []  # monotonic
     fault_wall: list[float] = []  # the ledger's clock
+    errors_before = await anyio.to_thread.run_sync(cluster.error_replies)
     async with Queue(queue, redis_url=cluster.url, partitions=3) as q:
         await q.connect()
         await q.ensure_groups()
@@ -176,6 +181,8 @@ async def run_fault(cluster: LocalCluster, queue: str, tmp: Path, cfg: FaultConf
                     p.wait(10)
         client: Any = q.redis
         report.troubles = Counter(getattr(client, "troubles", {}))
+    # (a killed node's counts are gone with it: the failover's figures are the client's)
+    report.server_errors = await anyio.to_thread.run_sync(cluster.error_replies) - errors_before
     view = read_ledger(ledger)
     t0 = fault_at[0]
     report.added = len(returned)
