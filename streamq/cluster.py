@@ -44,6 +44,7 @@ from redis.exceptions import (
     ClusterDownError,
     ClusterError,
     RedisClusterException,
+    RedisError,
     ResponseError,
     SlotNotCoveredError,
     TryAgainError,
@@ -75,6 +76,13 @@ class ClusterUnreachable(RedisConnectionError):
     """A cluster command kept failing for the whole retry bound. A redis-py connection
     error, so the worker's loops treat it as an outage; a ``Queue`` reports it as
     ``RedisUnavailable`` naming the cluster."""
+
+
+class ClusterCommandError(RedisError):
+    """redis-py's ``RedisClusterException`` (which is not a ``RedisError``) that does not
+    pass by itself (an ACL refusal while reading the slot map, a command it cannot
+    route), as a ``RedisError``: the worker's loops report it and go on instead of
+    dying; a ``Queue`` reports it as ``RedisUnavailable``. The original is its cause."""
 
 
 def retry_s_from_env(env: Mapping[str, str] | None = None) -> float:
@@ -159,6 +167,8 @@ async def call_with_retry(call: Callable[[], Awaitable[T]], retry_s: float, what
             exc = last or TimeoutError("no answer")
         except Exception as error:
             if not is_transient(error):
+                if isinstance(error, RedisClusterException):
+                    raise ClusterCommandError(one_line(error)) from error
                 raise
             exc = last = error
             if seen is not None:
@@ -359,7 +369,8 @@ def make_cluster(url: str, options: Mapping[str, Any], retry_s: float | None = N
     return client
 
 
-__all__ = ["DEFAULT_RETRY_S", "RETRY_ENV", "Client", "ClusterClient", "ClusterUnreachable",
+__all__ = ["DEFAULT_RETRY_S", "RETRY_ENV", "Client", "ClusterClient", "ClusterCommandError",
+           "ClusterUnreachable",
            "call_with_retry", "check_cluster_url", "is_transient", "make_cluster", "one_line",
            "probe_is_cluster", "refused_in_chain", "retry_bound",
            "retry_s_from_env", "slot_owners", "url_db"]

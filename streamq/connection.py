@@ -19,7 +19,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .cluster import ClusterUnreachable, one_line, refused_in_chain
+from .cluster import ClusterCommandError, ClusterUnreachable, one_line, refused_in_chain
 from .errors import ConfigError, QueueFull, RedisUnavailable
 from .redact import redact_url
 
@@ -48,7 +48,7 @@ def translate_redis_errors(url: str) -> Iterator[None]:
             "RedisCluster") from None
     except (TryAgainError, ClusterError) as exc:  # on a cluster client the caller built
         raise RedisUnavailable(f"Redis Cluster at {redact_url(url)}: {one_line(exc)}") from None
-    except RedisClusterException as exc:
+    except (RedisClusterException, ClusterCommandError) as exc:
         refused = refused_in_chain(exc)
         if refused is not None and not _is_auth_error(refused):
             raise RedisUnavailable(
@@ -58,7 +58,9 @@ def translate_redis_errors(url: str) -> Iterator[None]:
         if refused is not None:
             raise RedisUnavailable(f"Redis AUTH failed at {redact_url(url)}: "
                                    f"{one_line(refused)}") from None
-        raise RedisUnavailable(f"Redis Cluster at {redact_url(url)}: {one_line(exc)}") from None
+        cause = exc.__cause__ if isinstance(exc, ClusterCommandError) else exc
+        raise RedisUnavailable(f"Redis Cluster at {redact_url(url)}: "
+                               f"{one_line(cause or exc)}") from None
     except (AuthenticationError, AuthorizationError) as exc:
         raise RedisUnavailable(f"Redis AUTH failed at {redact_url(url)}: {exc}") from None
     except RedisConnectionError as exc:

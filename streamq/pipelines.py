@@ -182,9 +182,16 @@ async def _single_round(client: Redis, runner: ScriptRunner, calls: Sequence[Cal
 async def _cluster_round(client: RedisCluster, runner: ScriptRunner, calls: Sequence[Call],
                          todo: list[int], results: list[Any], per_trip: int | None,
                          replicas: Replicas | None) -> list[int]:
-    await client.initialize()  # a no-op once the slot map is read
     groups: dict[str, tuple[ClusterNode, list[int]]] = {}
     failed: list[int] = []
+    try:
+        await client.initialize()  # a no-op once the slot map is read
+    except Exception as exc:  # no slot map (mid-failover): every call is tried again
+        if not is_transient(exc):
+            raise
+        for i in todo:
+            results[i] = exc
+        return list(todo)
     for i in todo:
         key = calls[i][1][0]
         try:

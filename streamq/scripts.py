@@ -20,7 +20,7 @@ from typing import Any, cast
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
-from .cluster import Client, ClusterClient, call_with_retry, retry_bound
+from .cluster import Client, call_with_retry, retry_bound
 from .errors import ConfigError
 
 KeyT = str | bytes
@@ -131,9 +131,9 @@ class ScriptRunner:
         self._scripts = scripts()
         # execute_command is untyped in redis-py; EVALSHA's typed wrapper is too narrow
         self._exec = cast(Callable[..., Awaitable[Any]], redis.execute_command)
-        # a RedisCluster the caller built lacks the retries of streamq's (cluster.py)
-        self._retry_s = (retry_bound(redis) if isinstance(redis, RedisCluster)
-                         and not isinstance(redis, ClusterClient) else None)
+        # on a cluster the whole call (a NOSCRIPT's load included) rides out cluster
+        # trouble; streamq's client also does it per command, a client passed in does not
+        self._retry_s = retry_bound(redis) if isinstance(redis, RedisCluster) else None
 
     async def load_all(self) -> None:
         """Load every script (on a cluster: on every master). Not needed for correctness:
@@ -153,10 +153,15 @@ class ScriptRunner:
         source = self._scripts[name].source
         client = self._redis
         if isinstance(client, RedisCluster):
-            await client.initialize()
-            node = client.get_node_from_key(key.decode() if isinstance(key, bytes) else key)
+            text = key.decode() if isinstance(key, bytes) else key
             load = cast(Callable[..., Awaitable[Any]], client.execute_command)
-            await load("SCRIPT LOAD", source, target_nodes=node)
+
+            async def load_there() -> None:
+                await client.initialize()  # the slot map, if a failure made it stale
+                node = client.get_node_from_key(text)
+                await load("SCRIPT LOAD", source, target_nodes=node)
+
+            await call_with_retry(load_there, retry_bound(client), "SCRIPT LOAD")
         else:
             await client.script_load(source)
 
