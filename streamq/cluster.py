@@ -30,12 +30,13 @@ import os
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from typing import Any, TypeVar, cast
 from urllib.parse import parse_qs, urlsplit
 
 import anyio
 from redis.asyncio import Redis
-from redis.asyncio.cluster import ClusterPipeline, RedisCluster
+from redis.asyncio.cluster import ClusterPipeline, NodesManager, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
@@ -218,6 +219,29 @@ class RetryingPipeline(ClusterPipeline):
                                      self._client.troubles)
 
 
+_IN_COMMAND: ContextVar[bool] = ContextVar("streamq_cluster_in_command", default=False)
+"""Set while a ``ClusterClient`` command runs: redis-py's own calls to close come from there."""
+_CLOSING: ContextVar[bool] = ContextVar("streamq_cluster_closing", default=False)
+"""Set while a ``ClusterClient`` closes for good."""
+
+
+class GentleNodes(NodesManager):
+    """redis-py's node manager, whose ``aclose`` outside a real close (redis-py calls it
+    when a slot-map read fails) lets the connections in use finish their commands and
+    closes only the idle ones, as redis-py does itself when the slot map changes."""
+
+    __slots__ = ()
+
+    async def aclose(self, attr: str = "nodes_cache") -> None:
+        if _CLOSING.get():
+            await super().aclose(attr)
+            return
+        for node in list(getattr(self, attr).values()):
+            node.update_active_connections_for_reconnect()
+            with contextlib.suppress(Exception):
+                await node.disconnect_free_connections()
+
+
 class ClusterClient(RedisCluster):
     """redis-py's cluster client whose commands ride out cluster trouble for up to
     ``retry_s`` seconds (see the module's doc). redis-py's own retries are off: a failed
@@ -232,8 +256,12 @@ class ClusterClient(RedisCluster):
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         parent = super().execute_command
-        return await call_with_retry(lambda: parent(*args, **kwargs), self.retry_s,
-                                     _command_name(args), seen=self.troubles)
+        token = _IN_COMMAND.set(True)
+        try:
+            return await call_with_retry(lambda: parent(*args, **kwargs), self.retry_s,
+                                         _command_name(args), seen=self.troubles)
+        finally:
+            _IN_COMMAND.reset(token)
 
     async def _determine_slot(self, command: str, *args: Any) -> int:
         # XREAD / XREADGROUP name their keys after STREAMS, which redis-py asks the server
@@ -250,12 +278,25 @@ class ClusterClient(RedisCluster):
         return await super()._determine_slot(command, *args)
 
     async def aclose(self) -> None:
-        await super().aclose()
-        # redis-py closes nothing while a failure has marked its slot map stale: close the
-        # nodes' connections anyway (a closed queue leaves no socket behind)
-        for attr in ("nodes_cache", "startup_nodes"):
-            with contextlib.suppress(Exception):
-                await self.nodes_manager.aclose(attr)
+        """Close every connection, for good. Called by redis-py itself from within a
+        command (to re-read the slot map after MOVED or CLUSTERDOWN), it re-reads the map
+        instead: closing would cut the commands other tasks have in flight on every node,
+        and a write cut after it ran is sent again (an add of a job that finished in
+        between would be a second job)."""
+        if _IN_COMMAND.get():
+            with contextlib.suppress(Exception):  # the command's next try says what is wrong
+                await self.nodes_manager.initialize()
+            return
+        token = _CLOSING.set(True)
+        try:
+            await super().aclose()
+            # redis-py closes nothing while a failure has marked its slot map stale: close
+            # the nodes' connections anyway (a closed queue leaves no socket behind)
+            for attr in ("nodes_cache", "startup_nodes"):
+                with contextlib.suppress(Exception):
+                    await self.nodes_manager.aclose(attr)
+        finally:
+            _CLOSING.reset(token)
 
     def pipeline(self, transaction: Any | None = None,
                  shard_hint: Any | None = None) -> ClusterPipeline:
@@ -363,6 +404,7 @@ def make_cluster(url: str, options: Mapping[str, Any], retry_s: float | None = N
     if pack_class is not None:
         # read by the nodes made at each slot-map read (RedisCluster takes no such option)
         client.connection_kwargs["connection_class"] = pack_class
+    client.nodes_manager.__class__ = GentleNodes  # same layout: no slots of its own
     client.retry_s = retry_s_from_env() if retry_s is None else retry_s
     client.label = redact_url(url)
     client.troubles = Counter()

@@ -86,6 +86,7 @@ async def test_every_operator_command_on_a_cluster_url(healthy: LocalCluster,
         with worker_process(url, tmp_path / "w.log", "--queue", qn,
                             "--handler", "tests.support.jobs:check") as proc:
             await wait_until(lambda: _dead_count(q, 3), 60, 0.1, "3 dead letters")
+            await wait_until(lambda: _completed(q, 20), 60, 0.1, "20 jobs completed")
         assert proc.returncode == 0, (tmp_path / "w.log").read_text()[-3000:]
 
         r = await cli(url, qn, "stats")
