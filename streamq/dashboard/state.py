@@ -24,7 +24,7 @@ from ..errors import ConfigError
 from ..keys import QueueKeys, check_queue_name
 from ..queue import Queue
 from ..redact import redact_text
-from ..settings import make_redis
+from ..settings import make_client
 from .auth import Authority
 from .config import DashboardConfig
 from .hub import Hub
@@ -56,7 +56,7 @@ class Dashboard:
     def redis(self) -> Any:
         """A client for discovery (the queues use their own)."""
         if self._redis is None:
-            self._redis = make_redis(self.redis_url)
+            self._redis = make_client(self.redis_url, False)
         return self._redis
 
     async def start(self) -> None:
@@ -65,6 +65,8 @@ class Dashboard:
                       redis_url=self.redis_url)
         try:
             await probe.connect()
+            if self._redis is None:  # discovery's client: a cluster's when the URL names one
+                self._redis = make_client(self.redis_url, probe.is_cluster)
         finally:
             await probe.close()
         if not self.config.queues:

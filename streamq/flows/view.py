@@ -19,9 +19,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..connection import translate_redis_errors
 from ..errors import ChildFailed
 from ..keys import GROUP, QueueKeys, check_job_id, check_queue_name
+from ..pipelines import Call
 from .finish import decode_outcome
 from .link import SEP, NodeRef, parse_spec
 from .tree import parse_kids, queue_cfg, read_tree
@@ -236,15 +236,14 @@ async def job_states(q: Queue, job_ids: Sequence[str]) -> list[str]:
     out: list[str] = []
     for start in range(0, len(job_ids), STATE_BATCH):
         part = job_ids[start:start + STATE_BATCH]
-        pipe = q.redis.pipeline(transaction=False)
+        calls: list[Call] = []
         for job_id in part:
             k = q.layout.lookup(job_id, count)[0]
-            q.scripts.queue_call(pipe, "get_job", [*k.lane_keys, k.moves, k.delayed,
-                                                   k.delayed_data, k.bucket(job_id),
-                                                   k.job(job_id), k.delivery(job_id)],
-                                 [GROUP, job_id])
-        with translate_redis_errors(q.redis_url):
-            replies = await q.scripts.run_pipeline(pipe)
+            calls.append(("get_job", [*k.lane_keys, k.moves, k.delayed, k.delayed_data,
+                                      k.bucket(job_id), k.job(job_id), k.delivery(job_id)],
+                          [GROUP, job_id]))
+        # read-only calls: safe to send again after cluster trouble (pipelines.py)
+        replies = await q.run_calls(calls, per_trip=None)
         for job_id, reply in zip(part, replies, strict=True):
             if reply:
                 out.append(_text(reply[0]))

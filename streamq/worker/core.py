@@ -32,12 +32,12 @@ import anyio
 import anyio.lowlevel
 import structlog
 from anyio.abc import TaskGroup
-from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from ..cancellation import cancelled_from_outside
+from ..cluster import Client
 from ..connection import translate_redis_errors
 from ..errors import Defer, PayloadError, PermanentError, RetryAfter, StreamqError
 from ..events import Callback, EventName, Hooks, WorkerEvent
@@ -50,7 +50,7 @@ from ..redact import redact_text, redact_url
 from ..results import result_tail
 from ..schedules.runner import ScheduleRunner
 from ..scripts import ScriptRunner
-from ..settings import MAX_BLOCK_MS, make_redis
+from ..settings import MAX_BLOCK_MS, make_client
 from .attempt import AttemptFailed, AttemptTimedOut, HandlerCancelled, run_with_timeout
 from .batch import BatchHandler, BatchOptions, BatchRunner, check_batch, claim_max
 from .hold import FetchHold
@@ -150,7 +150,7 @@ class Worker:
         self.schedules = ScheduleRunner(self) if fire_schedules else None
         """Fires the queue's due schedules (streamq/schedules/runner.py); None when off."""
 
-        self._redis: Redis | None = None
+        self._redis: Client | None = None
         self._scripts: ScriptRunner | None = None
         self._cut_now = anyio.Event()
         self._free = self.slots
@@ -188,7 +188,7 @@ class Worker:
 
     # -- connection --------------------------------------------------------------------
     @property
-    def redis(self) -> Redis:
+    def redis(self) -> Client:
         """The client in use: while running, the worker's own one, without automatic
         retries (the loops retry and say so, and a half-open link is reported after one
         socket timeout, not three); otherwise, and for a queue built on a client the
@@ -232,9 +232,11 @@ class Worker:
             await self.queue.connect()
             await self.queue.ensure_groups()
             if self.queue.owns_client:
-                self._redis = make_redis(self.queue.redis_url, retry=Retry(NoBackoff(), 0))
-                self._scripts = ScriptRunner(self._redis)
                 with translate_redis_errors(self.queue.redis_url):
+                    # a cluster client when the queue found the URL to name a cluster node
+                    self._redis = make_client(self.queue.redis_url, self.queue.is_cluster,
+                                              retry=Retry(NoBackoff(), 0))
+                    self._scripts = ScriptRunner(self._redis)
                     await self._scripts.load_all()
             self.healthy = True
             where = {"redis": redact_url(self.queue.redis_url)} if self.queue.owns_client else {}
