@@ -61,10 +61,12 @@ def check_job_id(job_id: str) -> str:
 
 INDEX_BUCKETS = 2048
 
-DISCOVERY_PATTERN = "streamq:{*}:lane:normal"
-"""What ``discovery.find_queues`` SCANs for: a key every queue has once a job was added
-or a worker started (each partition has one; only the home's name is a queue name)."""
-_DISCOVERED_RE = re.compile(r"^streamq:\{([A-Za-z0-9_.-]{1,64})\}:lane:normal$")
+DISCOVERY_PATTERN = "streamq:{*}:lane:*"
+"""What ``discovery.find_queues`` SCANs for: the lanes, one of which every queue has once
+a job was added (the lane of its priority: a queue of high-priority jobs only has no
+normal lane until a worker starts) or a worker started (each partition has them; only
+the home's name is a queue name)."""
+_DISCOVERED_RE = re.compile(r"^streamq:\{([A-Za-z0-9_.-]{1,64})\}:lane:(?:high|normal|low)$")
 
 
 def queue_of_key(key: str) -> str | None:
@@ -72,6 +74,18 @@ def queue_of_key(key: str) -> str | None:
     partition's own tag, a foreign key)."""
     m = _DISCOVERED_RE.match(key)
     return m.group(1) if m else None
+
+
+BREAKER_PATTERN = "streamq:{*}:breaker:*"
+"""What ``discovery.find_breakers`` SCANs for: the breaker hash of a downstream (an SMS
+provider), kept in its queue's home partition once it has counted a failure."""
+_BREAKER_RE = re.compile(r"^streamq:\{([A-Za-z0-9_.-]{1,64})\}:breaker:([a-z0-9_-]{1,32})$")
+
+
+def breaker_of_key(key: str) -> tuple[str, str] | None:
+    """(queue, downstream) of a key matched by BREAKER_PATTERN; None for anything else."""
+    m = _BREAKER_RE.match(key)
+    return (m.group(1), m.group(2)) if m else None
 
 
 def check_partitions(n: object, what: str = "partitions") -> int:

@@ -251,11 +251,13 @@ async def test_the_rate_limit_takes_one_token_per_job(redis_url: str, queue_name
             await wait_until(lambda: sum(n for _, n in seen) == 100, 60)
         elapsed = seen[-1][0] - t0
         assert elapsed >= (100 - 20) / 20 * 0.9, (elapsed, seen)
-        # in no window did more jobs start than the bucket allows (burst + rate x window)
+        # in no window did more jobs start than the bucket allows (burst + rate x window,
+        # the window widened by the fill wait and some scheduling: tokens are taken when
+        # a job is claimed, and a batch starts up to max_wait after its first claim)
         for i, (ti, _) in enumerate(seen):
             for tj, _ in seen[i:]:
                 started = sum(n for t, n in seen if ti <= t <= tj)
-                assert started <= 20 + 20 * (tj - ti) + 1, (started, tj - ti)
+                assert started <= 20 + 20 * (tj - ti + 0.05 + 0.2) + 1, (started, tj - ti)
 
 
 async def test_heartbeats_keep_a_long_batch(redis_url: str, queue_name: str) -> None:

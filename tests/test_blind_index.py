@@ -51,8 +51,8 @@ async def sms_q(redis_url: str, queue_name: str) -> AsyncIterator[Queue]:
         await q.close()
 
 
-def test_sms_queue_options_switch_on_with_the_keys_only() -> None:
-    assert sms_queue_options({}) == {}
+def test_sms_queue_options_encrypt_and_index_with_the_keys_only() -> None:
+    assert sms_queue_options({}) == {"redact_errors": True}  # masking needs no keys
     opts = sms_queue_options({KEYS_ENV: f"k1:{K1}"})
     assert opts["encrypt"] is True and opts["blind_index"] is phone_terms
     assert phone_terms({"recipient": {"phone_number": A}}) == ["e164:" + A]

@@ -14,8 +14,10 @@ from typing import Any
 
 import anyio
 import msgspec
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
+from ..cluster import slot_owners
 from ..connection import translate_redis_errors
 from ..dead import DeadLetter
 from ..errors import ConfigError, StreamqError
@@ -405,12 +407,25 @@ async def cmd_partitions(args: argparse.Namespace, q: Queue, con: Console) -> in
                if q.layout.history else "")
     con.print(f"queue {q.name}: {n} partition{'s' if n != 1 else ''} ({origin}{history})")
     rows: list[list[object]] = []
+    placed: list[tuple[int, str]] = []
+    client = q.redis
+    if isinstance(client, RedisCluster):  # where each partition lives: its slot, its master
+        with translate_redis_errors(q.redis_url):
+            placed = await slot_owners(client, [k.prefix for k in q.layout.all_keys(n)])
     for p, c in enumerate(await q.partition_counts()):
         rows.append([f"{p} (home)" if p == 0 else p, "{" + partition_tag(q.name, p) + "}",
+                     *(placed[p] if placed else ()),
                      c["waiting"], c["active"], c["delayed"], c["failed"], c["dead"],
                      c["completed"]])
-    con.print(table(["partition", "hash tag", "waiting", "active", "delayed", "failed", "dead",
-                     "completed"], rows, right=[2, 3, 4, 5, 6, 7]))
+    where = ["slot", "master"] if placed else []
+    first = 2 + len(where)
+    con.print(table(["partition", "hash tag", *where, "waiting", "active", "delayed", "failed",
+                     "dead", "completed"], rows, right=list(range(first, first + 6))))
+    if placed:
+        masters = {m for _, m in placed}
+        con.print(f"on a Redis Cluster: {len(masters)} master{'s' if len(masters) != 1 else ''} "
+                  "serve these partitions (docs/partitions.md: how partitions spread over "
+                  "masters)")
     return 0
 
 

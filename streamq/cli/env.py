@@ -45,6 +45,10 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("REDIS_TLS", "-", "with REDIS_HOST: 1/true/yes connects with TLS (rediss://)"),
     Setting("STREAMQ_TLS_INSECURE", "-",
             "1 allows rediss:// without certificate verification (refused otherwise)"),
+    Setting("STREAMQ_CLUSTER_RETRY_S", "10",
+            "Redis Cluster (found when REDIS_URL names any node): seconds a command keeps "
+            "being retried through a failover, a slot migration or MOVED/ASK/TRYAGAIN/"
+            "CLUSTERDOWN replies before it fails with one line"),
     # -- the default local Redis (worker only, when no Redis location is configured) -----
     Setting("STREAMQ_LOCAL_REDIS_PORT", "6379",
             "port of the local Redis the worker uses, and starts when nothing answers, "

@@ -32,12 +32,12 @@ import anyio
 import anyio.lowlevel
 import structlog
 from anyio.abc import TaskGroup
-from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from ..cancellation import cancelled_from_outside
+from ..cluster import Client
 from ..connection import translate_redis_errors
 from ..errors import Defer, PayloadError, PermanentError, RetryAfter, StreamqError
 from ..events import Callback, EventName, Hooks, WorkerEvent
@@ -50,7 +50,7 @@ from ..redact import redact_text, redact_url
 from ..results import result_tail
 from ..schedules.runner import ScheduleRunner
 from ..scripts import ScriptRunner
-from ..settings import MAX_BLOCK_MS, make_redis
+from ..settings import MAX_BLOCK_MS, make_client
 from .attempt import AttemptFailed, AttemptTimedOut, HandlerCancelled, run_with_timeout
 from .batch import BatchHandler, BatchOptions, BatchRunner, check_batch, claim_max
 from .hold import FetchHold
@@ -150,7 +150,7 @@ class Worker:
         self.schedules = ScheduleRunner(self) if fire_schedules else None
         """Fires the queue's due schedules (streamq/schedules/runner.py); None when off."""
 
-        self._redis: Redis | None = None
+        self._redis: Client | None = None
         self._scripts: ScriptRunner | None = None
         self._cut_now = anyio.Event()
         self._free = self.slots
@@ -188,7 +188,7 @@ class Worker:
 
     # -- connection --------------------------------------------------------------------
     @property
-    def redis(self) -> Redis:
+    def redis(self) -> Client:
         """The client in use: while running, the worker's own one, without automatic
         retries (the loops retry and say so, and a half-open link is reported after one
         socket timeout, not three); otherwise, and for a queue built on a client the
@@ -232,9 +232,11 @@ class Worker:
             await self.queue.connect()
             await self.queue.ensure_groups()
             if self.queue.owns_client:
-                self._redis = make_redis(self.queue.redis_url, retry=Retry(NoBackoff(), 0))
-                self._scripts = ScriptRunner(self._redis)
                 with translate_redis_errors(self.queue.redis_url):
+                    # a cluster client when the queue found the URL to name a cluster node
+                    self._redis = make_client(self.queue.redis_url, self.queue.is_cluster,
+                                              retry=Retry(NoBackoff(), 0))
+                    self._scripts = ScriptRunner(self._redis)
                     await self._scripts.load_all()
             self.healthy = True
             where = {"redis": redact_url(self.queue.redis_url)} if self.queue.owns_client else {}
@@ -585,23 +587,28 @@ class Worker:
         self._slot_freed.set()
         self.fetch_hold.finished(job)
 
-    async def prepare(self, job: Job) -> bool:
-        """Before a job's handler runs: decode its payload (dead-letter a malformed entry,
-        an oversize or undecodable payload: False), give it the runtime, emit 'active'."""
+    def unpack(self, job: Job) -> str | None:
+        """Before a job's handler runs: decode its payload and give it the runtime. Returns
+        why it must be dead-lettered instead (a malformed entry, an oversize or undecodable
+        payload), else None. (Synchronous: the hot path pays no coroutine for it.)"""
         if isinstance(job.data, _MalformedEntry):
-            await self._dead(job, "malformed stream entry")
-            return False
+            return "malformed stream entry"
         if isinstance(job.data, _Oversize):
-            limit = self.queue.codec.max_bytes
-            await self._dead(job, f"payload {job.data.size} B exceeds limit {limit} B")
-            return False
+            return f"payload {job.data.size} B exceeds limit {self.queue.codec.max_bytes} B"
         try:
             job.data = self.queue.codec.decode(job.data, job.id)
         except PayloadError as exc:
-            await self._dead(job, _one_line(exc))
-            return False
+            return _one_line(exc)
         job.wait_s = max(0.0, time.time() - job.enqueued_ms / 1000)
         job.runtime = self.runtime
+        return None
+
+    async def prepare(self, job: Job) -> bool:
+        """``unpack``, then dead-letter the job (False) or emit 'active' (True)."""
+        reason = self.unpack(job)
+        if reason is not None:
+            await self._dead(job, reason)
+            return False
         if self.hooks.wants("active"):
             await self.hooks.emit(self._event("active", job))
         return True
@@ -631,8 +638,12 @@ class Worker:
             await self._failed(job, exc, retry=True)
 
     async def _process(self, job: Job) -> None:
-        if not await self.prepare(job):
+        reason = self.unpack(job)
+        if reason is not None:
+            await self._dead(job, reason)
             return
+        if self.hooks.wants("active"):
+            await self.hooks.emit(self._event("active", job))
         if job.timeout is not None:
             self._cut_at[id(job)] = anyio.current_time() + job.timeout
         t0 = time.perf_counter()

@@ -36,13 +36,14 @@ pytestmark = pytest.mark.chaos
 COMMON = ["-@all", "+ping", "+hello", "+auth", "+client|setname", "resetchannels"]
 PRODUCER_ACL = ["+evalsha", "+script|load", "+time", "+exists", "+get", "+set", "+del",
                 "+hget", "+hset", "+hdel", "+hexists", "+hmget", "+hincrby",
-                "+xadd", "+xdel", "+xlen", "+xrange", "+xpending",
+                "+xadd", "+xdel", "+xlen", "+xrange", "+xpending", "+setbit",
                 "+zadd", "+zrange", "+zrem", "+zcard"]
 # +get: the SMS delivery report endpoint (which a worker serves) reads message references
 WORKER_ACL = ["+evalsha", "+script|load", "+time", "+exists", "+set", "+get", "+pexpire",
               "+hget", "+hset", "+hdel", "+hmget", "+hincrby",
               "+xadd", "+xdel", "+xrange", "+xpending", "+xack", "+xread", "+xreadgroup",
-              "+xgroup|create", "+xinfo|stream", "+xinfo|consumers",
+              "+xgroup|create", "+xinfo|stream", "+xinfo|consumers", "+xrevrange",
+              "+setbit", "+bitfield_ro",
               "+zadd", "+zrange", "+zrangebyscore", "+zrem", "+zremrangebyrank"]
 QUEUE = "acl"
 KEYS = "~streamq:{acl}:*"

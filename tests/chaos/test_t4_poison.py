@@ -144,9 +144,12 @@ async def test_t4_poison_entries_are_dead_lettered_at_once_and_good_jobs_complet
             assert "\n" not in reason and "\r" not in reason and len(reason) <= 500, reason
             assert re.search(kinds[kind][1], reason), (kind, reason)
             assert int(f[b"n"]) <= 1, f"{kind} was retried: {f[b'n']!r}"
-            if int(f[b"f"]) - added_ms > 1000:
+            # "at once": on its first claim, not after a retry's backoff or a 30 s
+            # visibility timeout. The entry waits behind up to a thousand good jobs, which
+            # a loaded 2-core machine works through in about a second.
+            if int(f[b"f"]) - added_ms > 5000:
                 slow[job_id] = int(f[b"f"]) - added_ms
-        assert not slow, f"dead-lettered later than 1 s after being written: {slow}"
+        assert not slow, f"dead-lettered later than 5 s after being written: {slow}"
         c = await q.counts()
         assert (c["waiting"], c["active"], c["delayed"]) == (0, 0, 0)
     finally:
