@@ -37,8 +37,18 @@ LANE_SUFFIXES: tuple[str, ...] = tuple(
 names they always had (``lane:normal`` is how queues are discovered), the others are
 named by level (``lane:1``, ``lane:3`` ...)."""
 
-_SHOWN: tuple[Priority, ...] = tuple(
-    next((n for n, v in NAMES.items() if v == level), level) for level in LEVEL_OF_LANE)  # type: ignore[misc]
+
+def _shown(level: int) -> Priority:
+    if level == NAMES["high"]:
+        return "high"
+    if level == NAMES["normal"]:
+        return "normal"
+    return "low" if level == NAMES["low"] else level
+
+
+PRIORITY_OF_LANE: tuple[Priority, ...] = tuple(_shown(level) for level in LEVEL_OF_LANE)
+"""How each lane's jobs report their priority (index = lane number): the name for the
+named levels, else the level."""
 
 
 def level_of(priority: object) -> int:
@@ -62,7 +72,7 @@ def lane_of(priority: object) -> int:
 def priority_of_lane(lane: int) -> Priority | None:
     """How a job's priority is reported (``Job.priority``, ``JobInfo.priority``): the
     name for levels 2, 5, 8, the level for the others; None for a number that is no lane."""
-    return _SHOWN[lane] if 0 <= lane < LEVELS else None
+    return PRIORITY_OF_LANE[lane] if 0 <= lane < LEVELS else None
 
 
 def rank_of_lane(lane: int) -> int:
@@ -71,4 +81,5 @@ def rank_of_lane(lane: int) -> int:
 
 
 __all__ = ["LANE_OF_LEVEL", "LANE_ORDER", "LANE_SUFFIXES", "LEVELS", "LEVEL_OF_LANE", "NAMES",
-           "Priority", "PriorityName", "lane_of", "level_of", "priority_of_lane", "rank_of_lane"]
+           "PRIORITY_OF_LANE", "Priority", "PriorityName", "lane_of", "level_of",
+           "priority_of_lane", "rank_of_lane"]

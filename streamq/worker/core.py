@@ -44,7 +44,7 @@ from ..events import Callback, EventName, Hooks, WorkerEvent
 from ..flows.link import parse_spec
 from ..job import Job
 from ..keys import GROUP, QueueKeys
-from ..priority import LEVELS, Priority, priority_of_lane
+from ..priority import PRIORITY_OF_LANE as _SHOWN
 from ..queue import Queue
 from ..redact import redact_text, redact_url
 from ..results import result_tail
@@ -84,10 +84,6 @@ def _type_name(raw: bytes) -> str | None:
 
 def _text(v: Any) -> str:
     return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
-
-
-_SHOWN: tuple[Priority, ...] = tuple(priority_of_lane(n) or "normal" for n in range(LEVELS))
-"""``Job.priority`` of each lane number."""
 
 
 class Worker:
