@@ -1,6 +1,8 @@
 """``python -m benchmarks run [--quick] [--only NAME,...] [--rounds 3] [--jobs 20000] [--json out.json]
-[--partitions N]``, ``python -m benchmarks profile`` (the streamq worker's drain under py-spy)
-and ``python -m benchmarks.partitions`` (streamq alone over partition counts, side by side).
+[--partitions N]``, ``python -m benchmarks profile`` (the streamq worker's drain under py-spy),
+``python -m benchmarks.partitions`` (streamq alone over partition counts, side by side) and
+``python -m benchmarks.cluster_scaleout`` (one queue on a local 3-master Redis Cluster over
+partition counts: each master's share of the work).
 
 Starts its own redis-server (persistence off) on a free loopback port and measures
 streamq, each installed peer and the raw Redis Streams floor side by side. Progress

@@ -8,10 +8,10 @@
   allow-oom: a worker must start on a full Redis.
 
   KEYS[1] meta             HASH  partitions, history
-  KEYS[2..4] home lanes    STREAM
-  KEYS[5] home delayed     ZSET
-  KEYS[6] home stats       HASH
-  KEYS[7] home dead        STREAM
+  KEYS[2..11] home lanes   STREAM (all ten, by lane number)
+  KEYS[12] home delayed    ZSET
+  KEYS[13] home stats      HASH
+  KEYS[14] home dead       STREAM
   ARGV[1] partitions wanted (0 = adopt: 1 when none is stored)
   ARGV[2] 1 = store when none is stored; 0 = only read
   Returns: {stored count, history ('' or 'n,n,...' oldest first)}; {0, ''} when none is
@@ -29,12 +29,15 @@ local n = tonumber(ARGV[1])
 if n == 0 then n = 1 end
 local history = ''
 if n > 1 then
-  local live = redis.call('XLEN', KEYS[2]) + redis.call('XLEN', KEYS[3]) +
-    redis.call('XLEN', KEYS[4]) + redis.call('ZCARD', KEYS[5])
+  local live = redis.call('ZCARD', KEYS[12])
+  for i = 2, 11 do
+    live = live + redis.call('XLEN', KEYS[i])
+  end
   if live > 0 then
     return {-1, live}
   end
-  if redis.call('EXISTS', KEYS[2], KEYS[3], KEYS[4], KEYS[6], KEYS[7]) > 0 then
+  if redis.call('EXISTS', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9],
+      KEYS[10], KEYS[11], KEYS[13], KEYS[14]) > 0 then
     history = '1'
   end
 end

@@ -2,22 +2,23 @@
 --[[ cancel: make a waiting or delayed job never run.
   A job already delivered to a worker (in the PEL) is active and cannot be cancelled.
 
-  KEYS[1..3] lanes high, normal, low   STREAM
-  KEYS[4] events         STREAM (capped at ARGV[4]; 0 = no events)
-  KEYS[5] delayed        ZSET
-  KEYS[6] delayed data   HASH
-  KEYS[7] stats          HASH  cancelled counter
-  KEYS[8] moves          HASH
-  KEYS[9] index bucket of the job   HASH
-  KEYS[10] job record    STRING 'cancelled|attempts made|max|created|finished|type||'
+  KEYS[1..10] lanes, by lane number   STREAM (lua/shared.lua: LANE_ORDER)
+  KEYS[11] lane map     STRING bitmap of lanes with unread entries
+  KEYS[12] events         STREAM (capped at ARGV[4]; 0 = no events)
+  KEYS[13] delayed        ZSET
+  KEYS[14] delayed data   HASH
+  KEYS[15] stats          HASH  cancelled counter
+  KEYS[16] moves          HASH
+  KEYS[17] index bucket of the job   HASH
+  KEYS[18] job record    STRING 'cancelled|attempts made|max|created|finished|type||'
   ARGV[1] group  ARGV[2] job_id  ARGV[3] record ttl (ms; 0 = keep no record)
   ARGV[4] events max length
   Returns: 1 cancelled; 0 unknown or already finished; -1 active (running now);
     {-2, spec} a job of a flow (nothing done: lua/flow_cancel.lua settles its flow too;
     spec '' for a parent waiting for its children).
 ]]
-local events, delayed, ddata, stats = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
-local moves, bucket, rec = KEYS[8], KEYS[9], KEYS[10]
+local events, delayed, ddata, stats = KEYS[12], KEYS[13], KEYS[14], KEYS[15]
+local moves, bucket, rec = KEYS[16], KEYS[17], KEYS[18]
 local group, job_id = ARGV[1], ARGV[2]
 local loc = redis.call('HGET', moves, job_id) or redis.call('HGET', bucket, job_id)
 if not loc then

@@ -2,25 +2,29 @@
 --[[ claim: promote due delayed jobs, then hand up to COUNT jobs to one consumer, within
   the queue-wide token bucket: first entries whose worker died or went silent (idle
   longer than the visibility timeout; at most one claimer per lock period looks), taken
-  over in place so they restart before any backlog; then waiting jobs, high lane
-  before normal before low. An entry delivered max_stalled times already is not run
+  over in place so they restart before any backlog; then waiting jobs, the most urgent
+  lane first (LANE_ORDER). Only lanes the lane map marks are read, so ten levels cost
+  what the lanes in use cost; a lane that had fewer entries than asked for is unmarked,
+  and when the marked lanes give nothing every other lane is read too. An entry delivered max_stalled times already is not run
   again: it is returned for the caller to dead-letter. A payload over the size cap is
   not sent to the worker (only its size). Never blocks: when nothing is available it
   returns what an idle worker needs to wait for. allow-oom: workers must drain a full
   Redis.
 
-  KEYS[1..3] lanes high, normal, low   STREAM (consumer group ARGV[1])
-  KEYS[4] events         STREAM (capped at ARGV[7]; 0 = no events): one entry per 100 jobs
+  KEYS[1..10] lanes, by lane number   STREAM (consumer group ARGV[1]; lua/shared.lua:
+                         LANE_ORDER is their priority order)
+  KEYS[11] lane map      STRING bitmap, bit i set: lane number i may have unread entries
+  KEYS[12] events         STREAM (capped at ARGV[7]; 0 = no events): one entry per 100 jobs
                          for 'active' (j/y/a: space-separated ids, types, attempts); one
                          'stalled' entry per taken-over job
-  KEYS[5] delayed        ZSET
-  KEYS[6] delayed data   HASH
-  KEYS[7] paused         STRING (exists = paused)
-  KEYS[8] limiter        HASH  tk (tokens), ts (ms); expires burst / rate (+1 s) after
+  KEYS[13] delayed        ZSET
+  KEYS[14] delayed data   HASH
+  KEYS[15] paused         STRING (exists = paused)
+  KEYS[16] limiter        HASH  tk (tokens), ts (ms); expires burst / rate (+1 s) after
                          its last write, when it would be full anyway
-  KEYS[9] control        STREAM
-  KEYS[10] moves         HASH  job_id -> location, for jobs moved since they were added
-  KEYS[11] reclaim lock  STRING
+  KEYS[17] control        STREAM
+  KEYS[18] moves         HASH  job_id -> location, for jobs moved since they were added
+  KEYS[19] reclaim lock  STRING
   ARGV[1] group   ARGV[2] consumer   ARGV[3] count (>= 1)
   ARGV[4] rate (jobs/s; 0 = unlimited)   ARGV[5] burst (tokens)
   ARGV[6] max jobs to promote in this call   ARGV[7] events max length
@@ -29,13 +33,15 @@
   Returns one of:
     {1, {lane, entry_id, {field, value, ...}, stalls if taken over (else 0), oversize bytes
         (0 = ok), ...}, {lane, entry_id, job_id, stalls, ...} to dead-letter as stalled}
-    {0, ms_until_next_due (-1 none), id_high, id_normal, id_low, id_control, pending}
-       nothing available; pending = entries held by consumers (maybe to take over later)
+    {0, ms_until_next_due (-1 none), pending, id_control, {last id of each lane, by lane
+       number}}: nothing available; pending > 0 when some lane has entries held by
+       consumers (maybe to take over later)
     {-1, ms_until_next_due}  queue paused
     {-2, wait_ms}  rate limited: no token for wait_ms
 ]]
-local events, delayed, ddata = KEYS[4], KEYS[5], KEYS[6]
-local paused, limiter, control, moves, lock = KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
+local map = KEYS[11]
+local events, delayed, ddata = KEYS[12], KEYS[13], KEYS[14]
+local paused, limiter, control, moves, lock = KEYS[15], KEYS[16], KEYS[17], KEYS[18], KEYS[19]
 local group, consumer = ARGV[1], ARGV[2]
 local count = tonumber(ARGV[3])
 local rate, burst = tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -58,6 +64,7 @@ for _, job_id in ipairs(due) do
       fields[#fields + 1] = e[9]
     end
     local id = redis.call('XADD', KEYS[1 + lane], '*', unpack(fields))
+    mark_lane(map, lane)
     -- the index bucket still says 'd'; the moves hash says where the job is now
     redis.call('HSET', moves, job_id, lane .. ':' .. id)
     redis.call('HDEL', ddata, job_id)
@@ -132,7 +139,7 @@ end
 -- take over entries of dead or silent workers, in place: no one else can complete
 -- them now (completion is fenced on ownership), and they run before the backlog
 if redis.call('SET', lock, consumer, 'NX', 'PX', ARGV[10]) then
-  for lane = 0, 2 do
+  for _, lane in ipairs(LANE_ORDER) do
     if got >= count then break end
     local pend = redis.pcall('XPENDING', KEYS[1 + lane], group, 'IDLE', min_idle, '-', '+',
       count - got)
@@ -174,13 +181,54 @@ if redis.call('SET', lock, consumer, 'NX', 'PX', ARGV[10]) then
   end
 end
 
-for lane = 0, 2 do
-  if got >= count then break end
-  local r = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count - got,
+-- read lane n for new entries; true when it gave all that was asked (it may have more)
+local function read_lane(lane)
+  local want = count - got
+  local r = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', want,
     'STREAMS', KEYS[1 + lane], '>')
   if r then
-    for _, entry in ipairs(r[1][2]) do
+    local entries = r[1][2]
+    for _, entry in ipairs(entries) do
       take(lane, entry, 0)
+    end
+    return #entries >= want
+  end
+  return false
+end
+
+-- the lane map as a 16-bit number: lane number n is bit 15 - n (SETBIT counts from the
+-- first byte's high bit); tested lazily, since the loop stops once count is reached
+local bits = redis.call('BITFIELD_RO', map, 'GET', 'u16', 0)[1]
+local function marked(lane)
+  return bit.band(bits, bit.rshift(32768, lane)) ~= 0
+end
+for _, lane in ipairs(LANE_ORDER) do
+  if got >= count then break end
+  if marked(lane) and not read_lane(lane) then
+    redis.call('SETBIT', map, lane, 0)  -- nothing unread is left in it
+  end
+end
+
+-- the id an idle worker's XREAD waits after: the stream's last entry, or 0-0 when it is
+-- empty (every entry after it is new: entries are deleted, never inserted, behind it)
+local function last_id(key)
+  local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
+  return last[1] and last[1][1] or '0-0'
+end
+
+local ids = nil
+if got == 0 then
+  -- nothing in the marked lanes: read the other lanes that hold entries too (an entry
+  -- added by hand, or by an engine from before the lane map, is found here) and mark
+  -- one that has more. Their last ids are what an idle worker waits after.
+  ids = {}
+  for lane = 1, LANES do
+    ids[lane] = last_id(KEYS[lane])
+  end
+  for _, lane in ipairs(LANE_ORDER) do
+    if got >= count then break end
+    if ids[lane + 1] ~= '0-0' and not marked(lane) and read_lane(lane) then
+      mark_lane(map, lane)
     end
   end
 end
@@ -194,18 +242,14 @@ if got > 0 or #to_dead > 0 then
   return {1, claimed, to_dead}
 end
 
-local function last_id(key)
-  local info = redis.pcall('XINFO', 'STREAM', key)
-  if info.err then return '0-0' end
-  for i = 1, #info, 2 do
-    if info[i] == 'last-generated-id' then return info[i + 1] end
-  end
-  return '0-0'
-end
 local pending = 0
-for lane = 1, 3 do
-  local s = redis.pcall('XPENDING', KEYS[lane], group)
-  if not s.err then pending = pending + tonumber(s[1]) end
+for lane = 1, LANES do
+  -- an empty stream has nothing to take over (a pending entry whose data was deleted
+  -- is the upkeep sweep's: lua/reclaim.lua acknowledges it away)
+  if ids[lane] ~= '0-0' then
+    local s = redis.pcall('XPENDING', KEYS[lane], group)
+    if not s.err then pending = tonumber(s[1]) end
+    if pending > 0 then break end
+  end
 end
-return {0, next_due(), last_id(KEYS[1]), last_id(KEYS[2]), last_id(KEYS[3]), last_id(control),
-  pending}
+return {0, next_due(), pending, last_id(control), ids}

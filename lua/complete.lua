@@ -3,18 +3,19 @@
   Only entries this consumer still owns in the group's PEL are completed (a reclaimed
   entry belongs to someone else: their outcome stands): XACK + XDEL, dropped from the
   index, counted, and, when ttl > 0, a completed record written. Ownership is read
-  once per lane (the consumer's own PEL), and acks and deletes go one call per lane:
+  once per lane in use (the consumer's own PEL), and acks and deletes go one call per lane:
   Redis time per job is what bounds a worker's drain rate. allow-oom: frees memory.
 
-  KEYS[1..3] lanes high, normal, low   STREAM
-  KEYS[4] events   STREAM (capped at ARGV[5]; 0 = no events): one 'completed' entry per
+  KEYS[1..10] lanes, by lane number   STREAM (lua/shared.lua: LANE_ORDER)
+  KEYS[11] lane map     STRING bitmap of lanes with unread entries
+  KEYS[12] events   STREAM (capped at ARGV[5]; 0 = no events): one 'completed' entry per
                    100 jobs, j/y/a holding space-separated job ids, types, attempts
-  KEYS[5] stats    HASH  completed counter
-  KEYS[6] moves    HASH
-  KEYS[7] completed index   ZSET job_id scored by finish ms, capped at ARGV[7] (the newest
+  KEYS[13] stats    HASH  completed counter
+  KEYS[14] moves    HASH
+  KEYS[15] completed index   ZSET job_id scored by finish ms, capped at ARGV[7] (the newest
                    kept: trimmed once per call, so a call adds N and removes the overflow)
-  KEYS[6 + 2i] index bucket of the i-th job   HASH
-  KEYS[7 + 2i] record of the i-th job         STRING 'completed|attempt|max|created|finished|type|'
+  KEYS[14 + 2i] index bucket of the i-th job   HASH
+  KEYS[15 + 2i] record of the i-th job         STRING 'completed|attempt|max|created|finished|type|'
                    then '|' (no result), 'r|<result bytes>' or 'x|<why the result was dropped>'
   ARGV[1] group   ARGV[2] consumer   ARGV[3] record ttl (ms; 0 = keep no record)
   ARGV[4] N   ARGV[5] events max length   ARGV[6] bound on this consumer's pending entries
@@ -26,7 +27,7 @@
   the job, record tail 'r|<bytes>' or 'x|<reason>'), then R
   Returns: array of the 1-based positions of the jobs whose claim was lost (not recorded).
 ]]
-local events, stats, moves, done = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local events, stats, moves, done = KEYS[12], KEYS[13], KEYS[14], KEYS[15]
 local group, consumer, ttl, ttl_s = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[3]
 local n, evmax, bound = tonumber(ARGV[4]), ARGV[5], ARGV[6]
 local done_max = tonumber(ARGV[7])
@@ -38,7 +39,8 @@ for r = 1, n_results do
   tails[tonumber(ARGV[at])] = ARGV[at + 1]
 end
 local jobs = {}
-local by_lane = {{}, {}, {}}
+local by_lane = {}
+for lane_i = 1, LANES do by_lane[lane_i] = {} end
 for i = 1, n do
   local lane_no, id, attempt, created, max_attempts, jtype, job_id =
     string.match(ARGV[7 + i], '^(%d)|([^|]+)|(%d+)|(%d+)|(%d+)|([^|]*)|(.+)$')
@@ -47,7 +49,7 @@ for i = 1, n do
   by_lane[lane_i][#by_lane[lane_i] + 1] = i
 end
 local owned = {}
-for lane_i = 1, 3 do
+for lane_i = 1, LANES do
   if #by_lane[lane_i] > 0 then
     local mine = {}
     for _, p in ipairs(redis.call('XPENDING', KEYS[lane_i], group, '-', '+', bound, consumer)) do
@@ -77,9 +79,9 @@ for i = 1, n do
   local j = jobs[i]
   if owned[i] then
     done_ids[#done_ids + 1] = j[7]
-    redis.call('HDEL', KEYS[6 + 2 * i], j[7])
+    redis.call('HDEL', KEYS[14 + 2 * i], j[7])
     if ttl > 0 then
-      redis.call('SET', KEYS[7 + 2 * i],
+      redis.call('SET', KEYS[15 + 2 * i],
         'completed|' .. j[3] .. '|' .. j[5] .. '|' .. j[4] .. '|' .. now_s .. '|' .. j[6] .. '|' ..
           (tails[i] or '|'),
         'PX', ttl_s)

@@ -4,13 +4,14 @@
   stream, XACK + XDEL it, drops it from the index, writes the failed record with its
   TTL and bumps the failed counter. allow-oom: it frees the lane entry.
 
-  KEYS[1..3] lanes high, normal, low   STREAM
-  KEYS[4] events   STREAM (capped at ARGV[10]; 0 = no events)
-  KEYS[5] dead     STREAM (capped, MAXLEN ~ ARGV[9])
-  KEYS[6] stats    HASH
-  KEYS[7] moves    HASH
-  KEYS[8] index bucket of the job   HASH
-  KEYS[9] job record   STRING 'failed|attempts made|max|created|finished|type|dead id|error'
+  KEYS[1..10] lanes, by lane number   STREAM (lua/shared.lua: LANE_ORDER)
+  KEYS[11] lane map     STRING bitmap of lanes with unread entries
+  KEYS[12] events   STREAM (capped at ARGV[10]; 0 = no events)
+  KEYS[13] dead     STREAM (capped, MAXLEN ~ ARGV[9])
+  KEYS[14] stats    HASH
+  KEYS[15] moves    HASH
+  KEYS[16] index bucket of the job   HASH
+  KEYS[17] job record   STRING 'failed|attempts made|max|created|finished|type|dead id|error'
   ARGV[1] group  ARGV[2] consumer  ARGV[3] lane  ARGV[4] entry_id  ARGV[5] job_id
   ARGV[6] error (one line, already redacted)  ARGV[7] record ttl (ms; 0 = keep no record)
   ARGV[8] attempts made (recorded)  ARGV[9] dead stream max length
@@ -18,7 +19,7 @@
   Returns: the dead-letter entry id; 0 if the claim was lost; -1 if the entry is gone;
     {-2, spec} for a job of a flow (its spec carries the flow link): nothing done.
 ]]
-local events, dead, stats, moves, bucket, rec = KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local events, dead, stats, moves, bucket, rec = KEYS[12], KEYS[13], KEYS[14], KEYS[15], KEYS[16], KEYS[17]
 local group, consumer = ARGV[1], ARGV[2]
 local lane_no = tonumber(ARGV[3])
 local lane, id, job_id, err = KEYS[1 + lane_no], ARGV[4], ARGV[5], ARGV[6]

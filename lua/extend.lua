@@ -4,7 +4,8 @@
   only after checking that this consumer still owns it: a bare XCLAIM would steal an
   entry another worker has already reclaimed.
 
-  KEYS[1..3] lanes high, normal, low   STREAM
+  KEYS[1..10] lanes, by lane number   STREAM (lua/shared.lua: LANE_ORDER)
+  KEYS[11] lane map     STRING bitmap of lanes with unread entries
   ARGV[1] group  ARGV[2] consumer  ARGV[3] N, then per entry: lane, entry_id
   Returns: array of the 1-based positions of the entries this consumer no longer owns.
 ]]

@@ -16,6 +16,7 @@
   KEYS[4] index bucket of the run            HASH job_id -> location
   KEYS[5] index bucket of the previous run   HASH (any bucket when there is none)
   KEYS[6] the run's lane                     STREAM (the lane of its priority)
+  KEYS[7] lane map                           STRING (lua/shared.lua: mark_lane)
   ARGV[1] schedule_id   ARGV[2] version token read   ARGV[3] due slot read (ms)
   ARGV[4] slot to fire (ms; '' = none: every due slot is missed)   ARGV[5] run job id
   ARGV[6] next due slot (ms; '' = none)   ARGV[7] slots missed (not run)
@@ -69,6 +70,7 @@ elseif slot ~= '' then
     local id = redis.call('XADD', lane, '*', 'j', run_id, 'd', ARGV[8],
       'm', ARGV[10] .. '|0|0|0|' .. ARGV[11] .. '|' .. ARGV[13])
     redis.call('HSET', bucket, run_id, ARGV[9] .. ':' .. id)
+    mark_lane(KEYS[7], tonumber(ARGV[9]))
   end
   runs = runs + 1
   fired = 1

@@ -7,11 +7,11 @@
   bucket says 'c') until its children have finished. Not allow-oom: it adds work.
 
   KEYS[1 ..] one key group per node (lua/flow_shared.lua: events, delayed, delayed data,
-    control, stats, moves, dead, index bucket, record, flow hash, then the lanes), node i's
-    starting at KEYS[(i - 1) * (10 + L) + 1]
+    control, stats, moves, dead, index bucket, record, flow hash, lane map, then the lanes), node i's
+    starting at KEYS[(i - 1) * (11 + L) + 1]
   ARGV[1] L (lanes per partition)   ARGV[2] M (nodes, the root first, parents before their
     children)
-  then per node 13 values: job_id, payload, lane (0 = most urgent), attempts, delay (ms),
+  then per node 13 values: job_id, payload, lane number (lua/shared.lua), attempts, delay (ms),
     spec (backoff spec, then '/' and the flow link: lua/flow_shared.lua), type, parent
     index (0: the root), policy (fail | continue; '' for a leaf), kids ('' for a leaf),
     up (the parent as 'queue/partition/id', '' for the root), cfg ('failed ttl ms/events
@@ -70,6 +70,7 @@ for i = 1, m do
   else
     local id = redis.call('XADD', g.lanes[node.lane + 1], '*', 'j', node.id, 'd', node.payload,
       'm', node.attempts .. '|0|0|0|' .. node.spec .. '|' .. node.jtype)
+    mark_lane(g.map, node.lane)
     redis.call('HSET', g.bucket, node.id, node.lane .. ':' .. id)
   end
   local evmax = string.match(node.cfg, '^%d+/(%d+)/')

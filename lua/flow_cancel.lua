@@ -6,7 +6,7 @@
   cancels the parent's children that have not started). allow-oom: it frees data.
 
   KEYS[1 ..] the key groups of the flow's tree (lua/flow_shared.lua), node i's starting
-    at KEYS[(i - 1) * (10 + L) + 1]
+    at KEYS[(i - 1) * (11 + L) + 1]
   ARGV[1] L (lanes per partition)   ARGV[2] group   ARGV[3] the job's node index
   ARGV[4] M, then the tree's nodes (lua/flow_shared.lua)
   Returns: 1 cancelled; 0 unknown or finished already; -1 running (not cancelled).

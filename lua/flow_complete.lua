@@ -12,9 +12,9 @@
                    100 jobs (j/y/a), 'children_done' for each parent released
   KEYS[3] stats    HASH  completed counter
   KEYS[4] moves    HASH
-  KEYS[5 .. 4 + L] lanes, most urgent first   STREAM
+  KEYS[5 .. 4 + L] lanes, by lane number   STREAM
   then per job: index bucket HASH, record STRING (lua/complete.lua's), flow hash HASH;
-    and when the job has a parent, the parent's key group (lua/flow_shared.lua, 10 + L)
+    and when the job has a parent, the parent's key group (lua/flow_shared.lua, 11 + L)
   ARGV[1] L (lanes per partition)   ARGV[2] group   ARGV[3] consumer
   ARGV[4] record ttl (ms; 0 = keep no record)   ARGV[5] events max length
   ARGV[6] completed index max length   ARGV[7] N (jobs)

@@ -8,7 +8,7 @@
   for a job happens here too. allow-oom: it frees the lane entry.
 
   KEYS[1 ..] the key groups of the flow's tree (lua/flow_shared.lua), node i's starting
-    at KEYS[(i - 1) * (10 + L) + 1]
+    at KEYS[(i - 1) * (11 + L) + 1]
   ARGV[1] L (lanes per partition)   ARGV[2] group   ARGV[3] consumer   ARGV[4] lane
   ARGV[5] entry_id   ARGV[6] error (one line, already redacted)   ARGV[7] attempts made
   ARGV[8] 1 if a handler attempt failed (emit 'failed' first)   ARGV[9] the job's node index

@@ -7,7 +7,8 @@
     +5 stats HASH      +6 moves HASH     +7 dead STREAM
     +8 index bucket of the job HASH      +9 record of the job STRING
     +10 flow hash of the job HASH (a job with children)
-    +11 .. +10+L lanes, most urgent first STREAM
+    +11 lane map STRING (lua/shared.lua)
+    +12 .. +11+L lanes, by lane number STREAM
   A parent's flow hash: st (w: waiting for its children, r: released to its lane,
   d: done, f: failed, x: cancelled), pend (children not finished), n, pol (fail |
   continue); while it waits its entry: d payload, a max attempts, t created ms, y type,
@@ -21,7 +22,7 @@
   job_id, parent index (0: none), 1 if it has children, failed ttl ms (0: keep no
   record; a flow hash then goes when its job finishes), events max, dead max; node i's key group starts at KEYS[(i - 1) * (FLOW_GROUP + L) + 1].
 ]]
-local FLOW_GROUP = 10
+local FLOW_GROUP = 11
 local FLOW_NODE = 6
 local FLOW_REASON_MAX = 500
 
@@ -29,7 +30,7 @@ local function flow_group(base, L)
   local g = {events = KEYS[base + 1], delayed = KEYS[base + 2], ddata = KEYS[base + 3],
     control = KEYS[base + 4], stats = KEYS[base + 5], moves = KEYS[base + 6],
     dead = KEYS[base + 7], bucket = KEYS[base + 8], rec = KEYS[base + 9],
-    flow = KEYS[base + 10], lanes = {}}
+    flow = KEYS[base + 10], map = KEYS[base + 11], lanes = {}}
   for i = 1, L do g.lanes[i] = KEYS[base + FLOW_GROUP + i] end
   return g
 end
@@ -97,6 +98,7 @@ local function flow_release(g, job_id, now)
   else
     local id = redis.call('XADD', g.lanes[lane + 1], '*', 'j', job_id, 'd', payload,
       'm', attempts .. '|0|0|' .. math.max(0, now - created) .. '|' .. spec .. '|' .. jtype)
+    mark_lane(g.map, lane)
     redis.call('HSET', g.bucket, job_id, lane .. ':' .. id)
   end
   redis.call('HSET', g.flow, 'st', 'r')

@@ -1,20 +1,23 @@
 #!lua flags=no-writes
 --[[ get_job: read one job's state and facts wherever it lives.
 
-  KEYS[1..3] lanes high, normal, low   STREAM
-  KEYS[4] moves          HASH
-  KEYS[5] delayed        ZSET
-  KEYS[6] delayed data   HASH
-  KEYS[7] index bucket of the job   HASH
-  KEYS[8] job record     STRING 'state|attempts made|max|created|finished|type|dead id|error'
+  KEYS[1..10] lanes, by lane number   STREAM (lua/shared.lua: LANE_ORDER)
+  KEYS[11] lane map     STRING bitmap of lanes with unread entries
+  KEYS[12] moves          HASH
+  KEYS[13] delayed        ZSET
+  KEYS[14] delayed data   HASH
+  KEYS[15] index bucket of the job   HASH
+  KEYS[16] job record     STRING 'state|attempts made|max|created|finished|type|dead id|error'
+  KEYS[17] delivery report of the job   HASH (lua/delivery_report): read for a completed job
   ARGV[1] group  ARGV[2] job_id
   Returns: {} if unknown or expired; {'waiting_children'} for a flow parent waiting for
     its children; else {state, field, value, ...} with fields
     a (max attempts), n (failed attempts), s (stalls: earlier runs' plus this entry's
     take-overs in place), t (created ms), e (last error),
-    f (finished ms), due (ms), x (dead entry id), lane, id (entry id), dc (deliveries), y (type)
+    f (finished ms), due (ms), x (dead entry id), lane, id (entry id), dc (deliveries), y (type),
+    and for a completed job with a delivery report its fields prefixed 'd.' (d.s status ...)
 ]]
-local moves, delayed, ddata, bucket, rec = KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local moves, delayed, ddata, bucket, rec = KEYS[12], KEYS[13], KEYS[14], KEYS[15], KEYS[16]
 local group, job_id = ARGV[1], ARGV[2]
 local loc = redis.call('HGET', moves, job_id) or redis.call('HGET', bucket, job_id)
 if not loc then
@@ -23,8 +26,20 @@ if not loc then
   local st, made, max_attempts, created, finished, jtype, dead_id, err =
     string.match(r, '^(%a+)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
   if not st then return {} end
-  return {st, 'n', made, 'a', max_attempts, 't', created, 'f', finished, 'y', jtype,
+  local out = {st, 'n', made, 'a', max_attempts, 't', created, 'f', finished, 'y', jtype,
     'x', dead_id, 'e', err}
+  if st == 'completed' then
+    -- HMGET of the known fields (not HGETALL): the same ACL as the record's other reads
+    local names = {'s', 'n', 'f', 'c', 't', 'm', 'p'}
+    local d = redis.call('HMGET', KEYS[17], unpack(names))
+    if d[1] then
+      for i, name in ipairs(names) do
+        out[#out + 1] = 'd.' .. name
+        out[#out + 1] = d[i] or ''
+      end
+    end
+  end
+  return out
 end
 if loc == 'c' then
   return {'waiting_children'}  -- a flow parent: the rest is in its flow hash (flows/)

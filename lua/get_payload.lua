@@ -4,19 +4,20 @@
   delayed data, a failed job's in its dead letter. Completed and cancelled jobs keep
   no payload (their records hold facts only).
 
-  KEYS[1..3] lanes high, normal, low   STREAM
-  KEYS[4] moves          HASH
-  KEYS[5] delayed data   HASH
-  KEYS[6] index bucket of the job   HASH
-  KEYS[7] job record     STRING 'state|attempts made|max|created|finished|type|dead id|error'
-  KEYS[8] dead           STREAM
+  KEYS[1..10] lanes, by lane number   STREAM (lua/shared.lua: LANE_ORDER)
+  KEYS[11] lane map     STRING bitmap of lanes with unread entries
+  KEYS[12] moves          HASH
+  KEYS[13] delayed data   HASH
+  KEYS[14] index bucket of the job   HASH
+  KEYS[15] job record     STRING 'state|attempts made|max|created|finished|type|dead id|error'
+  KEYS[16] dead           STREAM
   ARGV[1] job_id
   Returns: {} when no payload is kept (unknown, expired, completed, cancelled, or a dead
     letter already purged); {'flow'} for a flow parent waiting for its children (its
     payload is in its flow hash); else {where, payload bytes} with where 'lane', 'delayed'
     or 'dead'.
 ]]
-local moves, ddata, bucket, rec, dead = KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local moves, ddata, bucket, rec, dead = KEYS[12], KEYS[13], KEYS[14], KEYS[15], KEYS[16]
 local job_id = ARGV[1]
 local loc = redis.call('HGET', moves, job_id) or redis.call('HGET', bucket, job_id)
 if not loc then

@@ -14,10 +14,11 @@
       with pending entries: DELCONSUMER would drop them).
   allow-oom: recovery must work on a full Redis.
 
-  KEYS[1..3] lanes high, normal, low   STREAM
-  KEYS[4] events  STREAM (capped at ARGV[9]; 0 = no events)
-  KEYS[5] moves   HASH
-  KEYS[6] lock    STRING
+  KEYS[1..10] lanes, by lane number   STREAM (lua/shared.lua: LANE_ORDER)
+  KEYS[11] lane map     STRING bitmap of lanes with unread entries
+  KEYS[12] events  STREAM (capped at ARGV[9]; 0 = no events)
+  KEYS[13] moves   HASH
+  KEYS[14] lock    STRING
   ARGV[1] group  ARGV[2] sweeper consumer  ARGV[3] visibility timeout (ms)  ARGV[4] max_stalled
   ARGV[5] lock period (ms)  ARGV[6] idle time (ms) after which an empty consumer is removed
   ARGV[7] max entries per lane per sweep  ARGV[8] idle time (ms) after which an entry is
@@ -26,7 +27,7 @@
     {{lane, entry_id, job_id, stalls, ...} to dead-letter, {job_id, stalls, previous owner, ...}
      re-queued, orphaned count, consumers removed}
 ]]
-local events, moves, lock = KEYS[4], KEYS[5], KEYS[6]
+local events, moves, lock = KEYS[12], KEYS[13], KEYS[14]
 local group, sweeper = ARGV[1], ARGV[2]
 local min_idle, max_stalled = ARGV[3], tonumber(ARGV[4])
 local prune_idle, requeue_idle, evmax = tonumber(ARGV[6]), tonumber(ARGV[8]), ARGV[9]
@@ -36,7 +37,7 @@ end
 local now = now_ms()
 local to_dead, requeued = {}, {}
 local orphaned, pruned = 0, 0
-for lane_no = 0, 2 do
+for _, lane_no in ipairs(LANE_ORDER) do
   local lane = KEYS[1 + lane_no]
   local pend = redis.pcall('XPENDING', lane, group, 'IDLE', min_idle, '-', '+', tonumber(ARGV[7]))
   if not pend.err then
@@ -67,6 +68,7 @@ for lane_no = 0, 2 do
             new_id = redis.call('XADD', lane, '*', 'j', f['j'], 'd', f['d'], 'm', meta_of(f))
           end
           redis.call('HSET', moves, f['j'], lane_no .. ':' .. new_id)
+          mark_lane(KEYS[11], lane_no)
           redis.call('XACK', lane, group, id)
           redis.call('XDEL', lane, id)
           if evmax ~= '0' then

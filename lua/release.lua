@@ -5,13 +5,14 @@
   lane unchanged (an interrupted run uses up neither an attempt nor a stall; stalls
   from earlier take-overs of the entry are kept, as is b with the job's own timeout).
 
-  KEYS[1..3] lanes high, normal, low   STREAM
-  KEYS[4] moves   HASH
-  KEYS[4 + i] index bucket of the i-th entry's job   HASH
+  KEYS[1..10] lanes, by lane number   STREAM (lua/shared.lua: LANE_ORDER)
+  KEYS[11] lane map     STRING bitmap of lanes with unread entries
+  KEYS[12] moves   HASH
+  KEYS[12 + i] index bucket of the i-th entry's job   HASH
   ARGV[1] group  ARGV[2] consumer  ARGV[3] N, then per entry: lane, entry_id
   Returns: number of entries handed back.
 ]]
-local moves = KEYS[4]
+local moves = KEYS[12]
 local group, consumer = ARGV[1], ARGV[2]
 local now = now_ms()
 local released = 0
@@ -37,8 +38,9 @@ for i = 1, tonumber(ARGV[3]) do
         new_id = redis.call('XADD', lane, '*', 'j', job_id or '', 'd', f['d'] or '', 'm', meta_of(f))
       end
       redis.call('XDEL', lane, id)
+      mark_lane(KEYS[11], lane_no)
       if job_id then
-        redis.call('HSET', KEYS[4 + i], job_id, lane_no .. ':' .. new_id)
+        redis.call('HSET', KEYS[12 + i], job_id, lane_no .. ':' .. new_id)
         redis.call('HDEL', moves, job_id)
       end
       released = released + 1

@@ -3,17 +3,18 @@
   Skipped when the same job id is live again (its index bucket has it). Not
   allow-oom: it adds work.
 
-  KEYS[1..3] lanes high, normal, low   STREAM
-  KEYS[4] events   STREAM (capped at ARGV[2]; 0 = no events)
-  KEYS[5] dead     STREAM
-  KEYS[6] stats    HASH  failed counter
-  KEYS[7] moves    HASH
-  KEYS[8] index bucket of the job held by the dead entry   HASH
-  KEYS[9] job record   STRING (dropped: the job is live again)
+  KEYS[1..10] lanes, by lane number   STREAM (lua/shared.lua: LANE_ORDER)
+  KEYS[11] lane map     STRING bitmap of lanes with unread entries
+  KEYS[12] events   STREAM (capped at ARGV[2]; 0 = no events)
+  KEYS[13] dead     STREAM
+  KEYS[14] stats    HASH  failed counter
+  KEYS[15] moves    HASH
+  KEYS[16] index bucket of the job held by the dead entry   HASH
+  KEYS[17] job record   STRING (dropped: the job is live again)
   ARGV[1] dead entry id  ARGV[2] events max length
   Returns: 1 replayed; 0 no such dead entry; -1 the job id is live already.
 ]]
-local events, dead, stats, moves, bucket, rec = KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local events, dead, stats, moves, bucket, rec = KEYS[12], KEYS[13], KEYS[14], KEYS[15], KEYS[16], KEYS[17]
 local r = redis.call('XRANGE', dead, ARGV[1], ARGV[1])
 if not r[1] then
   return 0
@@ -30,6 +31,7 @@ local id = redis.call('XADD', KEYS[1 + lane_no], '*', 'j', f['j'], 'd', f['d'],
   'm', (f['a'] or '1') .. '|0|0|' .. math.max(0, now - (tonumber(f['t']) or now)) .. '|' ..
   (f['b'] or '') .. '|' .. (f['y'] or ''))
 redis.call('HSET', bucket, f['j'], lane_no .. ':' .. id)
+mark_lane(KEYS[11], lane_no)
 redis.call('HDEL', moves, f['j'])
 redis.call('XDEL', dead, ARGV[1])
 redis.call('DEL', rec)

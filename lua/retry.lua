@@ -6,19 +6,20 @@
   timeout) is carried unchanged. The claim script
   promotes it back to the same lane when due. allow-oom: it moves, not grows, data.
 
-  KEYS[1..3] lanes high, normal, low   STREAM
-  KEYS[4] events         STREAM (capped at ARGV[8]; 0 = no events)
-  KEYS[5] delayed        ZSET
-  KEYS[6] delayed data   HASH
-  KEYS[7] control        STREAM
-  KEYS[8] moves          HASH
-  KEYS[9] index bucket of the job   HASH
+  KEYS[1..10] lanes, by lane number   STREAM (lua/shared.lua: LANE_ORDER)
+  KEYS[11] lane map     STRING bitmap of lanes with unread entries
+  KEYS[12] events         STREAM (capped at ARGV[8]; 0 = no events)
+  KEYS[13] delayed        ZSET
+  KEYS[14] delayed data   HASH
+  KEYS[15] control        STREAM
+  KEYS[16] moves          HASH
+  KEYS[17] index bucket of the job   HASH
   ARGV[1] group  ARGV[2] consumer  ARGV[3] lane  ARGV[4] entry_id  ARGV[5] job_id
   ARGV[6] delay (ms)  ARGV[7] error (one line, already redacted)  ARGV[8] events max length
   Returns: due time (ms, Redis clock) on success; 0 if the claim was lost; -1 if the entry is gone.
 ]]
-local events, delayed, ddata, control = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
-local moves, bucket = KEYS[8], KEYS[9]
+local events, delayed, ddata, control = KEYS[12], KEYS[13], KEYS[14], KEYS[15]
+local moves, bucket = KEYS[16], KEYS[17]
 local group, consumer = ARGV[1], ARGV[2]
 local lane_no = tonumber(ARGV[3])
 local lane, id, job_id = KEYS[1 + lane_no], ARGV[4], ARGV[5]

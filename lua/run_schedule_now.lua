@@ -8,6 +8,7 @@
   KEYS[2] events      STREAM (capped at ARGV[9]; 0 = no events): 'added' and 'fired'
   KEYS[3] index bucket of the run   HASH
   KEYS[4] the run's lane            STREAM
+  KEYS[5] lane map                  STRING (lua/shared.lua: mark_lane)
   ARGV[1] schedule_id   ARGV[2] version token read   ARGV[3] run job id   ARGV[4] payload
   ARGV[5] lane number   ARGV[6] attempts   ARGV[7] backoff spec   ARGV[8] type (may be '')
   ARGV[9] events max length
@@ -26,6 +27,7 @@ if not redis.call('HGET', bucket, run_id) then
   local id = redis.call('XADD', lane, '*', 'j', run_id, 'd', ARGV[4],
     'm', ARGV[6] .. '|0|0|0|' .. ARGV[7] .. '|' .. ARGV[8])
   redis.call('HSET', bucket, run_id, ARGV[5] .. ':' .. id)
+  mark_lane(KEYS[5], tonumber(ARGV[5]))
 end
 if evmax ~= '0' then
   redis.call('XADD', events, 'MAXLEN', '~', evmax, '*', 'ev', 'added', 'j', run_id,

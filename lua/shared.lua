@@ -8,6 +8,22 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- Priority lanes: KEYS[1 + n] is lane number n (0-9), KEYS[LANE_MAP] the lane map, in
+-- every script that takes the lanes. Lane numbers are not in priority order: 0, 1, 2
+-- kept their meaning (high, normal, low = levels 2, 5, 8) when the other levels came,
+-- so stored references stay valid. LANE_ORDER lists them most urgent first (level 1 to
+-- 10; streamq/priority.py holds the same table).
+local LANES = 10
+local LANE_MAP = 11
+local LANE_ORDER = {3, 0, 4, 5, 1, 6, 7, 2, 8, 9}
+
+-- Note in the lane map (a STRING bitmap) that lane number n may have entries no consumer
+-- has read: the claim reads only the lanes whose bit is set. Every transition that adds
+-- to a lane calls this.
+local function mark_lane(map, n)
+  redis.call('SETBIT', map, n, 1)
+end
+
 -- A lane entry's fields: j job_id, d payload, m 'attempts|failed|stalls|ms since
 -- creation|backoff|type' [, e last error]. backoff (b) is opaque to Lua and carried
 -- as is: 'base_ms:cap_ms:j:timeout_ms' (trailing parts optional), so the job's own

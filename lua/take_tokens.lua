@@ -6,6 +6,9 @@
   its workers take tokens here first and then claim at most that many jobs. Together
   that keeps at most burst + rate x W job starts in any window of W seconds, across
   partitions and processes. allow-oom: workers must drain a full Redis.
+  Also the bucket of a named downstream (an SMS provider's, ``downstream_limiter``): an
+  SMS broadcast takes one token per recipient here (ARGV[4] 0), gathering a request's
+  tokens as they are granted, so the provider's limit holds per message.
 
   KEYS[1] limiter   HASH  tk (tokens), ts (ms, Redis clock); shared.lua's bucket (expires
                     burst / rate (+1 s) after its last write, when it would be full anyway)

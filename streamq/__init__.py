@@ -16,6 +16,7 @@ from .errors import (
     Defer,
     JobIdError,
     LeaseLost,
+    NotReplicated,
     PayloadError,
     PermanentError,
     QueueFull,
@@ -29,10 +30,11 @@ from .job import Backoff, Job, JobInfo, JobOptions, JobRef, JobState
 from .queue import Queue
 from .schedules import Schedule
 from .settings import QueueDefaults
-from .worker import Worker
+from .worker import BatchOptions, Worker
 
 __all__ = [
     "Backoff",
+    "BatchOptions",
     "ChildFailed",
     "ConfigError",
     "DeadLetter",
@@ -45,6 +47,7 @@ __all__ = [
     "JobRef",
     "JobState",
     "LeaseLost",
+    "NotReplicated",
     "PayloadError",
     "PermanentError",
     "Queue",

@@ -1,10 +1,11 @@
 """Operator actions written to a queue's events stream, with who did them.
 
-An action (replay, purge, pause, resume, cancel, and a schedule's run_schedule,
-pause_schedule, resume_schedule: from the dashboard, or any tool that acts on a queue for
-someone) is one events entry::
+An action (replay, purge, pause, resume, cancel, a schedule's run_schedule,
+pause_schedule, resume_schedule, and close_breaker of a provider's breaker: from the
+dashboard, or any tool that acts on a queue for someone) is one events entry::
 
-    ev=action  act=<action>  j=<job id, or * for the whole queue>  actor=<role>
+    ev=action  act=<action>  j=<job id, schedule id, provider, or * for the whole queue>
+    actor=<role>
     n=<jobs affected>  [e=<error, when the action failed>]
 
 ``Queue.read_events`` returns it as a ``QueueEvent`` named ``action`` whose ``fields``
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
 AUDIT_MAX = 2_000
 ACTIONS = frozenset({"replay", "purge", "pause", "resume", "cancel", "run_schedule",
-                     "pause_schedule", "resume_schedule"})
+                     "pause_schedule", "resume_schedule", "close_breaker"})
 _ACTOR_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 

@@ -4,6 +4,7 @@
     ├── ConfigError(ValueError)  a setting or option is missing or malformed (names it)
     ├── RedisUnavailable       Redis cannot be reached / authenticated at a URL
     ├── QueueFull              Redis refused a write: maxmemory reached (OOM)
+    ├── NotReplicated          fewer replicas than ``min_replicas`` acknowledged an add
     ├── PayloadError(ValueError)  a payload cannot be encoded, is too large, or fails validation
     │   └── DecryptError       an encrypted payload cannot be opened (no key, unknown key id,
     │                          authentication failed); the reason never holds payload data
@@ -38,6 +39,18 @@ class RedisUnavailable(StreamqError):
 
 class QueueFull(StreamqError):
     """Redis refused the write because it is out of memory (maxmemory, noeviction)."""
+
+
+class NotReplicated(StreamqError):
+    """An add of a queue with ``min_replicas=k`` was not acknowledged by k replicas in
+    time (WAIT). The add may have happened: adding the same jobs again is safe while they
+    are live, since a live job id is not added twice. ``acked`` replicas answered of the
+    ``wanted``."""
+
+    def __init__(self, message: str, *, acked: int = 0, wanted: int = 0) -> None:
+        super().__init__(message)
+        self.acked = acked
+        self.wanted = wanted
 
 
 class PayloadError(StreamqError, ValueError):

@@ -86,7 +86,7 @@ class QueueEvent:
     ``name`` is added, active, completed, failed, retrying, dead, stalled, cancelled,
     replayed or deferred; ``progress`` (``fields["p"]``: the value as JSON) and, for a flow
     parent whose children all finished, ``children_done`` (docs/workflows.md); on SMS
-    queues also ``breaker`` and ``failover`` (docs/sms-providers.md). No payload data and
+    queues also ``breaker``, ``failover`` and ``delivery`` (docs/sms-providers.md). No payload data and
     no phone numbers: job id, type, attempt, error.
     """
 

@@ -7,15 +7,13 @@ import math
 import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from .priority import Priority, level_of
 from .validate import MAX_DELAY_S, int_value, seconds_value
 
 if TYPE_CHECKING:
     from .flows.link import FlowLink
-
-Priority = Literal["high", "normal", "low"]
-
 
 class JobState(enum.StrEnum):
     WAITING = "waiting"
@@ -103,9 +101,12 @@ class JobOptions:
     """Options of one job. ``None`` means: the queue's default (for ``timeout``: the
     worker's ``job_timeout``). Checked when built: a bad value is a ``ConfigError``.
 
-    ``delay`` and ``timeout`` are seconds (or a ``timedelta``), at most ``MAX_DELAY_S``
-    (10 years). ``timeout`` bounds one attempt: when it runs out, the handler is
-    cancelled and the attempt fails with "timed out after N s" (retried like any failure).
+    ``priority`` is an int from 1 (most urgent) to 10, or one of the names "high",
+    "normal", "low" (levels 2, 5, 8); within a partition a waiting job is never passed
+    over for a less urgent one. ``delay`` and ``timeout`` are seconds (or a
+    ``timedelta``), at most ``MAX_DELAY_S`` (10 years). ``timeout`` bounds one attempt:
+    when it runs out, the handler is cancelled and the attempt fails with "timed out
+    after N s" (retried like any failure).
     """
 
     priority: Priority = "normal"
@@ -116,6 +117,7 @@ class JobOptions:
     timeout: float | timedelta | None = None
 
     def __post_init__(self) -> None:
+        level_of(self.priority)
         if self.delay is not None:
             seconds_value("delay", self.delay)
         if self.attempts is not None:
@@ -148,6 +150,7 @@ class JobInfo:
     finished_at: datetime | None = None
     due_at: datetime | None = None
     priority: Priority | None = None
+    """The name for levels 2, 5, 8 ("high", "normal", "low"), else the level (1-10)."""
     stalls: int = 0
     job_type: str | None = None
     result: Any = None

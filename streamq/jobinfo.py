@@ -7,10 +7,11 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, cast
 
-from .job import JobInfo, JobState, Priority, ms_to_dt
-from .keys import PRIORITIES, QueueKeys
+from .job import JobInfo, JobState, ms_to_dt
+from .keys import QueueKeys
+from .priority import Priority, priority_of_lane
 from .progress import decode_progress
-from .results import read_result
+from .results import read_delivery, read_result, with_delivery
 
 if TYPE_CHECKING:
     from .queue import Queue
@@ -30,8 +31,8 @@ def _int(v: Any, default: int = 0) -> int:
 
 
 def _priority(lane: str | None) -> Priority | None:
-    if lane is not None and lane.isdigit() and int(lane) < len(PRIORITIES):
-        return PRIORITIES[int(lane)]  # type: ignore[return-value]
+    if lane is not None and lane.isdigit():
+        return priority_of_lane(int(lane))
     return None
 
 
@@ -56,6 +57,8 @@ async def job_info(q: Queue, k: QueueKeys, job_id: str, reply: list[Any]) -> Job
     if st is JobState.COMPLETED:
         error = None  # a completed record's last field is its result (results.py)
         result, result_error = read_result(q.codec, f.get("x", ""), raw.get("e") or b"", job_id)
+        result = with_delivery(result, read_delivery(
+            {name[2:]: v for name, v in f.items() if name.startswith("d.")}))
     attempts = _int(f.get("n"))
     progress: Any = None
     if st in _PROGRESS_STATES:

@@ -18,9 +18,8 @@ import zlib
 from dataclasses import dataclass, field
 
 from .errors import ConfigError, JobIdError
+from .priority import LANE_SUFFIXES
 
-PRIORITIES: tuple[str, ...] = ("high", "normal", "low")
-LANE_INDEX: dict[str, int] = {name: i for i, name in enumerate(PRIORITIES)}
 GROUP = "workers"
 
 _QUEUE_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -62,10 +61,12 @@ def check_job_id(job_id: str) -> str:
 
 INDEX_BUCKETS = 2048
 
-DISCOVERY_PATTERN = "streamq:{*}:lane:normal"
-"""What ``discovery.find_queues`` SCANs for: a key every queue has once a job was added
-or a worker started (each partition has one; only the home's name is a queue name)."""
-_DISCOVERED_RE = re.compile(r"^streamq:\{([A-Za-z0-9_.-]{1,64})\}:lane:normal$")
+DISCOVERY_PATTERN = "streamq:{*}:lane:*"
+"""What ``discovery.find_queues`` SCANs for: the lanes, one of which every queue has once
+a job was added (the lane of its priority: a queue of high-priority jobs only has no
+normal lane until a worker starts) or a worker started (each partition has them; only
+the home's name is a queue name)."""
+_DISCOVERED_RE = re.compile(r"^streamq:\{([A-Za-z0-9_.-]{1,64})\}:lane:(?:high|normal|low)$")
 
 
 def queue_of_key(key: str) -> str | None:
@@ -73,6 +74,18 @@ def queue_of_key(key: str) -> str | None:
     partition's own tag, a foreign key)."""
     m = _DISCOVERED_RE.match(key)
     return m.group(1) if m else None
+
+
+BREAKER_PATTERN = "streamq:{*}:breaker:*"
+"""What ``discovery.find_breakers`` SCANs for: the breaker hash of a downstream (an SMS
+provider), kept in its queue's home partition once it has counted a failure."""
+_BREAKER_RE = re.compile(r"^streamq:\{([A-Za-z0-9_.-]{1,64})\}:breaker:([a-z0-9_-]{1,32})$")
+
+
+def breaker_of_key(key: str) -> tuple[str, str] | None:
+    """(queue, downstream) of a key matched by BREAKER_PATTERN; None for anything else."""
+    m = _BREAKER_RE.match(key)
+    return (m.group(1), m.group(2)) if m else None
 
 
 def check_partitions(n: object, what: str = "partitions") -> int:
@@ -89,18 +102,32 @@ def partition_tag(name: str, partition: int) -> str:
 @dataclass(frozen=True, slots=True)
 class QueueKeys:
     """Key names of one partition of a queue (partition 0: the queue's home, whose keys
-    are those of a queue without partitions). ``lanes`` is ordered high, normal, low."""
+    are those of a queue without partitions). ``lanes`` holds one stream per priority
+    level, indexed by lane number (priority.py: 0 high, 1 normal, 2 low, 3-9 the other
+    levels; not in priority order). ``lane_keys`` is what every script that reads or
+    writes lanes takes first: the ten lanes, then the lane map."""
 
     name: str
     partition: int = 0
     buckets: int = INDEX_BUCKETS
     prefix: str = field(init=False)
-    lanes: tuple[str, str, str] = field(init=False)
+    lanes: tuple[str, ...] = field(init=False)
+    lane_keys: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         p = f"streamq:{{{partition_tag(self.name, self.partition)}}}:"
         object.__setattr__(self, "prefix", p)
-        object.__setattr__(self, "lanes", (p + "lane:high", p + "lane:normal", p + "lane:low"))
+        lanes = tuple(p + "lane:" + suffix for suffix in LANE_SUFFIXES)
+        object.__setattr__(self, "lanes", lanes)
+        object.__setattr__(self, "lane_keys", (*lanes, p + "lanemap"))
+
+    @property
+    def lane_map(self) -> str:
+        """STRING bitmap, bit i = lane number i may hold entries no consumer has read yet.
+        Every transition that adds to a lane sets its bit; the claim reads only the lanes
+        whose bit is set and clears a bit when that lane had no more to give (it reads
+        every lane when it finds nothing, so an entry added by hand is found too)."""
+        return self.lane_keys[-1]
 
     def bucket(self, job_id: str) -> str:
         """The index bucket of a job: HASH job_id -> location at add time
@@ -208,6 +235,20 @@ class QueueKeys:
         delivered there (lua/route_*): a job never moves once it may have been sent."""
         return self.prefix + "route:" + job_id
 
+    def delivery(self, job_id: str) -> str:
+        """HASH (with TTL) the last delivery report a downstream sent for a job (an SMS
+        gateway's callback: lua/delivery_report); ``get_job`` shows it in the completed
+        job's result as ``result["delivery"]``. No number, no text."""
+        return self.prefix + "delivery:" + job_id
+
+    def delivery_ref(self, downstream: str, digest: str) -> str:
+        """STRING (with TTL) ``<partition>|<job id>``: the job a downstream's message id
+        belongs to, in the queue's home. ``digest`` is a hash of the message id (hex),
+        so a gateway's id never becomes part of a key name as given."""
+        if not re.fullmatch(r"[0-9a-f]{16,64}", digest):
+            raise ConfigError("a delivery reference is named by a hex digest")
+        return f"{self.prefix}dlr:{check_downstream_name(downstream)}:{digest}"
+
     # -- schedules (streamq/schedules/): one hash per schedule, in the partition of its id -----
     @property
     def schedules(self) -> str:
@@ -228,7 +269,7 @@ class QueueKeys:
 
     def all_fixed(self) -> list[str]:
         return [
-            *self.lanes,
+            *self.lane_keys,
             self.moves,
             self.delayed,
             self.delayed_data,

@@ -4,8 +4,8 @@ Every listing is keyset-paginated: a page ends with an opaque cursor naming the 
 shown, and the next page starts right after it with one ranged read per lane, so a page
 costs the same at the first job as at the 100,000th (no offsets, no scans):
 
-    waiting    lane entries after the consumer group's last-delivered id (XRANGE), high
-               lane first, oldest first: the order workers take them
+    waiting    lane entries after the consumer group's last-delivered id (XRANGE), the
+               most urgent level first, oldest first: the order workers take them
     active     the group's pending entries (XPENDING ranges), oldest claim first, with the
                worker holding each
     delayed    the delayed set by due time (ZRANGE), soonest first; scheduled retries too
@@ -34,8 +34,9 @@ from .connection import translate_redis_errors
 from .crypto import envelope_kid
 from .errors import ConfigError, PayloadError
 from .events import QueueEvent, parse_events
-from .job import JobInfo, JobState, Priority, ms_to_dt
-from .keys import GROUP, PRIORITIES, QueueKeys, check_job_id
+from .job import JobInfo, JobState, ms_to_dt
+from .keys import GROUP, QueueKeys, check_job_id
+from .priority import LANE_OF_LEVEL, LEVELS, Priority, priority_of_lane, rank_of_lane
 from .results import split_record
 
 if TYPE_CHECKING:
@@ -124,7 +125,7 @@ def _id_key(entry_id: str) -> tuple[int, int]:
 
 def _lane_pos(rest: str) -> tuple[int, str]:
     lane, _, entry_id = rest.partition(":")
-    if lane not in ("0", "1", "2"):
+    if len(lane) != 1 or not lane.isdigit() or int(lane) >= LEVELS:
         raise ConfigError(f"cursor position {rest[:40]!r} names no lane")
     _id_key(entry_id)
     return int(lane), entry_id
@@ -161,7 +162,7 @@ def _int(v: Any, default: int = 0) -> int:
 
 
 def _priority(lane: int) -> Priority | None:
-    return PRIORITIES[lane] if 0 <= lane < len(PRIORITIES) else None  # type: ignore[return-value]
+    return priority_of_lane(lane)
 
 
 def entry_info(state: JobState, lane: int, entry_id: str, raw: dict[Any, Any]) -> JobInfo:
@@ -245,8 +246,8 @@ def dead_info(raw: dict[Any, Any]) -> JobInfo:
 # -- per partition fetchers ---------------------------------------------------------------------
 # Each returns up to ``limit`` (sort key, cursor position, job) triples in listing order,
 # starting after the position ``after`` (or at it when ``inclusive``). Positions are what
-# a cursor names: (lane, ms, seq) of an entry, (score, member) of a sorted set, (ms, seq)
-# of a dead letter; sort keys order the merge of several partitions.
+# a cursor names: (level, ms, seq) of an entry (its text names the lane number), (score,
+# member) of a sorted set, (ms, seq) of a dead letter; sort keys order the merge of several partitions.
 Row = tuple[SortKey, str, ListedJob]
 Fetch = Callable[["Queue", QueueKeys, "SortKey | None", bool, int], Awaitable[list[Row]]]
 
@@ -266,21 +267,22 @@ async def _last_delivered(q: Queue, lane: str) -> str | None:
 async def _fetch_waiting(q: Queue, k: QueueKeys, after: SortKey | None, inclusive: bool,
                          limit: int) -> list[Row]:
     rows: list[Row] = []
-    first_lane = after[0] if after else 0
-    for lane in range(first_lane, 3):
+    first_level = after[0] if after else 1
+    for level in range(first_level, LEVELS + 1):
         if len(rows) >= limit:
             break
+        lane = LANE_OF_LEVEL[level]
         last = await _last_delivered(q, k.lanes[lane])
         if last is None:
             continue
         start = "(" + last
-        if after is not None and lane == first_lane and (after[1], after[2]) > _id_key(last):
+        if after is not None and level == first_level and (after[1], after[2]) > _id_key(last):
             start = ("" if inclusive else "(") + f"{after[1]}-{after[2]}"
         entries = await _r(q).xrange(k.lanes[lane], min=start, max="+", count=limit - len(rows))
         for eid, raw in entries or []:
             entry_id = _s(eid)
             ms, seq = _id_key(entry_id)
-            rows.append(((lane, ms, seq), f"{lane}:{entry_id}",
+            rows.append(((level, ms, seq), f"{lane}:{entry_id}",
                          ListedJob(entry_info(JobState.WAITING, lane, entry_id, raw))))
     return rows
 
@@ -288,12 +290,13 @@ async def _fetch_waiting(q: Queue, k: QueueKeys, after: SortKey | None, inclusiv
 async def _fetch_active(q: Queue, k: QueueKeys, after: SortKey | None, inclusive: bool,
                         limit: int) -> list[Row]:
     rows: list[Row] = []
-    first_lane = after[0] if after else 0
-    for lane in range(first_lane, 3):
+    first_level = after[0] if after else 1
+    for level in range(first_level, LEVELS + 1):
         if len(rows) >= limit:
             break
+        lane = LANE_OF_LEVEL[level]
         start = "-"
-        if after is not None and lane == first_lane:
+        if after is not None and level == first_level:
             start = ("" if inclusive else "(") + f"{after[1]}-{after[2]}"
         try:
             pending: Any = await q.redis.xpending_range(k.lanes[lane], GROUP, min=start, max="+",
@@ -311,7 +314,7 @@ async def _fetch_active(q: Queue, k: QueueKeys, after: SortKey | None, inclusive
             ms, seq = _id_key(entry_id)
             raw = entry[0][1] if entry else {}
             info = entry_info(JobState.ACTIVE, lane, entry_id, raw)
-            rows.append(((lane, ms, seq), f"{lane}:{entry_id}", ListedJob(
+            rows.append(((level, ms, seq), f"{lane}:{entry_id}", ListedJob(
                 info, worker=_s(p["consumer"]), idle_s=_int(p["time_since_delivered"]) / 1000,
                 deliveries=_int(p["times_delivered"]),
                 note=None if entry else "entry deleted: the next sweep drops it")))
@@ -405,7 +408,7 @@ async def _fetch_failed(q: Queue, k: QueueKeys, after: SortKey | None, inclusive
 def _position(state: JobState, rest: str) -> SortKey:
     if state in (JobState.WAITING, JobState.ACTIVE):
         lane, entry_id = _lane_pos(rest)
-        return (lane, *_id_key(entry_id))
+        return (rank_of_lane(lane), *_id_key(entry_id))
     if state in (JobState.DELAYED, JobState.COMPLETED):
         return _score_pos(rest)
     return _id_key(rest)
@@ -476,7 +479,7 @@ async def read_payload(q: Queue, k: QueueKeys, job_id: str) -> Payload | None:
     check_job_id(job_id)
     reply = await q._run(  # the engine's own script runner
         "get_payload",
-        [*k.lanes, k.moves, k.delayed_data, k.bucket(job_id), k.job(job_id), k.dead],
+        [*k.lane_keys, k.moves, k.delayed_data, k.bucket(job_id), k.job(job_id), k.dead],
         [job_id],
     )
     if not reply:
@@ -510,30 +513,42 @@ async def job_events(q: Queue, parts: Sequence[QueueKeys], job_id: str,
 
 
 # -- workers ------------------------------------------------------------------------------------
+async def lane_consumers(q: Queue, lanes: Sequence[str]) -> list[dict[str, Any]]:
+    """The consumer group's consumers of every lane given (one pipelined XINFO CONSUMERS
+    per lane), each row with str keys; a lane without stream or group has none."""
+    pipe = q.redis.pipeline(transaction=False)
+    for lane in lanes:
+        pipe.xinfo_consumers(lane, GROUP)
+    replies: Any = await pipe.execute(raise_on_error=False)
+    out: list[dict[str, Any]] = []
+    for rows in replies:
+        if isinstance(rows, ResponseError):  # no stream or group yet: no worker read it
+            continue
+        if isinstance(rows, Exception):
+            raise rows
+        out += [{_s(key): v for key, v in row.items()} for row in rows]
+    return out
+
+
 async def list_workers(q: Queue, parts: Sequence[QueueKeys]) -> list[WorkerInfo]:
     """The consumers of the queue's group over every lane (and partition): jobs held, and
     how long since each last read and last took a job. Workers remove consumers idle for
     longer than their ``consumer_prune_after`` (1 h by default)."""
     seen: dict[str, list[Any]] = {}
     with translate_redis_errors(q.redis_url):
-        for k in parts:
-            for lane in k.lanes:
-                try:
-                    rows: Any = await q.redis.xinfo_consumers(lane, GROUP)
-                except ResponseError:  # no stream or group yet: no worker read this lane
-                    continue
-                for row in rows:
-                    r = {_s(key): v for key, v in row.items()}
-                    acc = seen.setdefault(_s(r["name"]), [0, float("inf"), None])
-                    acc[0] += _int(r.get("pending"))
-                    acc[1] = min(acc[1], _int(r.get("idle")) / 1000)
-                    inactive = r.get("inactive")
-                    if inactive is not None and _int(inactive, -1) >= 0:
-                        a = _int(inactive) / 1000
-                        acc[2] = a if acc[2] is None else min(acc[2], a)
+        rows = await lane_consumers(q, [lane for k in parts for lane in k.lanes])
+    for r in rows:
+        acc = seen.setdefault(_s(r["name"]), [0, float("inf"), None])
+        acc[0] += _int(r.get("pending"))
+        acc[1] = min(acc[1], _int(r.get("idle")) / 1000)
+        inactive = r.get("inactive")
+        if inactive is not None and _int(inactive, -1) >= 0:
+            a = _int(inactive) / 1000
+            acc[2] = a if acc[2] is None else min(acc[2], a)
     out = [WorkerInfo(name, int(p), idle, act) for name, (p, idle, act) in seen.items()]
     return sorted(out, key=lambda w: (w.idle_s, w.name))
 
 
 __all__ = ["LISTABLE", "MAX_PAGE", "JobPage", "ListedJob", "Payload", "WorkerInfo",
-           "decode_payload", "job_events", "list_jobs", "list_workers", "read_payload"]
+           "decode_payload", "job_events", "lane_consumers", "list_jobs", "list_workers",
+           "read_payload"]

@@ -229,7 +229,7 @@ class Metrics:
         if worker.rate_limit:
             limit = max(limit, 2.0 / worker.rate_limit)  # a slow rate limit sleeps between turns
         # With every slot busy the loop waits for a free one: saturated, not stuck.
-        if worker.in_flight < worker.concurrency and age > limit:
+        if worker.in_flight < worker.slots and age > limit:
             reasons.append(f"fetch loop stuck: no turn for {age:.1f}s (limit {limit:g}s)")
         ping_s: float | None = None
         t0 = time.perf_counter()
@@ -318,7 +318,7 @@ class _StateCollector:
         for w in m.workers:
             acc = per_queue.setdefault(w.queue.name, [0, 0, 0, 0])
             acc[0] += w.in_flight
-            acc[1] += w.concurrency
+            acc[1] += w.slots
             acc[2] += 1 if w.healthy else 0
             acc[3] += 1 if w.fetch_hold.held else 0
             # the worker counts its rate-limit waits (Worker.rate_limited_waits / _s)

@@ -15,10 +15,11 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 import anyio
-from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from .blind_index import BlindIndex, Terms
+from .cluster import Client
 from .codec import Codec, type_tag
 from .connection import translate_redis_errors
 from .crypto import KeyRing
@@ -31,9 +32,11 @@ from .flows.create import ChildFailurePolicy, FlowJob, FlowRef, add_flow
 from .flows.finish import cancel_flow_job
 from .job import Backoff, JobInfo, JobOptions, JobRef, JobState, run_spec
 from .jobinfo import job_info
-from .keys import GROUP, LANE_INDEX, PRIORITIES, QueueKeys, check_job_id, check_queue_name
+from .keys import GROUP, QueueKeys, check_job_id, check_queue_name
 from .listing import JobPage, Payload, WorkerInfo, job_events, list_jobs, list_workers, read_payload
 from .partitions import Layout
+from .pipelines import Call, Replicas, run_calls
+from .priority import lane_of
 from .redact import redact_url
 from .routing import partition_of
 from .schedules.model import Misfire, Overlap, Schedule
@@ -45,10 +48,12 @@ from .settings import (
     STARTUP_TIMEOUT_S,
     QueueDefaults,
     check_redis_url,
-    make_redis,
+    make_client,
+    open_client,
     redis_url_from_env,
     seconds,
 )
+from .validate import int_value, seconds_value
 
 # byte -> letter; 256 = 9 * 26 + 22, so letters a-v come up 10 times in 256, w-z 9 times:
 # about 4.70 bits a letter, 75 bits an id
@@ -62,6 +67,23 @@ _NO_OPTIONS = JobOptions()
 _Group = tuple[QueueKeys, list[tuple[str, list[ArgT]]], list[list[str]]]
 """add_bulk's jobs of one partition: its keys, each job's (id, enqueue arguments), and
 with a blind index each job's tokens (kept apart: no extra object per job without one)."""
+
+
+DEFAULT_REPLICA_TIMEOUT_S = 1.0
+"""How long ``add`` waits for ``min_replicas`` acknowledgements (``WAIT``) by default."""
+
+
+def client_url(client: Client) -> str:
+    """A URL naming the server of a client passed in (for errors): its first node's."""
+    if isinstance(client, RedisCluster):
+        nodes = client.startup_nodes or client.get_nodes()
+        return f"redis://{nodes[0].host}:{nodes[0].port}" if nodes else "a Redis Cluster"
+    kw = client.connection_pool.connection_kwargs
+    if kw.get("path"):
+        return f"unix://{kw['path']}?db={kw.get('db', 0)}"
+    tls = "ssl" in client.connection_pool.connection_class.__name__.lower()
+    scheme = "rediss" if tls else "redis"
+    return f"{scheme}://{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
 
 
 def new_job_id() -> str:
@@ -88,19 +110,29 @@ class Queue:
         redis_url: str | None = None,
         job_type: Any = None,
         defaults: QueueDefaults | None = None,
-        redis: Redis | None = None,
+        redis: Client | None = None,
         partitions: int | None = None,
         encrypt: bool = False,
         keyring: KeyRing | None = None,
         blind_index: Terms | None = None,
         redact_errors: bool = False,
+        min_replicas: int = 0,
+        replica_timeout: float = DEFAULT_REPLICA_TIMEOUT_S,
     ) -> None:
-        """``encrypt=True`` seals every payload with the active key of ``keyring`` (default:
+        """``redis_url`` (else ``REDIS_URL``) may name one Redis or any node of a Redis
+        Cluster (found at first use); ``redis`` is a client of your own instead (a
+        ``Redis`` or a ``RedisCluster``), which the queue does not close.
+
+        ``encrypt=True`` seals every payload with the active key of ``keyring`` (default:
         ``STREAMQ_ENCRYPTION_KEYS``); without keys it is a ConfigError here. Any queue opens
         envelopes when keys are configured. ``blind_index`` (a payload's search terms) keeps
         a keyed index of them for ``streamq.blind_index.find_jobs``; it needs the keys too.
         ``redact_errors=True`` (implied by ``encrypt``) masks the payload's own values out
-        of stored error reasons, events and logs."""
+        of stored error reasons, events and logs.
+
+        ``min_replicas=k`` (k > 0): ``add`` and ``add_bulk`` return only once k replicas of
+        the master that took the jobs acknowledged them (``WAIT`` on the connection that
+        wrote, up to ``replica_timeout`` seconds), else raise ``NotReplicated``."""
         self.name = check_queue_name(name)
         self.layout = Layout(self.name, partitions)
         self.keys = self.layout.home
@@ -115,9 +147,18 @@ class Queue:
             self.blind_index = BlindIndex(
                 blind_index, ring, self.name,
                 max(d.completed_ttl_s, d.failed_ttl_s) + d.index_live_s)
-        self.redis_url = check_redis_url(redis_url, "redis_url") if redis_url else redis_url_from_env()
-        self._redis = redis
+        if redis_url:
+            self.redis_url = check_redis_url(redis_url, "redis_url")
+        elif redis is not None:
+            self.redis_url = client_url(redis)  # what errors name: the client's own server
+        else:
+            self.redis_url = redis_url_from_env()
+        self.min_replicas = int_value("min_replicas", min_replicas, minimum=0)
+        self.replica_timeout = seconds_value("replica_timeout", replica_timeout, positive=True)
+        self._redis: Client | None = redis
         self._own_redis = redis is None
+        self._opened = redis is not None
+        self._open_lock: anyio.Lock | None = None
         self._scripts: ScriptRunner | None = None
         self._calls: anyio.Semaphore | None = None
         self._default_backoff = Backoff(base=self.defaults.backoff_s).encode()
@@ -125,9 +166,38 @@ class Queue:
 
     # -- connection -----------------------------------------------------------------
     @property
-    def redis(self) -> Redis:
+    def redis(self) -> Client:
+        """The client: once the queue has talked to Redis, a ``RedisCluster`` when the URL
+        names a cluster node, else a ``Redis`` (before that: a ``Redis``, replaced at the
+        first call if the node turns out to be a cluster's)."""
         if self._redis is None:
-            self._redis = make_redis(self.redis_url)
+            self._redis = make_client(self.redis_url, False)
+        return self._redis
+
+    @property
+    def is_cluster(self) -> bool:
+        return isinstance(self._redis, RedisCluster)
+
+    async def _open(self) -> Client:
+        """The client, after asking the node the URL names whether it is a cluster's
+        (once per queue; ``cluster.py``). Every call that talks to Redis passes here."""
+        if not self._opened:
+            if self._open_lock is None:
+                self._open_lock = anyio.Lock()
+            async with self._open_lock:
+                if not self._opened:
+                    with translate_redis_errors(self.redis_url):
+                        client = await open_client(self.redis_url)
+                    made = self._redis
+                    if made is not None and not isinstance(client, RedisCluster):
+                        await client.aclose()  # one Redis: keep the client already made
+                    else:
+                        if made is not None:
+                            await made.aclose()  # made before the answer: a cluster's node
+                        self._redis = client
+                        self._scripts = None
+                    self._opened = True
+        assert self._redis is not None
         return self._redis
 
     @property
@@ -150,6 +220,7 @@ class Queue:
         with translate_redis_errors(self.redis_url):
             try:
                 with anyio.fail_after(STARTUP_TIMEOUT_S):
+                    await self._open()
                     await self.redis.ping()
             except TimeoutError:
                 raise RedisUnavailable(
@@ -164,6 +235,8 @@ class Queue:
         """The queue's partition count: read from Redis at first use and again every
         ``partitions.RECHECK_S`` seconds. ``store``: when none is stored yet, store this
         queue's (the first writer wins); every call that writes jobs or flags stores it."""
+        if not self._opened:
+            await self._open()
         return await self.layout.refresh(self._run, store=store)
 
     async def ensure_groups(self) -> None:
@@ -205,9 +278,26 @@ class Queue:
         return self._calls
 
     async def _run(self, name: str, keys: Sequence[str], args: Sequence[ArgT]) -> Any:
+        if not self._opened:
+            await self._open()
         async with self._gate:
             with translate_redis_errors(self.redis_url):
                 return await self.scripts(name, keys, args)
+
+    def _replicas(self) -> Replicas | None:
+        if not self.min_replicas:
+            return None
+        return Replicas(self.min_replicas, max(1, round(self.replica_timeout * 1000)),
+                        redact_url(self.redis_url))
+
+    async def run_calls(self, calls: Sequence[Call], *, per_trip: int | None = 8,
+                        replicas: Replicas | None = None) -> list[Any]:
+        """Pipelined script calls (``pipelines.py``): per master on a cluster, each
+        pipeline closed by WAIT when ``replicas`` asks for it."""
+        client = await self._open()
+        with translate_redis_errors(self.redis_url):
+            return await run_calls(client, self.scripts, calls, per_trip=per_trip,
+                                   replicas=replicas)
 
     async def run_script(self, name: str, keys: Sequence[str], args: Sequence[ArgT]) -> Any:
         """Run one Lua transition of ``lua/`` on this queue's client (the partition layer)."""
@@ -220,9 +310,7 @@ class Queue:
     # -- adding ---------------------------------------------------------------------
     def _job_args(self, data: Any, options: JobOptions | None) -> tuple[str, list[ArgT]]:
         opts = options or _NO_OPTIONS
-        lane = LANE_INDEX.get(opts.priority)
-        if lane is None:
-            raise ConfigError(f"priority {opts.priority!r} is invalid: use one of {PRIORITIES}")
+        lane = lane_of(opts.priority)
         job_id = check_job_id(opts.job_id) if opts.job_id is not None else new_job_id()
         attempts = self.defaults.attempts if opts.attempts is None else opts.attempts
         if not isinstance(attempts, int) or attempts < 1:
@@ -254,7 +342,12 @@ class Queue:
             ix = self.blind_index.index_keys(data, k)
             keys += ix
             argv += [self.blind_index.horizon_ms, len(ix)]
-        await self._run("enqueue", keys, argv)
+        if self.min_replicas:
+            # the enqueue and its WAIT on one connection (pipelines.py)
+            async with self._gate:
+                await self.run_calls([("enqueue", keys, argv)], replicas=self._replicas())
+        else:
+            await self._run("enqueue", keys, argv)
         return JobRef(job_id, self.name)
 
     async def add_bulk(self, items: Iterable[Any | tuple[Any, JobOptions]]) -> list[JobRef]:
@@ -297,8 +390,9 @@ class Queue:
 
     async def _send_bulk(self, groups: list[_Group]) -> None:
         """One enqueue call per chunk of BULK_CHUNK jobs of one partition (every call stays
-        in one slot, its blind-index sets included), 8 calls per pipeline round trip."""
-        calls: list[tuple[list[str], list[ArgT]]] = []
+        in one slot, its blind-index sets included), 8 calls per pipeline round trip; on a
+        cluster, one pipeline per master (``pipelines.py``)."""
+        calls: list[Call] = []
         ix = self.blind_index
         for k, prepared, tokens in groups:
             fixed = self._enqueue_keys(k)
@@ -316,17 +410,12 @@ class Queue:
                     args.append(ix.horizon_ms)
                     args.extend(len(t) for t in sets)
                     keys.extend(k.blind_index(kid, t) for ts in sets for t in ts)
-                calls.append((keys, args))
-        with translate_redis_errors(self.redis_url):
-            for start in range(0, len(calls), 8):
-                pipe = self.redis.pipeline(transaction=False)
-                for keys, args in calls[start : start + 8]:
-                    self.scripts.queue_call(pipe, "enqueue", keys, args)
-                await self.scripts.run_pipeline(pipe)
+                calls.append(("enqueue", keys, args))
+        await self.run_calls(calls, replicas=self._replicas())
 
     @staticmethod
     def _enqueue_keys(k: QueueKeys) -> list[str]:
-        return [*k.lanes, k.events, k.delayed, k.delayed_data, k.control]
+        return [*k.lane_keys, k.events, k.delayed, k.delayed_data, k.control]
 
     # -- questions and operations -----------------------------------------------------
     async def get_job(self, job_id: str) -> JobInfo | None:
@@ -336,7 +425,8 @@ class Queue:
         for k in self.layout.lookup(job_id, await self.partition_count()):
             reply = await self._run(
                 "get_job",
-                [*k.lanes, k.moves, k.delayed, k.delayed_data, k.bucket(job_id), k.job(job_id)],
+                [*k.lane_keys, k.moves, k.delayed, k.delayed_data, k.bucket(job_id), k.job(job_id),
+                 k.delivery(job_id)],
                 [GROUP, job_id],
             )
             if reply:
@@ -353,7 +443,7 @@ class Queue:
         A partitioned queue's counts are the sums over its partitions (one snapshot each)."""
         return sum_counts(await each([
             functools.partial(self._run, "counts",
-                              [*k.lanes, k.delayed, k.stats, k.paused, k.dead], [GROUP])
+                              [*k.lane_keys, k.delayed, k.stats, k.paused, k.dead], [GROUP])
             for k in self.layout.all_keys(await self.partition_count())
         ]))
 
@@ -361,7 +451,7 @@ class Queue:
         """The counts of each partition, partition 0 first (operators: is the load even?)."""
         return [sum_counts([r]) for r in await each([
             functools.partial(self._run, "counts",
-                              [*k.lanes, k.delayed, k.stats, k.paused, k.dead], [GROUP])
+                              [*k.lane_keys, k.delayed, k.stats, k.paused, k.dead], [GROUP])
             for k in self.layout.all_keys(await self.partition_count())
         ])]
 
@@ -374,7 +464,7 @@ class Queue:
         for k in self.layout.lookup(job_id, await self.partition_count()):
             reply = await self._run(
                 "cancel",
-                [*k.lanes, k.events, k.delayed, k.delayed_data, k.stats, k.moves,
+                [*k.lane_keys, k.events, k.delayed, k.delayed_data, k.stats, k.moves,
                  k.bucket(job_id), k.job(job_id)],
                 [GROUP, job_id, self.defaults.failed_ttl_ms, self.defaults.events_max],
             )
@@ -415,6 +505,7 @@ class Queue:
 
     async def is_paused(self) -> bool:
         """True when the home partition's pause flag is set."""
+        await self._open()
         with translate_redis_errors(self.redis_url):
             return bool(await self.redis.exists(self.keys.paused))
 
@@ -499,7 +590,7 @@ class Queue:
         k = self.layout.keys(partition)
         r = await self._run(
             "replay",
-            [*k.lanes, k.events, k.dead, k.stats, k.moves, k.bucket(job_id), k.job(job_id)],
+            [*k.lane_keys, k.events, k.dead, k.stats, k.moves, k.bucket(job_id), k.job(job_id)],
             [entry_id, self.defaults.events_max],
         )
         return 1 if int(r) == 1 else 0

@@ -8,6 +8,11 @@ path): ``completed|attempt|max|created|finished|type|`` followed by a *tail*:
     ``x|<reason>``        the result was dropped: it could not be encoded, or it was over
                           ``QueueDefaults.max_result_bytes``
 
+A downstream's delivery report (an SMS gateway's callback, ``lua/delivery_report.lua``)
+lives in a hash of its own next to the record, written after the job ran and without
+opening the result (which may be sealed); ``Queue.get_job`` adds it to a completed job's
+result as ``result["delivery"]`` (:func:`with_delivery`).
+
 A dropped result does not fail the job: the handler's side effect has happened, and
 running it again to get a smaller result would repeat it. The job completes, a
 ``job.result_dropped`` warning is logged, and ``JobInfo.result_error`` says why
@@ -17,6 +22,7 @@ running it again to get a smaller result would repeat it. The job completes, a
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -61,6 +67,44 @@ def read_result(codec: Codec, marker: bytes | str, tail: bytes, job_id: str
     return None, None
 
 
+DELIVERY_FIELDS: dict[str, str] = {
+    "s": "status", "n": "network_code", "f": "failure_reason", "c": "retry_count",
+    "t": "at", "m": "message_id", "p": "provider",
+}
+"""The delivery hash's fields (lua/delivery_report.lua) and their names in the result."""
+
+
+def read_delivery(fields: dict[str, str]) -> dict[str, Any] | None:
+    """The delivery report from get_job's ``d.*`` fields (prefix removed), or None.
+    Empty fields read as None, the retry count as an int, the time as ISO 8601 UTC."""
+    if not fields.get("s"):
+        return None
+    out: dict[str, Any] = {}
+    for short, name in DELIVERY_FIELDS.items():
+        raw = fields.get(short, "")
+        value: Any = raw or None
+        if short == "c" and raw.isdigit():
+            value = int(raw)
+        elif short == "t" and raw.isdigit():
+            at = datetime.fromtimestamp(int(raw) / 1000, UTC)
+            value = at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        out[name] = value
+    return out
+
+
+def with_delivery(result: Any, delivery: dict[str, Any] | None) -> Any:
+    """A completed job's result with its delivery report under ``"delivery"``: added to a
+    dict result, or the only key when nothing else could be read (no result kept, or a
+    sealed one this process cannot open); any other result is left as it is."""
+    if delivery is None:
+        return result
+    if isinstance(result, dict):
+        return {**result, "delivery": delivery}
+    if result is None:
+        return {"delivery": delivery}
+    return result
+
+
 def split_record(record: bytes) -> tuple[list[str], bytes]:
     """A record's seven leading fields (state ... dead id) as text and the rest as bytes
     (a failed job's error, a completed job's result): a result may hold any byte."""
@@ -69,4 +113,5 @@ def split_record(record: bytes) -> tuple[list[str], bytes]:
     return head, parts[7] if len(parts) > 7 else b""
 
 
-__all__ = ["NO_RESULT", "read_result", "result_tail", "split_record"]
+__all__ = ["DELIVERY_FIELDS", "NO_RESULT", "read_delivery", "read_result", "result_tail",
+           "split_record", "with_delivery"]

@@ -48,6 +48,7 @@ from .connection import translate_redis_errors
 from .crypto import PURPOSE_PAYLOAD, PURPOSE_SCHEDULE, envelope_kid, is_envelope
 from .errors import ConfigError, DecryptError
 from .keys import GROUP, QueueKeys
+from .pipelines import Call
 from .queue import Queue
 
 Progress = Callable[[str, int, int], None]
@@ -179,7 +180,7 @@ class _Rotator:
         """Rewrite a batch of partition ``k`` in one pipeline: one transition per payload,
         applied in order (so re-added stream entries keep their order among themselves)."""
         calls: list[tuple[str, bool]] = []
-        pipe = self.q.redis.pipeline(transaction=False)
+        sends: list[Call] = []
         for place, job_id, entry_id, lane_no, payload in items:
             schedule = place == "schedules"  # job_id is the schedule's id
             got = self.replacement(job_id, payload,
@@ -192,16 +193,17 @@ class _Rotator:
             where = {"waiting": "lane", "schedules": "schedule", "flows": "flow"}.get(place, place)
             held = (k.schedule(job_id) if schedule else k.flow(job_id) if place == "flows"
                     else k.delayed_data)
-            self.q.scripts.queue_call(
-                pipe, "rotate_payload",
+            sends.append((
+                "rotate_payload",
                 [k.lanes[lane_no], held, k.dead, k.moves, k.bucket(job_id), k.job(job_id),
                  *pairs],
-                [where, job_id, entry_id, GROUP, lane_no, payload, sealed])
+                [where, job_id, entry_id, GROUP, lane_no, payload, sealed]))
             calls.append((place, bool(pairs)))
         if not calls:
             return
-        # a replay after NOSCRIPT is safe: each call only replaces the bytes it was given
-        results = await self.q.scripts.run_pipeline(pipe)
+        # one pipeline (one slot, so one master on a cluster), in order; a call sent again
+        # (NOSCRIPT, cluster trouble) is safe: it only replaces the bytes it was given
+        results = await self.q.run_calls(sends, per_trip=None)
         for (place, moved), r in zip(calls, results, strict=True):
             if int(r) == 1:
                 self.report.rotated[place] += 1

@@ -1,9 +1,11 @@
 """The Lua registry: every atomic transition of ``lua/``, called by SHA.
 
-Scripts are static files (never built from strings), loaded once per connection pool
-and called with EVALSHA. A Redis restart or ``SCRIPT FLUSH`` empties the script cache;
-the NOSCRIPT reply is answered by loading the script again and repeating the call, which
-is safe because every transition is either idempotent or fenced.
+Scripts are static files (never built from strings), loaded once per client (on a
+cluster: on every master) and called with EVALSHA. A Redis restart, a failover to a
+replica or ``SCRIPT FLUSH`` empties a script cache; the NOSCRIPT reply is answered by
+loading the script where the call runs (on a cluster: on the master serving its keys'
+slot) and repeating the call, which did not run. SCRIPT LOAD rather than EVAL of the
+source: least-privilege ACL users are granted ``+evalsha +script|load`` only.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, cast
 
-from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
+from .cluster import Client, call_with_retry, retry_bound
 from .errors import ConfigError
 
 KeyT = str | bytes
@@ -27,6 +29,7 @@ ArgT = str | bytes | int | float
 SCRIPT_NAMES: tuple[str, ...] = (
     "adopt_partitions",
     "breaker_admit",
+    "breaker_close",
     "breaker_failure",
     "breaker_success",
     "cancel",
@@ -35,6 +38,7 @@ SCRIPT_NAMES: tuple[str, ...] = (
     "counts",
     "dead_letter",
     "defer",
+    "delivery_report",
     "due_schedules",
     "enqueue",
     "extend",
@@ -43,6 +47,7 @@ SCRIPT_NAMES: tuple[str, ...] = (
     "flow_cancel",
     "flow_complete",
     "flow_dead_letter",
+    "flow_link",
     "get_job",
     "get_payload",
     "grow_partitions",
@@ -121,45 +126,61 @@ def scripts() -> dict[str, Script]:
 
 
 class ScriptRunner:
-    """Calls scripts by SHA on one client, reloading them after NOSCRIPT."""
+    """Calls scripts by SHA on one client (a Redis, or a Redis Cluster: each call goes to
+    the master serving its keys' slot), sending a script's source after NOSCRIPT."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Client) -> None:
         self._redis = redis
         self._scripts = scripts()
         # execute_command is untyped in redis-py; EVALSHA's typed wrapper is too narrow
         self._exec = cast(Callable[..., Awaitable[Any]], redis.execute_command)
+        # on a cluster the whole call (a NOSCRIPT's load included) rides out cluster
+        # trouble; streamq's client also does it per command, a client passed in does not
+        self._retry_s = retry_bound(redis) if isinstance(redis, RedisCluster) else None
 
     async def load_all(self) -> None:
+        """Load every script (on a cluster: on every master). Not needed for correctness:
+        a master without a script is sent its source at the first NOSCRIPT."""
         for s in self._scripts.values():
             await self._redis.script_load(s.source)
 
+    def command(self, name: str, keys: Sequence[KeyT], args: Sequence[ArgT]) -> tuple[Any, ...]:
+        """The EVALSHA of a call, for a pipeline."""
+        s = self._scripts[name]
+        return ("EVALSHA", s.sha, len(keys), *keys, *args)
+
+    async def load_for(self, name: str, key: KeyT) -> None:
+        """Load one script where a call with ``key`` runs: on one Redis, there; on a
+        cluster, on the master serving the key's slot (a promoted replica, a restarted
+        master or a new one lacks what the others were given)."""
+        source = self._scripts[name].source
+        client = self._redis
+        if isinstance(client, RedisCluster):
+            text = key.decode() if isinstance(key, bytes) else key
+            load = cast(Callable[..., Awaitable[Any]], client.execute_command)
+
+            async def load_there() -> None:
+                await client.initialize()  # the slot map, if a failure made it stale
+                node = client.get_node_from_key(text)
+                await load("SCRIPT LOAD", source, target_nodes=node)
+
+            await call_with_retry(load_there, retry_bound(client), "SCRIPT LOAD")
+        else:
+            await client.script_load(source)
+
     async def __call__(self, name: str, keys: Sequence[KeyT], args: Sequence[ArgT]) -> Any:
+        if self._retry_s is not None:
+            return await call_with_retry(lambda: self._call(name, keys, args), self._retry_s,
+                                         f"script {name}")
+        return await self._call(name, keys, args)
+
+    async def _call(self, name: str, keys: Sequence[KeyT], args: Sequence[ArgT]) -> Any:
         s = self._scripts[name]
         try:
             return await self._exec("EVALSHA", s.sha, len(keys), *keys, *args)
         except NoScriptError:
-            await self._redis.script_load(s.source)
+            if keys:
+                await self.load_for(name, keys[0])
+            else:
+                await self._redis.script_load(s.source)
             return await self._exec("EVALSHA", s.sha, len(keys), *keys, *args)
-
-    def queue_call(
-        self, pipe: Pipeline, name: str, keys: Sequence[KeyT], args: Sequence[ArgT]
-    ) -> None:
-        """Add a call to a pipeline; the caller handles NOSCRIPT in the results (see ``run_pipeline``)."""
-        s = self._scripts[name]
-        pipe.execute_command("EVALSHA", s.sha, len(keys), *keys, *args)
-
-    async def run_pipeline(self, pipe: Pipeline) -> list[Any]:
-        """Execute a pipeline of script calls; on NOSCRIPT, load every script and run it again.
-
-        Only idempotent scripts (enqueue with its job-id dedup) may be pipelined.
-        """
-        commands = list(pipe.command_stack)
-        results: list[Any] = await pipe.execute(raise_on_error=False)
-        if any(isinstance(r, NoScriptError) for r in results):
-            await self.load_all()
-            pipe.command_stack = commands
-            results = await pipe.execute(raise_on_error=False)
-        for r in results:
-            if isinstance(r, Exception):
-                raise r
-        return results

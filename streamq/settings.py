@@ -23,6 +23,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .cluster import Client, make_cluster, probe_is_cluster
 from .errors import ConfigError
 from .validate import int_value, seconds_value
 
@@ -204,8 +205,8 @@ class HiredisPackSSLConnection(_PackMixin, SSLConnection):
     """The TLS twin of HiredisPackConnection."""
 
 
-def make_redis(url: str, **overrides: Any) -> Redis:
-    """A redis.asyncio client with every reliability-relevant option set explicitly."""
+def redis_options(url: str, **overrides: Any) -> dict[str, Any]:
+    """The client options of ``make_redis``, for one Redis or a cluster's nodes."""
     options: dict[str, Any] = {
         "protocol": 2,
         "decode_responses": False,
@@ -231,6 +232,13 @@ def make_redis(url: str, **overrides: Any) -> Redis:
             "refusing rediss:// without certificate verification; "
             "set STREAMQ_TLS_INSECURE=1 to allow it"
         )
+    return options
+
+
+def make_redis(url: str, **overrides: Any) -> Redis:
+    """A redis.asyncio client for one Redis with every reliability-relevant option set
+    explicitly."""
+    options = redis_options(url, **overrides)
     try:
         # a plain pool: redis-py's blocking pool costs ~50 us a call; Queue bounds its own
         # concurrent calls (CONCURRENT_CALLS) so a burst waits instead of failing
@@ -238,3 +246,29 @@ def make_redis(url: str, **overrides: Any) -> Redis:
         return Redis.from_pool(pool)
     except ValueError as exc:
         raise ConfigError(f"REDIS_URL is malformed: {exc}") from None
+
+
+def make_client(url: str, cluster: bool, **overrides: Any) -> Client:
+    """The client for ``url``, for a Redis Cluster node (``cluster``) or one Redis, with
+    the same options either way."""
+    if cluster:
+        return make_cluster(url, redis_options(url, **overrides))
+    return make_redis(url, **overrides)
+
+
+async def open_client(url: str, **overrides: Any) -> Client:
+    """The client for ``url``: a Redis Cluster client when the node it names runs in
+    cluster mode (asked: ``HELLO``, else ``INFO cluster``), else a client for one Redis
+    (the one that asked). The caller translates connection errors
+    (``translate_redis_errors``). Asked anew each time, never remembered: a URL may name
+    another server later (a restart, a reused port)."""
+    probe = make_redis(url, **overrides)
+    try:
+        cluster = await probe_is_cluster(probe, url)
+    except BaseException:
+        await probe.aclose()
+        raise
+    if not cluster:
+        return probe
+    await probe.aclose()
+    return make_client(url, True, **overrides)

@@ -87,3 +87,54 @@ def test_the_image_gets_everything_the_wheel_needs() -> None:
         assert (ROOT / name).exists(), name
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert not {"streamq", "lua", "pyproject.toml", "README.md"} & set(ignored)
+
+
+# -- the cluster profile -------------------------------------------------------------------------
+def test_the_default_services_stay_outside_every_profile() -> None:
+    services = _compose()["services"]
+    assert "profiles" not in services["redis"] and "profiles" not in services["worker"]
+
+
+def test_the_cluster_profile_joins_six_nodes_three_masters_with_a_replica_each() -> None:
+    services = _compose()["services"]
+    nodes = {name: s for name, s in services.items() if name.startswith("redis-node-")}
+    assert sorted(nodes) == [f"redis-node-{i}" for i in range(1, 7)]
+    volumes = set()
+    for name, node in nodes.items():
+        assert node["profiles"] == ["cluster"]
+        assert node["hostname"] == name  # announced to clients: reachable by name
+        command = " ".join(node["command"].split())
+        for option in ("--cluster-enabled yes", "--cluster-announce-hostname",
+                       "--cluster-preferred-endpoint-type hostname", "--appendonly yes",
+                       "--maxmemory-policy noeviction"):
+            assert option in command, (name, option)
+        [volume] = node["volumes"]
+        assert volume.endswith(":/data")
+        volumes.add(volume.split(":")[0])
+        assert "healthcheck" in node
+    assert len(volumes) == 6 and volumes <= set(_compose()["volumes"])
+    init = services["cluster-init"]
+    assert init["profiles"] == ["cluster"]
+    script = " ".join(init["command"])
+    assert "--cluster create" in script and "--cluster-replicas 1" in script
+    assert "--cluster-yes" in script and "for i in 1 2 3 4 5 6" in script
+    assert "cluster_state:ok" in script  # a no-op once joined, and waits until it is ok
+    assert {n: d["condition"] for n, d in init["depends_on"].items()} == {
+        n: "service_healthy" for n in nodes}
+
+
+def test_the_cluster_worker_is_the_worker_pointed_at_a_node() -> None:
+    services = _compose()["services"]
+    worker, twin = services["worker"], services["worker-cluster"]
+    assert twin["profiles"] == ["cluster"]
+    assert twin["depends_on"] == {"cluster-init": {"condition": "service_completed_successfully"}}
+    assert twin["environment"]["REDIS_URL"].startswith("redis://redis-node-")
+    float(twin["environment"]["STREAMQ_CLUSTER_RETRY_S"])
+    for key in ("build", "image", "init", "stop_grace_period"):
+        assert twin[key] == worker[key], key
+    grace = float(twin["environment"]["STREAMQ_SHUTDOWN_GRACE"])
+    assert _seconds(twin["stop_grace_period"]) >= grace + 5
+    args = resolve_env(build_parser().parse_args(twin["command"]))
+    assert args.metrics_port == 9108 and args.partitions == 3
+    # metrics ports apart from the single-Redis worker's
+    assert not set(twin["ports"]) & set(worker["ports"])

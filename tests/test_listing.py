@@ -169,7 +169,7 @@ async def test_bad_states_limits_and_cursors_are_one_line_errors(
             await q.list_jobs("cancelled")
         with pytest.raises(ConfigError, match="limit"):
             await q.list_jobs("waiting", limit=0)
-        for bad in ("garbage", "d0.1:2-3", "w0.9:1-0", "w7.1:1-0", "w0.1:x-y", "c0.abc:j"):
+        for bad in ("garbage", "d0.1:2-3", "w0.12:1-0", "w0.a:1-0", "w7.1:1-0", "w0.1:x-y", "c0.abc:j"):
             with pytest.raises(ConfigError):
                 await q.list_jobs("waiting" if bad.startswith("w") else "completed", cursor=bad)
 
@@ -267,11 +267,15 @@ async def test_queues_are_found_by_scan_and_partition_keys_are_not_queues(
         other = queue_name + "w"
         async with Queue(other, redis_url=redis_url) as w:
             await w.ensure_groups()  # a worker that started on an empty queue
+        urgent = queue_name + "h"
+        async with Queue(urgent, redis_url=redis_url) as h:  # high-priority jobs only
+            await h.add({"a": 1}, JobOptions(priority="high"))
+            assert not await h.redis.exists(h.keys.lanes[1])
         # a partition's own tag and a foreign key look alike but are no queue names
         await q.redis.xadd(f"streamq:{{{queue_name}~1}}:lane:normal", {"j": "x"})
         await q.redis.xadd("streamq:{bad name}:lane:normal", {"j": "x"})
         found = await find_queues(q.redis)
-        assert {queue_name, other} <= set(found)
+        assert {queue_name, other, urgent} <= set(found)
         assert not [n for n in found if "~" in n or " " in n]
 
 

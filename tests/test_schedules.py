@@ -147,7 +147,7 @@ async def test_a_slow_worker_cannot_fire_a_finished_slot_even_after_its_record_e
         v, due, payload, lane = raw[0].decode(), raw[1].decode(), raw[2], int(raw[3])
         run_id = run_job_id("once", int(due))
         stale = [k.schedule("once"), k.schedules, k.events, k.bucket(run_id), k.bucket(run_id),
-                 k.lanes[lane]]
+                 k.lanes[lane], k.lane_map]
         stale_args = ["once", v, due, due, run_id, str(int(due) + 1000), 0, payload, lane,
                       raw[4].decode(), raw[5].decode(), 100, "", "downtime", ""]
         async with worker_on(q, seen):  # worker B

@@ -27,6 +27,8 @@ def example(marker: str) -> tuple[str, list[str]]:
     ("results", ('"invoices"',)),
     ("progress", ('"imports"',)),
     ("flows", ('"reports"', '"fetch"')),
+    ("priorities", ('"alerts"',)),
+    ("batches", ('"mailings"',)),
 ])
 def test_each_workflows_example_prints_what_the_page_shows(
     redis_url: str, queue_name: str, marker: str, names: tuple[str, ...]

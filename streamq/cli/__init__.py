@@ -39,7 +39,8 @@ from .schedules import add_parser as add_schedules_parser
 
 PROG = "python -m streamq"
 # the settings the operator CLI reads
-CLI_SETTINGS = ("REDIS_", "STREAMQ_QUEUE", "STREAMQ_SMS_QUEUE", "STREAMQ_TLS_INSECURE")
+CLI_SETTINGS = ("REDIS_", "STREAMQ_QUEUE", "STREAMQ_SMS_QUEUE", "STREAMQ_TLS_INSECURE",
+                "STREAMQ_CLUSTER_RETRY_S")
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:

@@ -13,18 +13,22 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-from redis.exceptions import RedisError, ResponseError
+import msgspec
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
 
+from ..cluster import slot_owners
 from ..connection import translate_redis_errors
 from ..dead import DeadLetter
 from ..errors import ConfigError, StreamqError
 from ..fanout import COUNT_NAMES, id_key, sum_counts
 from ..job import JobState
-from ..keys import GROUP, MAX_PARTITIONS, partition_tag
-from ..listing import decode_payload
+from ..keys import MAX_PARTITIONS, partition_tag
+from ..listing import decode_payload, lane_consumers
 from ..partitions import RECHECK_S, grow_partitions
 from ..queue import Queue
 from ..redact import redact_url
+from ..results import DELIVERY_FIELDS
 from .output import CliError, Console, Progress, fmt_dt, now_text, payload_text, shorten, table
 from .privacy import cmd_find, cmd_rotate_keys
 from .schedules import cmd_schedules
@@ -73,19 +77,14 @@ async def _workers(q: Queue) -> list[tuple[str, int, float]]:
     seen: dict[str, list[float]] = {}
     lanes = [lane for k in q.layout.all_keys(await q.partition_count()) for lane in k.lanes]
     with translate_redis_errors(q.redis_url):
-        for lane in lanes:
-            try:
-                rows: Any = await q.redis.xinfo_consumers(lane, GROUP)
-            except ResponseError:  # no such stream or group yet: no worker has run
-                continue
-            for row in rows:
-                r = {(k.decode() if isinstance(k, bytes) else str(k)): v for k, v in row.items()}
-                name = r["name"].decode() if isinstance(r["name"], bytes) else str(r["name"])
-                acc = seen.setdefault(name, [0, float("inf")])
-                acc[0] += int(r.get("pending", 0))
-                since = int(r.get("inactive", r.get("idle", 0)))
-                if since >= 0:  # -1: never took a job from this lane
-                    acc[1] = min(acc[1], since / 1000)
+        rows = await lane_consumers(q, lanes)
+    for r in rows:
+        name = r["name"].decode() if isinstance(r["name"], bytes) else str(r["name"])
+        acc = seen.setdefault(name, [0, float("inf")])
+        acc[0] += int(r.get("pending", 0))
+        since = int(r.get("inactive", r.get("idle", 0)))
+        if since >= 0:  # -1: never took a job from this lane
+            acc[1] = min(acc[1], since / 1000)
     live = [(n, int(p), idle) for n, (p, idle) in seen.items() if p > 0 or idle <= WORKER_SEEN_S]
     return sorted(live, key=lambda w: (w[2], w[0]))
 
@@ -178,8 +177,19 @@ async def cmd_job(args: argparse.Namespace, q: Queue, con: Console) -> int:
     if info.progress is not None:
         rows.append(["progress", payload_text(info.progress)])
     if info.state is JobState.COMPLETED:
-        rows.append(["result", shorten(payload_text(info.result), RESULT_WIDTH)
+        shown = info.result
+        delivery = shown.get("delivery") if isinstance(shown, dict) else None
+        if delivery is not None:
+            shown = {k: v for k, v in shown.items() if k != "delivery"} or None
+        rows.append(["result", shorten(payload_text(shown), RESULT_WIDTH)
                      if info.result_error is None else f"not kept: {info.result_error}"])
+        if delivery is not None:
+            # a delivery report's known fields are not personal data (status, network,
+            # time, message id): shown whole, where the generic masking would take its
+            # date for a number; anything else a handler returned under that name is masked
+            known = isinstance(delivery, dict) and set(delivery) == set(DELIVERY_FIELDS.values())
+            rows.append(["delivery", msgspec.json.encode(delivery).decode() if known
+                         else payload_text(delivery)])
     con.print(table(["field", "value"], rows))
     if info.state is JobState.FAILED:
         con.print(f"\ndead letter: python -m streamq dead --queue {q.name} --show {info.id}")
@@ -397,12 +407,25 @@ async def cmd_partitions(args: argparse.Namespace, q: Queue, con: Console) -> in
                if q.layout.history else "")
     con.print(f"queue {q.name}: {n} partition{'s' if n != 1 else ''} ({origin}{history})")
     rows: list[list[object]] = []
+    placed: list[tuple[int, str]] = []
+    client = q.redis
+    if isinstance(client, RedisCluster):  # where each partition lives: its slot, its master
+        with translate_redis_errors(q.redis_url):
+            placed = await slot_owners(client, [k.prefix for k in q.layout.all_keys(n)])
     for p, c in enumerate(await q.partition_counts()):
         rows.append([f"{p} (home)" if p == 0 else p, "{" + partition_tag(q.name, p) + "}",
+                     *(placed[p] if placed else ()),
                      c["waiting"], c["active"], c["delayed"], c["failed"], c["dead"],
                      c["completed"]])
-    con.print(table(["partition", "hash tag", "waiting", "active", "delayed", "failed", "dead",
-                     "completed"], rows, right=[2, 3, 4, 5, 6, 7]))
+    where = ["slot", "master"] if placed else []
+    first = 2 + len(where)
+    con.print(table(["partition", "hash tag", *where, "waiting", "active", "delayed", "failed",
+                     "dead", "completed"], rows, right=list(range(first, first + 6))))
+    if placed:
+        masters = {m for _, m in placed}
+        con.print(f"on a Redis Cluster: {len(masters)} master{'s' if len(masters) != 1 else ''} "
+                  "serve these partitions (docs/partitions.md: how partitions spread over "
+                  "masters)")
     return 0
 
 

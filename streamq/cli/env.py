@@ -45,6 +45,10 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("REDIS_TLS", "-", "with REDIS_HOST: 1/true/yes connects with TLS (rediss://)"),
     Setting("STREAMQ_TLS_INSECURE", "-",
             "1 allows rediss:// without certificate verification (refused otherwise)"),
+    Setting("STREAMQ_CLUSTER_RETRY_S", "10",
+            "Redis Cluster (found when REDIS_URL names any node): seconds a command keeps "
+            "being retried through a failover, a slot migration or MOVED/ASK/TRYAGAIN/"
+            "CLUSTERDOWN replies before it fails with one line"),
     # -- the default local Redis (worker only, when no Redis location is configured) -----
     Setting("STREAMQ_LOCAL_REDIS_PORT", "6379",
             "port of the local Redis the worker uses, and starts when nothing answers, "
@@ -65,6 +69,12 @@ SETTINGS: Final[tuple[Setting, ...]] = (
             "--handler"),
     Setting("STREAMQ_JOB_TYPE", "-", "module:Type (msgspec) the --handler payloads decode to",
             "--job-type"),
+    Setting("STREAMQ_BATCH_SIZE", "0",
+            "call the handler with lists of up to this many jobs (a batch handler); for the "
+            "SMS worker: send one text to many recipients per request (a broadcast); "
+            "0 = one job per call", "--batch-size"),
+    Setting("STREAMQ_BATCH_MAX_WAIT", "0.05", "seconds a batch waits to fill",
+            "--batch-max-wait"),
     Setting("STREAMQ_VISIBILITY_TIMEOUT", "30",
             "seconds a silent worker keeps its jobs before another takes them over",
             "--visibility-timeout"),
@@ -130,6 +140,21 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("AT_TIMEOUT", "10", "africastalking: total seconds per request"),
     Setting("AT_CONNECT_TIMEOUT", "3", "africastalking: seconds to connect"),
     Setting("AT_RATE_LIMIT", "-", "africastalking: its own jobs/s limit across all workers"),
+    Setting("AT_BULK_MAX", "100",
+            "africastalking: recipients per request at most when a broadcast sends one text to "
+            "many (--batch-size; 1-1000)"),
+    Setting("AT_DELIVERY_SECRET", "-",
+            "africastalking delivery reports: the callback URL's last path segment, 16-128 "
+            "characters of A-Z a-z 0-9 _ - (a secret: never printed); needed with "
+            "--delivery-port"),
+    Setting("AT_DELIVERY_PORT", "-",
+            "serve the delivery report callback POST /sms/delivery/<secret> on this port",
+            "--delivery-port"),
+    Setting("AT_DELIVERY_HOST", "127.0.0.1", "address of the delivery report server",
+            "--delivery-host"),
+    Setting("AT_DELIVERY_TTL", "259200",
+            "seconds a sent message's id stays resolvable for its delivery reports (and a "
+            "report is kept); 0 = record no ids (one Redis write per message sent)"),
     Setting("SMS_BREAKER_ERRORS", "5",
             "errors in a row (within the window) that open a provider's circuit breaker"),
     Setting("SMS_BREAKER_WINDOW", "30", "seconds within which those errors count"),

@@ -158,12 +158,14 @@ class Refused(web.HTTPForbidden):
         super().__init__(text=reason + "\n", content_type="text/plain")
 
 
-ANY_ROLE_ACTIONS = frozenset({"/logout"})
+ANY_ROLE_ACTIONS = frozenset({"/logout", "/search"})
+"""POSTs open to every role (with the same CSRF checks): logging out, and searching (a
+POST so that a phone number typed in the search box stays out of URLs)."""
 
 
 async def check_action(request: web.Request, authority: Authority, identity: Identity) -> None:
     """Raise 403 unless this identity may perform a state-changing request now (logging
-    out is open to every role, with the same CSRF checks)."""
+    out and searching are open to every role, with the same CSRF checks)."""
     if not identity.can_act and request.path not in ANY_ROLE_ACTIONS:
         raise Refused(f"forbidden: the {identity.role} role can look, not act")
     if identity.via == "bearer":

@@ -9,8 +9,10 @@ from ..errors import ConfigError
 
 HELP = "serve the web dashboard"
 DESCRIPTION = (
-    "Serve the web dashboard: queues with counts and rates, jobs by state, a job's details, "
-    "dead letters (replay, purge), workers, search by job id; live over server-sent events. "
+    "Serve the web dashboard: queues with counts and rates (per partition too), jobs by "
+    "state, a job's details and its flow as a tree, dead letters (replay, purge), workers, "
+    "schedules, SMS provider breakers, search by job id or by phone number (the blind index: "
+    "needs STREAMQ_ENCRYPTION_KEYS); live over server-sent events. "
     "Auth: STREAMQ_DASHBOARD_TOKENS='viewer:<token>,operator:<token>' (log in with either; a "
     "viewer cannot act), optional STREAMQ_DASHBOARD_SECRET (signs the session cookies; "
     "default: derived from the tokens). Without tokens it refuses to start unless "

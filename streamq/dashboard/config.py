@@ -78,6 +78,8 @@ class DashboardConfig:
     sse_buffer: int = 32
     """Messages buffered per live client; past that the client gets one 'resync'."""
     max_sse_clients: int = 200
+    breaker_scan_s: float = 30.0
+    """How long the breakers page trusts its last SCAN for breaker hashes (0: every view)."""
 
     @classmethod
     def build(cls, *, env: Mapping[str, str] | None = None, host: str | None = None,

@@ -169,9 +169,14 @@ def page(request: web.Request, title: str, body: str, *, queue: str | None = Non
         who = f'<span class="who role-{esc(ident.role)}">{esc(ident.actor)}</span>{logout}'
     search = ""
     if ident is not None:
-        search = ('<form class=search action="/search" method=get role=search>'
-                  '<input name=id placeholder="job id" aria-label="job id" required>'
+        # a POST: a phone number typed here must not end up in a URL
+        search = ('<form class=search action="/search" method=post role=search>'
+                  f'<input type=hidden name=csrf value="{esc(csrf)}">'
+                  '<input name=q placeholder="job id or phone number" '
+                  'aria-label="job id or phone number" autocomplete=off required>'
                   "<button type=submit>find</button></form>")
+    links = ('<nav class=global><a href="/">queues</a><a href="/breakers">provider breakers</a>'
+             "</nav>" if ident is not None else "")
     msg = request.query.get("msg", "")
     flash = f'<p class=flash role=status>{mask(msg[:300])}</p>' if msg else ""
     attrs = "".join(f' data-{esc(k)}="{esc(v)}"' for k, v in data.items())
@@ -184,7 +189,7 @@ def page(request: web.Request, title: str, body: str, *, queue: str | None = Non
 <link rel=stylesheet href="/static/style.css">
 <script src="/static/app.js" defer></script>
 </head><body{live_attr}{attrs}>
-<header><a class=brand href="/">streamq</a>{search}<span class=spacer></span>{who}</header>
+<header><a class=brand href="/">streamq</a>{links}{search}<span class=spacer></span>{who}</header>
 {nav}<main>{flash}{body}</main>
 <footer><span id=live-status data-state=off></span></footer>
 </body></html>"""

@@ -19,12 +19,12 @@ import structlog
 from aiohttp import web
 
 from ..connection import translate_redis_errors
-from ..discovery import find_queues
+from ..discovery import find_breakers, find_queues
 from ..errors import ConfigError
 from ..keys import QueueKeys, check_queue_name
 from ..queue import Queue
 from ..redact import redact_text
-from ..settings import make_redis
+from ..settings import make_client
 from .auth import Authority
 from .config import DashboardConfig
 from .hub import Hub
@@ -49,12 +49,14 @@ class Dashboard:
         self._found: set[str] = set()
         self._stopped = anyio.Event()
         self._redis: Any = None
+        self._breakers: dict[str, list[str]] = {}
+        self._breakers_at = float("-inf")
 
     @property
     def redis(self) -> Any:
         """A client for discovery (the queues use their own)."""
         if self._redis is None:
-            self._redis = make_redis(self.redis_url)
+            self._redis = make_client(self.redis_url, False)
         return self._redis
 
     async def start(self) -> None:
@@ -63,6 +65,8 @@ class Dashboard:
                       redis_url=self.redis_url)
         try:
             await probe.connect()
+            if self._redis is None:  # discovery's client: a cluster's when the URL names one
+                self._redis = make_client(self.redis_url, probe.is_cluster)
         finally:
             await probe.close()
         if not self.config.queues:
@@ -135,6 +139,16 @@ class Dashboard:
             self._queues[name] = q
         return q
 
+    async def breakers_found(self) -> dict[str, list[str]]:
+        """The providers with a breaker hash, per queue (``discovery.find_breakers``): a
+        SCAN, so its answer is kept ``config.breaker_scan_s`` seconds (30) and only redone
+        when a page asks after that."""
+        if self._clock() - self._breakers_at >= self.config.breaker_scan_s:
+            with translate_redis_errors(self.redis_url):
+                self._breakers = await find_breakers(self.redis)
+            self._breakers_at = self._clock()
+        return self._breakers
+
     def meter(self, name: str) -> RateMeter:
         m = self._meters.get(name)
         if m is None:
@@ -145,6 +159,18 @@ class Dashboard:
         counts = await q.counts()
         self.meter(q.name).observe(counts, self._clock())
         return counts
+
+    async def counts_by_partition(self, q: Queue) -> tuple[dict[str, int], list[dict[str, int]]]:
+        """The queue's counts and, for a partitioned queue, each partition's (partition 0
+        first; empty for a queue of one partition). One read per partition, the totals
+        added up here the way ``Queue.counts`` adds them (paused: the home's flag)."""
+        if await q.partition_count() == 1:
+            return await self.counts(q), []
+        parts = await q.partition_counts()
+        total = {name: sum(p[name] for p in parts) for name in parts[0]}
+        total["paused"] = parts[0]["paused"]
+        self.meter(q.name).observe(total, self._clock())
+        return total, parts
 
 
 def dashboard_of(request: web.Request) -> Dashboard:

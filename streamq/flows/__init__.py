@@ -13,6 +13,7 @@ and cancels them (queue). docs/workflows.md tells the rules.
 
 from .create import MAX_FLOW_JOBS, POLICIES, ChildFailurePolicy, FlowJob, FlowRef, add_flow
 from .link import FlowLink, NodeRef
+from .view import FlowNode, FlowView, read_flow
 
-__all__ = ["MAX_FLOW_JOBS", "POLICIES", "ChildFailurePolicy", "FlowJob", "FlowLink", "FlowRef",
-           "NodeRef", "add_flow"]
+__all__ = ["MAX_FLOW_JOBS", "POLICIES", "ChildFailurePolicy", "FlowJob", "FlowLink", "FlowNode",
+           "FlowRef", "FlowView", "NodeRef", "add_flow", "read_flow"]

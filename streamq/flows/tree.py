@@ -20,7 +20,7 @@ from .link import SEP, NodeRef
 if TYPE_CHECKING:
     from ..queue import Queue
 
-FLOW_GROUP = 10
+FLOW_GROUP = 11
 """Keys per node before its lanes (lua/flow_shared.lua)."""
 
 
@@ -31,7 +31,7 @@ def _text(v: Any) -> str:
 def key_group(k: QueueKeys, job_id: str) -> list[str]:
     """A node's key group, in lua/flow_shared.lua's order: the lanes last."""
     return [k.events, k.delayed, k.delayed_data, k.control, k.stats, k.moves, k.dead,
-            k.bucket(job_id), k.job(job_id), k.flow(job_id), *k.lanes]
+            k.bucket(job_id), k.job(job_id), k.flow(job_id), k.lane_map, *k.lanes]
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from ..errors import ConfigError
+from ..priority import Priority
 from .timing import Timing, ms_to_datetime
 
 Misfire = Literal["run_once", "skip"]
@@ -70,6 +71,15 @@ def _text(v: Any) -> str:
     return v.decode("utf-8", "replace") if isinstance(v, bytes) else ("" if v is None else str(v))
 
 
+def _priority(text: str) -> Priority:
+    """A stored priority: a level as digits, else a name (a schedule from before levels)."""
+    if text.isdigit():
+        return int(text)
+    if text == "high":
+        return "high"
+    return "low" if text == "low" else "normal"
+
+
 def _int(v: Any) -> int | None:
     t = _text(v)
     try:
@@ -108,7 +118,8 @@ class Schedule:
     last_fired_at: datetime | None = None
     """When the last run was fired (Redis clock)."""
     misfire_grace: float = 60.0
-    priority: str = "normal"
+    priority: Priority = "normal"
+    """The runs' priority as given at upsert (a name, or a level 1-10)."""
     attempts: int | None = None
     version: str = ""
     partition: int = 0
@@ -181,7 +192,7 @@ def parse_schedule(schedule_id: str, values: list[Any], partition: int = 0) -> S
         last_run_id=_text(f["lr"]) or None,
         last_fired_at=ms_to_datetime(_int(f["fired"])),
         misfire_grace=(_int(f["grace"]) or 0) / 1000,
-        priority=_text(f["pri"]) or "normal",
+        priority=_priority(_text(f["pri"])),
         attempts=_int(f["a"]),
         version=_text(f["v"]),
         partition=partition,

@@ -251,7 +251,7 @@ class ScheduleRunner:
         r = await w.scripts(
             "fire_schedule",
             [k.schedule(sid), k.schedules, k.events, k.bucket(run_id or sid),
-             k.bucket(prev or sid), k.lanes[lane]],
+             k.bucket(prev or sid), k.lanes[lane], k.lane_map],
             [sid, _text(f["v"]), str(ready.due), "" if plan.slot is None else str(plan.slot),
              run_id, "" if plan.next is None else str(plan.next), plan.missed,
              payload, lane, _text(f["a"]) or "1", _text(f["b"]), q.defaults.events_max,

@@ -298,7 +298,7 @@ class Schedules:
                                      from_purpose=PURPOSE_SCHEDULE)
             r = int(await q.run_script(
                 "run_schedule_now",
-                [k.schedule(schedule_id), k.events, k.bucket(run_id), k.lanes[lane]],
+                [k.schedule(schedule_id), k.events, k.bucket(run_id), k.lanes[lane], k.lane_map],
                 [schedule_id, _text(cur["v"]), run_id, payload, lane,
                  _text(cur["a"]) or "1", _text(cur["b"]), _text(cur["y"]), q.defaults.events_max]))
             if r == 1:

@@ -2,16 +2,21 @@
 
 An application creates jobs (``create_*_sms_job``); a worker runs the handler from
 :func:`make_sms_handler`, which renders each job's template and sends it through an
-:class:`~streamq.sms.providers.SMSProvider`. The engine never imports this package.
+:class:`~streamq.sms.providers.SMSProvider`. Africa's Talking's delivery reports land on the
+jobs through :func:`delivery_app` (``delivery.py``). The engine never imports this package.
 """
 
 from __future__ import annotations
 
+from .broadcast import BroadcastSender, make_sms_batch_handler
+from .delivery import DeliveryReports
+from .delivery_http import delivery_app
 from .dispatch import make_sms_handler
 from .failover import ProviderRouter
 from .jobs import (
     close_sms_queue,
     create_notification_sms_job,
+    create_notification_sms_jobs,
     create_otp_sms_job,
     create_welcome_sms_job,
     get_sms_queue,
@@ -35,6 +40,8 @@ from .types import OTPSMS, NotificationSMS, Recipient, SMSJob, TemplateResult, W
 # Plain sorted() order, which the test checks (ruff's RUF022 prefers isort order).
 __all__ = [  # noqa: RUF022
     "AfricasTalkingSMSProvider",
+    "BroadcastSender",
+    "DeliveryReports",
     "InvalidPhoneNumber",
     "MessageTooLong",
     "MockSMSProvider",
@@ -49,9 +56,12 @@ __all__ = [  # noqa: RUF022
     "WelcomeSMS",
     "close_sms_queue",
     "create_notification_sms_job",
+    "create_notification_sms_jobs",
     "create_otp_sms_job",
     "create_welcome_sms_job",
+    "delivery_app",
     "get_sms_queue",
+    "make_sms_batch_handler",
     "make_sms_handler",
     "normalize_phone",
     "provider_from_settings",

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Final
 
 import msgspec
@@ -38,13 +39,14 @@ from .failover import ProviderRouter, provider_name
 from .phone import DEFAULT_REGION, InvalidPhoneNumber, normalize_phone
 from .providers.base import (
     ProviderConfigError,
+    ProviderError,
     ProviderPermanentError,
     ProviderTransientError,
     SendResult,
     SMSProvider,
 )
 from .templates import TemplateError, render_sms
-from .types import OTPSMS, NotificationSMS, SMSJob, WelcomeSMS
+from .types import OTPSMS, NotificationSMS, SMSJob, TemplateResult, WelcomeSMS
 
 log = structlog.get_logger("streamq.sms")
 
@@ -96,6 +98,80 @@ def _direct(provider: SMSProvider, config_retry_s: float) -> Send:
     return send
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedSMS:
+    """A job ready to send: its number (E.164), its rendered text, its log context."""
+
+    job: Job
+    to: str
+    rendered: TemplateResult
+    log: Any  # a structlog logger bound to the job (queue, id, type, attempt, masked number)
+
+    def result(self, sent: SendResult) -> dict[str, Any]:
+        """What the completed record keeps (JobInfo.result): no text and no number."""
+        return {
+            "provider": sent.provider,
+            "message_id": sent.message_id,
+            "encoding": self.rendered.encoding,
+            "segments": self.rendered.segments,
+        }
+
+
+def prepare_sms(job: Job, clock: Callable[[], float] = time.time) -> PreparedSMS:
+    """Decode, re-check the number, refuse an expired OTP and render: the steps before a
+    send. Raises ``PermanentError`` (logged) when the job can never be sent."""
+    data = _as_sms_job(job.data)
+    number = data.recipient.phone_number
+    bound = log.bind(
+        queue=job.queue_name,
+        job_id=job.id,
+        type=_type_name(data),
+        attempt=job.attempt,
+        to=mask_phone(number),
+    )
+    try:
+        # Re-checked here: a raw entry may have bypassed the creators.
+        to = normalize_phone(number, DEFAULT_REGION)
+    except InvalidPhoneNumber as exc:
+        bound.warning("sms.invalid_recipient", error=str(exc))
+        raise PermanentError(str(exc)) from None
+
+    if isinstance(data, OTPSMS):
+        age_s = clock() - data.timestamp / 1000
+        if age_s >= data.expiry_minutes * 60:
+            # A stale code is useless to the user and confusing: do not send it.
+            bound.warning(
+                "sms.otp_expired", age_s=round(age_s), expiry_minutes=data.expiry_minutes
+            )
+            raise PermanentError(
+                f"otp expired: created {age_s:.0f}s ago, valid {data.expiry_minutes} min; "
+                "not sent"
+            )
+
+    try:
+        rendered = render_sms(data)
+    except TemplateError as exc:
+        bound.warning("sms.render_failed", error=str(exc))
+        raise PermanentError(str(exc)) from None
+    return PreparedSMS(job=job, to=to, rendered=rendered, log=bound)
+
+
+def engine_error(exc: ProviderError, bound: Any) -> Exception:
+    """A provider's refusal of one message in the engine's terms (logged): permanent ->
+    ``PermanentError`` (dead letter), transient with a delay -> ``RetryAfter``, other
+    transient errors as they are (retried with backoff)."""
+    reason = redact_text(str(exc))
+    permanent = isinstance(exc, ProviderPermanentError)
+    retry_after = getattr(exc, "retry_after", None)
+    bound.warning("sms.send_failed", provider=exc.provider, code=exc.code, error=reason,
+                  permanent=permanent, **({} if permanent else {"retry_after": retry_after}))
+    if permanent:
+        return PermanentError(reason)
+    if retry_after is not None:
+        return RetryAfter(retry_after, reason)
+    return exc
+
+
 def make_sms_handler(
     provider: SMSProvider | ProviderRouter, *, clock: Callable[[], float] = time.time,
     config_retry_s: float = CONFIG_RETRY_S,
@@ -111,71 +187,27 @@ def make_sms_handler(
         provider, config_retry_s)
 
     async def handle_sms(job: Job) -> dict[str, Any]:
-        data = _as_sms_job(job.data)
-        number = data.recipient.phone_number
-        bound = log.bind(
-            queue=job.queue_name,
-            job_id=job.id,
-            type=_type_name(data),
-            attempt=job.attempt,
-            to=mask_phone(number),
-        )
+        sms = prepare_sms(job, clock)
+        bound = sms.log
         try:
-            # Re-checked here: a raw entry may have bypassed the creators.
-            to = normalize_phone(number, DEFAULT_REGION)
-        except InvalidPhoneNumber as exc:
-            bound.warning("sms.invalid_recipient", error=str(exc))
-            raise PermanentError(str(exc)) from None
-
-        if isinstance(data, OTPSMS):
-            age_s = clock() - data.timestamp / 1000
-            if age_s >= data.expiry_minutes * 60:
-                # A stale code is useless to the user and confusing: do not send it.
-                bound.warning(
-                    "sms.otp_expired", age_s=round(age_s), expiry_minutes=data.expiry_minutes
-                )
-                raise PermanentError(
-                    f"otp expired: created {age_s:.0f}s ago, valid {data.expiry_minutes} min; "
-                    "not sent"
-                )
-
-        try:
-            rendered = render_sms(data)
-        except TemplateError as exc:
-            bound.warning("sms.render_failed", error=str(exc))
-            raise PermanentError(str(exc)) from None
-
-        try:
-            result = await send(job, to, rendered.message)
+            result = await send(job, sms.to, sms.rendered.message)
         except Defer as exc:
             bound.debug("sms.deferred", reason=str(exc), delay=exc.delay, hold=exc.hold)
             raise
-        except ProviderPermanentError as exc:
-            reason = redact_text(str(exc))
-            bound.warning("sms.send_failed", provider=exc.provider, code=exc.code,
-                          error=reason, permanent=True)
-            raise PermanentError(reason) from exc
-        except ProviderTransientError as exc:
-            reason = redact_text(str(exc))
-            bound.warning("sms.send_failed", provider=exc.provider, code=exc.code,
-                          error=reason, permanent=False, retry_after=exc.retry_after)
-            if exc.retry_after is not None:
-                raise RetryAfter(exc.retry_after, reason) from exc
-            raise
+        except (ProviderPermanentError, ProviderTransientError) as exc:
+            error = engine_error(exc, bound)
+            if error is exc:
+                raise
+            raise error from exc
 
         bound.info(
             "sms.sent",
             provider=result.provider,
             message_id=result.message_id,
-            encoding=rendered.encoding,
-            segments=rendered.segments,
+            encoding=sms.rendered.encoding,
+            segments=sms.rendered.segments,
         )
         # Kept with the completed record (JobInfo.result); it holds no text and no number.
-        return {
-            "provider": result.provider,
-            "message_id": result.message_id,
-            "encoding": rendered.encoding,
-            "segments": rendered.segments,
-        }
+        return sms.result(result)
 
     return handle_sms

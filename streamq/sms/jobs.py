@@ -16,13 +16,15 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from collections.abc import Iterable
 from datetime import timedelta
-from typing import Final, Literal, TypeAlias
+from typing import Final, TypeAlias
 
 from streamq import JobOptions, JobRef, Queue
 from streamq.errors import PayloadError
+from streamq.priority import Priority
 
-from .phone import normalize_phone
+from .phone import InvalidPhoneNumber, normalize_phone
 from .privacy import sms_queue_options
 from .templates import render_sms
 from .types import (
@@ -34,7 +36,6 @@ from .types import (
     validate_job,
 )
 
-Priority: TypeAlias = Literal["high", "normal", "low"]
 Delay: TypeAlias = float | timedelta | None
 QUEUE_ENV: Final = "STREAMQ_SMS_QUEUE"
 DEFAULT_QUEUE: Final = "sms"
@@ -176,3 +177,38 @@ async def create_notification_sms_job(
         job, priority=priority, delay=delay, job_id=job_id, attempts=attempts, queue=queue
     )
 
+
+
+async def create_notification_sms_jobs(
+    *,
+    recipients: Iterable[Recipient | str],
+    message: str,
+    metadata: dict[str, str] | None = None,
+    priority: Priority = "normal",
+    delay: Delay = None,
+    attempts: int | None = None,
+    queue: Queue | None = None,
+) -> list[JobRef]:
+    """Queue one notification per recipient, the same text for all (a broadcast), in one
+    pipelined write. A worker with ``--batch-size`` sends them in a few requests, each
+    job with its own outcome (docs/sms-providers.md, Broadcasts).
+
+    Every number and the text are checked before anything is written: one invalid number
+    refuses the whole call, naming its position (and the number masked). Refs come back
+    in the recipients' order; a number listed twice gets two jobs.
+    """
+    jobs: list[SMSJob] = []
+    now = _now_ms()
+    for i, recipient in enumerate(recipients):
+        try:
+            to = _recipient(recipient)
+        except InvalidPhoneNumber as exc:
+            raise InvalidPhoneNumber(f"recipient {i}: {exc}") from None
+        jobs.append(validate_job(NotificationSMS(
+            id=_new_id(), timestamp=now, recipient=to, message=message, metadata=metadata)))
+    if not jobs:
+        return []
+    render_sms(jobs[0])  # the same text for all: too long is refused once, before writing
+    options = JobOptions(priority=priority, delay=delay, attempts=attempts)
+    target = queue if queue is not None else get_sms_queue()
+    return await target.add_bulk((job, options) for job in jobs)

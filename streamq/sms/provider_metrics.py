@@ -18,6 +18,10 @@ server every function here does nothing, so the router calls them unconditionall
 ``streamq_sms_provider_rate_limit_waits``  counter  queue, provider: times (``_total``) and
 ``streamq_sms_provider_rate_limit_wait_``  counter  seconds (``..._seconds_total``) a send
 ``seconds``                                         waited for a token of the provider's limit
+``streamq_sms_delivery_total``             counter  queue, provider, status (``Success``,
+                                                    ``Failed``, ... or ``other``): delivery
+                                                    reports that changed a job's delivery
+                                                    status (a repeat is not counted)
 =========================================  =======  ===========================================
 """
 
@@ -41,6 +45,7 @@ class _Instruments:
     state: Gauge
     waits: Counter
     wait_seconds: Counter
+    delivery: Counter
 
 
 _by_metrics: weakref.WeakKeyDictionary[Metrics, _Instruments] = weakref.WeakKeyDictionary()
@@ -69,15 +74,19 @@ def _instruments() -> _Instruments | None:
             wait_seconds=Counter("streamq_sms_provider_rate_limit_wait_seconds", "Seconds sends "
                                  "waited for tokens of their provider's rate limit.",
                                  ("queue", "provider"), registry=r),
+            delivery=Counter("streamq_sms_delivery", "Delivery reports that changed a job's "
+                             "delivery status, by the new status.",
+                             ("queue", "provider", "status"), registry=r),
         )
         _by_metrics[m] = found
     return found
 
 
-def failover(queue: str, from_provider: str, to_provider: str, reason: str) -> None:
+def failover(queue: str, from_provider: str, to_provider: str, reason: str,
+             count: int = 1) -> None:
     i = _instruments()
     if i is not None:
-        i.failovers.labels(queue, from_provider, to_provider, reason).inc()
+        i.failovers.labels(queue, from_provider, to_provider, reason).inc(count)
 
 
 def breaker_transition(queue: str, provider: str, state: str) -> None:
@@ -98,3 +107,9 @@ def rate_limited(queue: str, provider: str, seconds: float) -> None:
     if i is not None:
         i.waits.labels(queue, provider).inc()
         i.wait_seconds.labels(queue, provider).inc(max(0.0, seconds))
+
+
+def delivery(queue: str, provider: str, status: str) -> None:
+    i = _instruments()
+    if i is not None:
+        i.delivery.labels(queue, provider, status).inc()

@@ -31,10 +31,20 @@ or for the next requests in order (:meth:`AfricasTalkingStandin.script`). Modes:
 ``disconnect``         reset the connection without a reply
 =====================  ================================================================
 
+**Many recipients.** A request may name many numbers (``to`` comma-separated, as the real
+API takes them); the reply has one ``Recipients`` entry per number, in order, each with
+the mode's ``statusCode`` (a malformed number gets 403, as the real API answers). Per
+number (:meth:`AfricasTalkingStandin.script_number`, or ``{"numbers": {...}}`` over HTTP)
+the next replies naming that number can be scripted: a statusCode (``101``, ``403``,
+``500``...), ``ok``, or ``omit`` (the reply leaves that number out). ``stray`` numbers
+(:attr:`AfricasTalkingStandin.stray`) are added to every reply as if sent, though nobody
+asked for them.
+
 Over HTTP, next to the API (all under ``/_standin/``)::
 
     curl -X POST localhost:8090/_standin/mode -d '{"mode": "http401"}'   # every reply
     curl -X POST localhost:8090/_standin/mode -d '{"script": ["500", "ok"]}'  # next ones
+    curl -X POST localhost:8090/_standin/mode -d '{"numbers": {"+254712345678": ["500", "ok"]}}'
     curl -X POST localhost:8090/_standin/refuse -d '{"seconds": 5}'  # refuse connections
     curl localhost:8090/_standin/received        # what arrived (key and number masked)
     curl -X DELETE localhost:8090/_standin/received   # forget it
@@ -42,6 +52,27 @@ Over HTTP, next to the API (all under ``/_standin/``)::
 
 The console shows one line per request with the HTTP status and the ``statusCode`` it
 actually sent, the number masked; the text only with ``--show-text`` (it may be an OTP).
+
+**Delivery reports.** With a callback URL (``--callback-url``, ``callback_url=``, or
+``POST /_standin/callback {"url": ..., "delay": 0.1}``) it POSTs Africa's Talking's
+delivery callbacks (form ``id``, ``status``, ``phoneNumber``, ``networkCode``,
+``failureReason``, ``retryCount``) for every message it accepted, ``delay`` seconds after
+the reply. What it reports depends on the recipient's last digit (:data:`DELIVERY_SCRIPTS`):
+
+=================  ==============================================================
+``1``              Failed (failureReason DeliveryFailure)
+``2``              Rejected (failureReason UserInBlackList)
+``3``              Buffered, then Success
+``4``              Submitted only (no final report)
+``5``              Success twice (a repeated callback)
+``9``              no report
+any other          Success
+=================  ==============================================================
+
+A callback answered with anything but a 2xx (or not answered) is sent again after
+0.1, 0.25, 0.5, 1 and 2 s with ``retryCount`` counting up, as a gateway retries; the
+reports of one message go in order. ``GET /_standin/callbacks`` lists what was sent and
+how it was answered (the callback URL, which holds a secret, is never shown or printed).
 """
 
 from __future__ import annotations
@@ -55,10 +86,12 @@ import os
 import signal
 import sys
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
+import aiohttp
 from aiohttp import web
 
 from streamq.redact import mask_phone
@@ -72,6 +105,42 @@ STATUS_NAMES: Final[dict[int, str]] = {
     **{k: v.split(" ")[0] for k, v in PERMANENT_CODES.items()},
     **TRANSIENT_CODES,
 }
+
+
+DELIVERY_SCRIPTS: Final[dict[str, tuple[tuple[str, str], ...]]] = {
+    "1": (("Failed", "DeliveryFailure"),),
+    "2": (("Rejected", "UserInBlackList"),),
+    "3": (("Buffered", ""), ("Success", "")),
+    "4": (("Submitted", ""),),
+    "5": (("Success", ""), ("Success", "")),
+    "9": (),
+}
+"""The delivery reports sent for a recipient, by the number's last digit (else Success)."""
+DEFAULT_DELIVERY: Final = (("Success", ""),)
+NETWORK_CODE: Final = "63902"  # Safaricom, as Africa's Talking reports it
+CALLBACK_RETRIES_S: Final = (0.1, 0.25, 0.5, 1.0, 2.0)
+CALLBACK_TIMEOUT_S: Final = 5.0
+
+
+def delivery_script(number: str) -> tuple[tuple[str, str], ...]:
+    """(status, failureReason) of each report the stand-in sends for ``number``."""
+    return DELIVERY_SCRIPTS.get(number[-1:], DEFAULT_DELIVERY)
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackSent:
+    """One delivery callback the stand-in POSTed, and the answer (None: no answer)."""
+
+    message_id: str
+    status: str
+    retry_count: int
+    http_status: int | None
+    at: float  # time.time()
+
+    @property
+    def shown(self) -> dict[str, Any]:
+        return {"message_id": self.message_id, "status": self.status,
+                "retry_count": self.retry_count, "http_status": self.http_status, "at": self.at}
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +210,15 @@ class AfricasTalkingStandin:
     """An aiohttp server playing Africa's Talking. ``async with AfricasTalkingStandin() as s:``."""
 
     def __init__(self, *, api_key: str | None = None, username: str | None = None,
-                 balance: str = "KES 1785.50", show_text: bool = False, echo: bool = False) -> None:
+                 balance: str = "KES 1785.50", show_text: bool = False, echo: bool = False,
+                 callback_url: str | None = None, callback_delay: float = 0.1,
+                 callback_retries: tuple[float, ...] = CALLBACK_RETRIES_S) -> None:
+        self.callback_url = callback_url or None
+        self.callback_delay = callback_delay
+        self.callback_retries = callback_retries
+        self.callbacks: list[CallbackSent] = []
+        self._callback_sent = asyncio.Condition()
+        self._session: aiohttp.ClientSession | None = None
         self.api_key = api_key or None
         self.username = username or None
         self.balance = balance
@@ -153,7 +230,11 @@ class AfricasTalkingStandin:
         self.max_concurrent = 0
         self.refusing = False
         self._script: deque[Behaviour] = deque()
+        self._numbers: dict[str, deque[str]] = {}
+        self.stray: list[str] = []
+        """Numbers added to every reply that sent something, as if asked for."""
         self._ids = itertools.count(1)
+        self._run_id = uuid.uuid4().hex[:24]
         self._arrived = asyncio.Condition()
         self._stopping = asyncio.Event()
         self._runner: web.AppRunner | None = None
@@ -170,11 +251,35 @@ class AfricasTalkingStandin:
     def script(self, *replies: Behaviour | str) -> None:
         self._script.extend(Behaviour.parse(r) if isinstance(r, str) else r for r in replies)
 
+    def script_number(self, number: str, *replies: str) -> None:
+        """The next replies naming ``number`` give it these entries in order: a
+        statusCode (``101``, ``403``, ``500``...), ``ok`` or ``omit`` (left out)."""
+        for r in replies:
+            if r not in ("ok", "omit") and not (r.isdigit() and int(r) in STATUS_NAMES):
+                raise ValueError(f"unknown per-number reply {r!r}: use ok, omit or a "
+                                 "statusCode (100-102, 401-409, 500-502)")
+        self._numbers.setdefault(number, deque()).extend(replies)
+
     def reset(self) -> None:
         self.received.clear()
+        self.callbacks.clear()
         self._script.clear()
+        self._numbers.clear()
+        self.stray.clear()
         self.mode = Behaviour()
         self.max_concurrent = 0
+
+    def set_callback(self, url: str | None, delay: float | None = None) -> None:
+        """POST delivery reports to ``url`` from now on (None: stop sending them)."""
+        self.callback_url = url or None
+        if delay is not None:
+            self.callback_delay = delay
+
+    async def wait_for_callbacks(self, count: int, within: float = 5.0) -> list[CallbackSent]:
+        """The callbacks sent, once at least ``count`` were (answered or not)."""
+        async with asyncio.timeout(within), self._callback_sent:
+            await self._callback_sent.wait_for(lambda: len(self.callbacks) >= count)
+        return list(self.callbacks)
 
     async def wait_for_requests(self, count: int, within: float = 5.0) -> list[Received]:
         async with asyncio.timeout(within), self._arrived:
@@ -224,6 +329,8 @@ class AfricasTalkingStandin:
         app.router.add_post("/_standin/reset", self._handle_reset)
         app.router.add_get("/_standin/received", self._handle_received)
         app.router.add_delete("/_standin/received", self._handle_clear)
+        app.router.add_post("/_standin/callback", self._handle_callback)
+        app.router.add_get("/_standin/callbacks", self._handle_callbacks)
         self._stopping.clear()
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await runner.setup()
@@ -238,9 +345,16 @@ class AfricasTalkingStandin:
         self._stopping.set()
         if self._reopen is not None:
             self._reopen.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         runner, self._runner, self._site = self._runner, None, None
         if runner is not None:
             await runner.cleanup()
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
 
     async def __aenter__(self) -> AfricasTalkingStandin:
         if self._runner is None:
@@ -288,6 +402,8 @@ class AfricasTalkingStandin:
         response, code = self._response(request, behaviour, form)
         response.force_close()
         self._print(arrival, response.status, code)
+        if self.callback_url is not None and response.status == 200 and response.body:
+            self._schedule_reports(response.body)
         return response
 
     def _response(self, request: web.Request, behaviour: Behaviour, form: dict[str, str]
@@ -308,7 +424,16 @@ class AfricasTalkingStandin:
             empty: dict[str, Any] = {"SMSMessageData": {"Message": behaviour.empty, "Recipients": []}}
             return web.json_response(empty, status=behaviour.status, headers=headers), None
         code = behaviour.code or 101
-        recipients = [self._recipient(n, code) for n in numbers]
+        recipients = []
+        for n in numbers:
+            scripted = self._numbers.get(n)
+            spec = scripted.popleft() if scripted else "default"
+            if spec == "omit":
+                continue
+            recipients.append(self._recipient(n, code if spec == "default" else
+                                              101 if spec == "ok" else int(spec)))
+        if any(r["statusCode"] in SENT_CODES for r in recipients):
+            recipients.extend(self._recipient(n, 101) for n in self.stray)
         sent = sum(1 for r in recipients if r["statusCode"] in SENT_CODES)
         cost = sent * 0.8
         doc: dict[str, Any] = {"SMSMessageData": {
@@ -326,8 +451,70 @@ class AfricasTalkingStandin:
             "number": number,
             "status": STATUS_NAMES[code],
             "cost": "KES 0.8000" if sent else "0",
-            "messageId": f"ATXid_{next(self._ids):032x}" if sent else "None",
+            # the real shape (32 hex digits), unique across stand-in runs: a delivery
+            # reference recorded in an earlier run must not match a new message
+            "messageId": f"ATXid_{next(self._ids):08x}{self._run_id}" if sent else "None",
         }
+
+    # -- delivery reports -------------------------------------------------------------
+    def _schedule_reports(self, body: object) -> None:
+        """After a reply that accepted recipients: send their delivery reports later."""
+        if not isinstance(body, bytes):
+            return
+        try:
+            recipients = json.loads(body)["SMSMessageData"]["Recipients"]
+        except (ValueError, KeyError, TypeError):
+            return
+        for r in recipients:
+            if r.get("statusCode") in SENT_CODES:
+                self._spawn(self._report(str(r["messageId"]), str(r["number"])))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _report(self, message_id: str, number: str) -> None:
+        url = self.callback_url
+        if url is None:
+            return
+        if self.callback_delay > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.callback_delay)
+        for status, reason in delivery_script(number):
+            form = {"id": message_id, "status": status, "phoneNumber": number,
+                    "networkCode": NETWORK_CODE}
+            if reason:
+                form["failureReason"] = reason
+            for retry in range(len(self.callback_retries) + 1):
+                if self._stopping.is_set():
+                    return
+                answer = await self._post_report(url, {**form, "retryCount": str(retry)})
+                sent = CallbackSent(message_id=message_id, status=status, retry_count=retry,
+                                    http_status=answer, at=time.time())
+                async with self._callback_sent:
+                    self.callbacks.append(sent)
+                    self._callback_sent.notify_all()
+                if self.echo:
+                    said = "no answer" if answer is None else f"HTTP {answer}"
+                    print(f"[africastalking stand-in] delivery report {status} for {message_id} "
+                          f"to={mask_phone(number)} -> {said} (retryCount {retry})", flush=True)
+                if answer is not None and 200 <= answer < 300:
+                    break
+                if retry < len(self.callback_retries):
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stopping.wait(), self.callback_retries[retry])
+
+    async def _post_report(self, url: str, form: dict[str, str]) -> int | None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=CALLBACK_TIMEOUT_S))
+        try:
+            async with self._session.post(url, data=form) as reply:
+                await reply.read()
+                return reply.status
+        except (aiohttp.ClientError, TimeoutError):
+            return None
 
     async def _handle_user(self, request: web.Request) -> web.Response:
         if not self._authorised(request, request.query.get("username")):
@@ -339,8 +526,10 @@ class AfricasTalkingStandin:
             return
         to = ",".join(mask_phone(n) for n in arrival.form.get("to", "").split(",") if n)
         sent = "reset (no reply)" if status is None else f"HTTP {status}"
+        many = to.count(",")
+        shown_to = f"{many + 1} numbers" if many >= 3 else to
         line = (f"[africastalking stand-in] {sent} statusCode={code if code is not None else '-'} "
-                f"to={to} key={arrival.idempotency_key} "
+                f"to={shown_to} key={arrival.idempotency_key} "
                 f"chars={len(arrival.form.get('message', ''))}")
         if self.show_text:
             line += f" text={arrival.form.get('message')!r}"
@@ -360,6 +549,10 @@ class AfricasTalkingStandin:
                 self.set_mode(str(doc["mode"]))
             if "script" in doc:
                 self.script(*(str(item) for item in doc["script"]))
+            for number, replies in dict(doc.get("numbers") or {}).items():
+                self.script_number(str(number), *(str(r) for r in replies))
+            if "stray" in doc:
+                self.stray = [str(n) for n in doc["stray"]]
         except (ValueError, TypeError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
         return web.json_response({"ok": True, "scripted": len(self._script)})
@@ -388,10 +581,30 @@ class AfricasTalkingStandin:
         self.received.clear()
         return web.json_response({"ok": True})
 
+    async def _handle_callback(self, request: web.Request) -> web.Response:
+        try:
+            doc = await self._json_body(request)
+            url = str(doc.get("url") or "")
+            if url and not url.startswith(("http://", "https://")):
+                raise ValueError("url must be an http:// or https:// URL (or empty: off)")
+            delay = doc.get("delay")
+            if delay is not None and not 0 <= float(delay) <= 3600:
+                raise ValueError("delay must be from 0 to 3600 seconds")
+        except (ValueError, TypeError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        self.set_callback(url or None, None if delay is None else float(delay))
+        return web.json_response({"ok": True, "callbacks": url != "",
+                                  "delay": self.callback_delay})
+
+    async def _handle_callbacks(self, request: web.Request) -> web.Response:
+        return web.json_response([c.shown for c in self.callbacks])
+
 
 async def _serve(args: argparse.Namespace) -> None:
     standin = AfricasTalkingStandin(api_key=args.api_key, username=args.username,
-                                    show_text=args.show_text, echo=True)
+                                    show_text=args.show_text, echo=True,
+                                    callback_url=args.callback_url,
+                                    callback_delay=args.callback_delay)
     standin.set_mode(args.mode)
     await standin.start(args.host, args.port)
     stop = asyncio.Event()
@@ -402,6 +615,10 @@ async def _serve(args: argparse.Namespace) -> None:
     checks = "any API key" if standin.api_key is None else "the configured API key only"
     print(f"Africa's Talking stand-in listening on {standin.url} (accepts {checks}; "
           f"mode {args.mode})")
+    if standin.callback_url:
+        print("  delivery reports: POSTed to the --callback-url (by the recipient's last "
+              "digit: 1 Failed, 2 Rejected, 3 Buffered+Success, 4 Submitted, 5 twice, "
+              "9 none, else Success)")
     print(f"  export AT_API_URL={standin.url}", flush=True)
     try:
         await stop.wait()
@@ -423,6 +640,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", default="ok",
                         help="reply mode: ok, 100-102, 401-409, 500-502, empty:NAME, http401, "
                         "http503, http429:2, slow:2.5, garbage, disconnect (default ok)")
+    parser.add_argument("--callback-url", default=None,
+                        help="POST delivery reports for accepted messages to this URL, e.g. "
+                        "http://127.0.0.1:8095/sms/delivery/<AT_DELIVERY_SECRET> (never printed)")
+    parser.add_argument("--callback-delay", type=float, default=0.1,
+                        help="seconds between a reply and its first delivery report (default 0.1)")
     parser.add_argument("--show-text", action="store_true",
                         help="print message texts (they may hold OTP codes)")
     args = parser.parse_args(argv)

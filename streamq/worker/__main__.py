@@ -13,6 +13,7 @@ location is configured and nothing answers, the worker exits at once with one li
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import os
 import signal
@@ -37,6 +38,7 @@ from ..settings import (
     env_is_default_local,
     redis_url_from_env,
 )
+from .batch import MAX_BATCH, BatchOptions
 from .core import Handler, Worker
 from .joblog import log_jobs
 
@@ -54,16 +56,20 @@ NUMBERS: dict[str, tuple[str, type[int] | type[float], int | float, float, bool,
     "concurrency": ("STREAMQ_CONCURRENCY", int, 5, 1, False, None),
     "rate_limit": ("STREAMQ_RATE_LIMIT", float, 10.0, 0, False, None),
     "metrics_port": ("STREAMQ_METRICS_PORT", int, 0, 0, False, 65535),
+    "delivery_port": ("AT_DELIVERY_PORT", int, 0, 0, False, 65535),
     "visibility_timeout": ("STREAMQ_VISIBILITY_TIMEOUT", float, 30.0, 0, True, None),
     "job_timeout": ("STREAMQ_JOB_TIMEOUT", float, 0.0, 0, False, None),
     "shutdown_grace": ("STREAMQ_SHUTDOWN_GRACE", float, 30.0, 0, False, None),
     "max_stalled": ("STREAMQ_MAX_STALLED", int, 3, 1, False, None),
+    "batch_size": ("STREAMQ_BATCH_SIZE", int, 0, 0, False, MAX_BATCH),
+    "batch_max_wait": ("STREAMQ_BATCH_MAX_WAIT", float, 0.05, 0, False, 60.0),
 }
 # Text options: dest -> (env twin, default, allowed values or None)
 TEXTS: dict[str, tuple[str, str, tuple[str, ...] | None]] = {
     "handler": ("STREAMQ_HANDLER", "", None),
     "job_type": ("STREAMQ_JOB_TYPE", "", None),
     "metrics_host": ("STREAMQ_METRICS_HOST", "127.0.0.1", None),
+    "delivery_host": ("AT_DELIVERY_HOST", "127.0.0.1", None),
     "log_format": ("STREAMQ_LOG_FORMAT", "console", ("json", "console")),
     "log_level": ("STREAMQ_LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
 }
@@ -72,7 +78,7 @@ TEXTS: dict[str, tuple[str, str, tuple[str, ...] | None]] = {
 def _number_flag(p: argparse.ArgumentParser, flag: str, help: str) -> None:
     dest = flag.removeprefix("--").replace("-", "_")
     env, kind, default, low, above, high = NUMBERS[dest]
-    shown = "none" if dest == "metrics_port" else f"{default:g}"
+    shown = "none" if dest in ("metrics_port", "delivery_port") else f"{default:g}"
     p.add_argument(flag, default=None, type=flag_number(flag, kind, minimum=low, above=above,
                                                         maximum=high),
                    help=f"{help} (env {env}; default {shown})")
@@ -109,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--handler", default=None,
                    help="run 'module:function' instead of the SMS dispatcher; with it, "
                    "--queue names any queue (env STREAMQ_HANDLER)")
+    _number_flag(p, "--batch-size", "call the handler with lists of up to this many jobs of "
+                 "one priority level (a batch handler, docs/workflows.md); --concurrency then "
+                 "counts batches. The SMS worker then sends one text to many recipients per "
+                 "request where the provider allows it (a broadcast, docs/sms-providers.md; "
+                 "AT_BULK_MAX recipients per request); 0 = one job per call")
+    _number_flag(p, "--batch-max-wait", "with --batch-size: seconds a batch waits to fill")
     p.add_argument("--job-type", default=None,
                    help="with --handler: 'module:Type', a msgspec type (e.g. a tagged union) "
                    "the payloads are decoded to; none = plain msgpack values (env STREAMQ_JOB_TYPE)")
@@ -116,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-host", default=None,
                    help="address of the metrics server (env STREAMQ_METRICS_HOST; default "
                    "127.0.0.1; 0.0.0.0 in a container)")
+    _number_flag(p, "--delivery-port", "serve the Africa's Talking delivery report callback "
+                 "(POST /sms/delivery/<AT_DELIVERY_SECRET>) on this port; see "
+                 "docs/sms-providers.md")
+    p.add_argument("--delivery-host", default=None,
+                   help="address of the delivery report server (env AT_DELIVERY_HOST; default "
+                   "127.0.0.1: put a TLS reverse proxy in front of it)")
     p.add_argument("--log-format", choices=TEXTS["log_format"][2], default=None,
                    help="json for production, console for development (env STREAMQ_LOG_FORMAT; "
                    "default console)")
@@ -155,6 +173,7 @@ def resolve_env(args: argparse.Namespace) -> argparse.Namespace:
                     raise ConfigError(f"{env}={value[:40]!r}: use one of {', '.join(allowed)}")
             setattr(args, dest, value)
     args.metrics_port = args.metrics_port or None
+    args.delivery_port = args.delivery_port or None
     args.partitions = args.partitions or None  # None: adopt the stored count
     if args.check_provider is None:
         args.check_provider = env_text("STREAMQ_CHECK_PROVIDER", "") not in ("", "0")
@@ -247,6 +266,7 @@ def make_handler(
     if args.handler:
         return load_handler(args.handler), None, None, {"handler": args.handler}
     from ..sms import make_sms_handler
+    from ..sms.broadcast import make_sms_batch_handler
     from ..sms.failover import router_from_settings
 
     router = router_from_settings(queue, args.provider)
@@ -260,7 +280,26 @@ def make_handler(
         "provider": ",".join(names),
         "endpoint": ", ".join(describe_provider(s.name, s.provider) for s in router.slots),
     }
-    return make_sms_handler(router), router.aclose, lambda: check_at_start(router), info
+    handler: Handler = (make_sms_batch_handler(router) if args.batch_size  # type: ignore[assignment]
+                        else make_sms_handler(router))
+    return handler, router.aclose, lambda: check_at_start(router), info
+
+
+def delivery_server(args: argparse.Namespace, queue: Queue) -> Callable[..., Any] | None:
+    """``--delivery-port``: the delivery report endpoint to start with the worker (its
+    secret is checked now, before anything starts), or None."""
+    if not args.delivery_port:
+        return None
+    if args.handler:
+        raise ConfigError("--delivery-port serves the SMS worker's delivery reports; it does "
+                          "not go with --handler")
+    from ..sms.delivery import DeliveryReports, delivery_secret_from_env, delivery_ttl_from_env
+    from ..sms.delivery_http import serve_delivery
+
+    secret = delivery_secret_from_env()
+    reports = DeliveryReports(queue, ttl_s=delivery_ttl_from_env())
+    return functools.partial(serve_delivery, reports, secret, args.delivery_host,
+                             args.delivery_port)
 
 
 def warn_production(info: dict[str, Any]) -> None:
@@ -312,9 +351,17 @@ async def run(args: argparse.Namespace, url: str) -> None:
         privacy = sms_queue_options()
     queue = Queue(args.queue, redis_url=url, job_type=job_type_of(args),
                   partitions=args.partitions, **privacy)
+    delivery = delivery_server(args, queue)
     handler, close_handler, start_check, info = make_handler(args, queue)
+    batch = None
+    if args.batch_size:
+        batch = BatchOptions(size=args.batch_size, max_wait=args.batch_max_wait)
+        info["batch"] = f"{batch.size} jobs, {batch.max_wait:g}s fill wait"
+        if not args.handler:
+            info["broadcast"] = "one request per text where the provider allows it"
     worker = Worker(
         queue, handler,
+        batch=batch,
         concurrency=args.concurrency,
         rate_limit=args.rate_limit or None,
         visibility_timeout=args.visibility_timeout,
@@ -353,6 +400,8 @@ async def run(args: argparse.Namespace, url: str) -> None:
                 from ..metrics import serve_metrics
 
                 await tg.start(serve_metrics, worker, args.metrics_host, args.metrics_port)
+            if delivery is not None:
+                await tg.start(delivery)
             await worker.run()
             tg.cancel_scope.cancel()
     finally:

@@ -15,12 +15,13 @@ the worker's own ``await handler(job)`` otherwise):
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
 from ..cancellation import cancelled_from_outside
-from ..job import Job
+
+T = TypeVar("T")
 
 
 class AttemptFailed(Exception):
@@ -39,12 +40,12 @@ class HandlerCancelled(AttemptFailed):
         super().__init__("CancelledError raised by the handler (not a worker cancellation)")
 
 
-async def run_with_timeout(handler: Callable[[Job], Awaitable[Any]], job: Job,
+async def run_with_timeout(handler: Callable[[T], Awaitable[Any]], job: T,
                            cut_after: float) -> Any:
-    """Await ``handler(job)`` inside a cancel scope of our own that cuts it after
-    ``cut_after`` seconds. (Jobs without a timeout are awaited directly by the worker,
-    which turns a stray ``CancelledError`` into ``HandlerCancelled`` itself: the hot path
-    pays for neither the scope nor this extra call.)"""
+    """Await ``handler(job)`` (a job, or a batch's list of jobs) inside a cancel scope
+    of our own that cuts it after ``cut_after`` seconds. (Jobs without a timeout are
+    awaited directly by the worker, which turns a stray ``CancelledError`` into
+    ``HandlerCancelled`` itself: the hot path pays for neither the scope nor this call.)"""
     with anyio.CancelScope(deadline=anyio.current_time() + cut_after):
         try:
             return await handler(job)

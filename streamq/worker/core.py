@@ -26,37 +26,40 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import anyio.lowlevel
 import structlog
 from anyio.abc import TaskGroup
-from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from ..cancellation import cancelled_from_outside
+from ..cluster import Client
 from ..connection import translate_redis_errors
 from ..errors import Defer, PayloadError, PermanentError, RetryAfter, StreamqError
 from ..events import Callback, EventName, Hooks, WorkerEvent
 from ..flows.link import parse_spec
 from ..job import Job
-from ..keys import GROUP, PRIORITIES, QueueKeys
+from ..keys import GROUP, QueueKeys
+from ..priority import PRIORITY_OF_LANE as _SHOWN
 from ..queue import Queue
 from ..redact import redact_text, redact_url
 from ..results import result_tail
 from ..schedules.runner import ScheduleRunner
 from ..scripts import ScriptRunner
-from ..settings import MAX_BLOCK_MS, make_redis
+from ..settings import MAX_BLOCK_MS, make_client
 from .attempt import AttemptFailed, AttemptTimedOut, HandlerCancelled, run_with_timeout
+from .batch import BatchHandler, BatchOptions, BatchRunner, check_batch, claim_max
 from .hold import FetchHold
 from .options import check_worker_options
-from .partitioned import PartitionedFetch
+from .partitioned import PartitionedFetch, idle_streams
 from .runtime import WorkerRuntime
 
 Handler = Callable[[Job], Awaitable[Any]]
+"""A handler of one job: its return value is the job's stored result."""
 
 log = structlog.get_logger("streamq.worker")
 
@@ -84,12 +87,15 @@ def _text(v: Any) -> str:
 
 
 class Worker:
-    """Process a queue's jobs with ``handler``; ``await run()`` until ``await close()``."""
+    """Process a queue's jobs with ``handler``; ``await run()`` until ``await close()``.
+
+    With ``batch=BatchOptions(...)`` the handler is a batch handler: it gets ``list[Job]``
+    and ``concurrency`` counts batches (see worker/batch.py)."""
 
     def __init__(
         self,
         queue: Queue,
-        handler: Handler,
+        handler: Handler | BatchHandler,
         *,
         concurrency: int = 5,
         rate_limit: float | None = 10.0,
@@ -104,6 +110,7 @@ class Worker:
         name: str | None = None,
         job_timeout: float | None = None,
         fire_schedules: bool = True,
+        batch: BatchOptions | None = None,
     ) -> None:
         check_worker_options(
             concurrency=concurrency, rate_limit=rate_limit, burst=burst,
@@ -111,9 +118,16 @@ class Worker:
             reclaim_interval=reclaim_interval, max_stalled=max_stalled,
             shutdown_grace=shutdown_grace, max_retry_delay=max_retry_delay,
             consumer_prune_after=consumer_prune_after, name=name, job_timeout=job_timeout)
+        self.batch = check_batch(batch, visibility_timeout)
+        """Batch mode (worker/batch.py), or None: the handler takes one job."""
         self.queue = queue
-        self.handler = handler
+        self.handler: Handler = cast(Handler, handler)
+        """The handler; a ``BatchHandler`` when ``batch`` is set (batch.py calls it)."""
         self.concurrency = concurrency
+        self.slots = concurrency * (self.batch.size if self.batch else 1)
+        """Jobs this worker may hold claimed at once: concurrency, times the batch size."""
+        self.claim_max = claim_max(self.batch, self.slots)
+        """Jobs one claim call takes at most."""
         self.rate_limit = rate_limit
         self.burst = burst if burst is not None else max(1.0, rate_limit or 0.0)
         self.visibility_timeout = visibility_timeout
@@ -132,14 +146,14 @@ class Worker:
         self.schedules = ScheduleRunner(self) if fire_schedules else None
         """Fires the queue's due schedules (streamq/schedules/runner.py); None when off."""
 
-        self._redis: Redis | None = None
+        self._redis: Client | None = None
         self._scripts: ScriptRunner | None = None
         self._cut_now = anyio.Event()
-        self._free = concurrency
+        self._free = self.slots
         self._slot_freed = anyio.Event()
         self._ready: deque[Job] = deque()
         self._ready_event = anyio.Event()
-        # keyed by the Job object: entry ids repeat across the three lanes
+        # keyed by the Job object: entry ids repeat across the lanes
         self._running: dict[int, Job] = {}
         # running jobs with a timeout: when (anyio clock) they are cut; heartbeats stop then
         self._cut_at: dict[int, float] = {}
@@ -170,7 +184,7 @@ class Worker:
 
     # -- connection --------------------------------------------------------------------
     @property
-    def redis(self) -> Redis:
+    def redis(self) -> Client:
         """The client in use: while running, the worker's own one, without automatic
         retries (the loops retry and say so, and a half-open link is reported after one
         socket timeout, not three); otherwise, and for a queue built on a client the
@@ -203,7 +217,7 @@ class Worker:
 
     @property
     def in_flight(self) -> int:
-        return self.concurrency - self._free
+        return self.slots - self._free
 
     # -- the main loop ---------------------------------------------------------------------
     async def run(self) -> None:
@@ -214,9 +228,11 @@ class Worker:
             await self.queue.connect()
             await self.queue.ensure_groups()
             if self.queue.owns_client:
-                self._redis = make_redis(self.queue.redis_url, retry=Retry(NoBackoff(), 0))
-                self._scripts = ScriptRunner(self._redis)
                 with translate_redis_errors(self.queue.redis_url):
+                    # a cluster client when the queue found the URL to name a cluster node
+                    self._redis = make_client(self.queue.redis_url, self.queue.is_cluster,
+                                              retry=Retry(NoBackoff(), 0))
+                    self._scripts = ScriptRunner(self._redis)
                     await self._scripts.load_all()
             self.healthy = True
             where = {"redis": redact_url(self.queue.redis_url)} if self.queue.owns_client else {}
@@ -231,8 +247,12 @@ class Worker:
                     upkeep.start_soon(self.schedules.run)
                 upkeep.start_soon(self.runtime.board.run)
                 async with anyio.create_task_group() as runners:
+                    runner = self._runner
+                    if self.batch is not None:
+                        runner = BatchRunner(self, cast(BatchHandler, self.handler),
+                                             self.batch).run
                     for _ in range(self.concurrency):
-                        runners.start_soon(self._runner)
+                        runners.start_soon(runner)
                     async with anyio.create_task_group() as fetch:
                         fetch.start_soon(self._fetch_loop)
                         await self._stop_event.wait()
@@ -330,7 +350,7 @@ class Worker:
                 if self._free <= 0:
                     await self._slot_freed.wait()
                 continue
-            count = self._free
+            count = min(self._free, self.claim_max)
             hold_limit = self.fetch_hold.limit()
             if hold_limit is not None:
                 if hold_limit <= 0:
@@ -386,7 +406,7 @@ class Worker:
 
     def claim_keys(self, partition: int = 0) -> list[str]:
         k = self._keys(partition)
-        return [*k.lanes, k.events, k.delayed, k.delayed_data, k.paused, k.limiter, k.control,
+        return [*k.lane_keys, k.events, k.delayed, k.delayed_data, k.paused, k.limiter, k.control,
                 k.moves, k.reclaim_lock]
 
     def claim_args(self, count: int, *, limited: bool = True) -> list[Any]:
@@ -442,7 +462,7 @@ class Worker:
                 enqueued = int(entry_id.partition("-")[0])
                 backoff, timeout, link = parse_spec(b)
                 job = Job(job_id.decode(), data, int(n) + 1, int(a), qname,
-                          PRIORITIES[lane],  # type: ignore[arg-type]
+                          _SHOWN[lane],
                           enqueued - int(t), enqueued, backoff, lane, entry_id,
                           max(stalls, int(st)), _type_name(y), 0.0, 0.0, partition,
                           job_timeout if timeout is None else timeout)  # all positional: faster
@@ -453,7 +473,7 @@ class Worker:
                 f = dict(zip(raw[::2], raw[1::2], strict=False))
                 job = Job(id=_text(f.get(b"j", b"")) or "?malformed", data=_MalformedEntry(),
                           attempt=1, max_attempts=1, queue_name=qname,
-                          priority=PRIORITIES[lane],  # type: ignore[arg-type]
+                          priority=_SHOWN[lane],
                           created_ms=0, enqueued_ms=0, lane=lane, entry_id=entry_id,
                           stalls=stalls)
             if oversize:
@@ -478,7 +498,7 @@ class Worker:
             lane, entry_id, stalls = int(to_dead[i]), _text(to_dead[i + 1]), int(to_dead[i + 3])
             job_id = _text(to_dead[i + 2]) or "?malformed"
             job = Job(id=job_id, data=None, attempt=0, max_attempts=0, queue_name=q.name,
-                      priority=PRIORITIES[lane],  # type: ignore[arg-type]
+                      priority=_SHOWN[lane],
                       created_ms=0, enqueued_ms=0, lane=lane, entry_id=entry_id, stalls=stalls,
                       partition=partition)
             log.warning("job.stalled", queue=q.name, job_id=job_id, stalls=stalls, final=True)
@@ -487,14 +507,12 @@ class Worker:
 
     async def _idle_wait(self, reply: list[Any]) -> None:
         next_due = int(reply[1])
-        if int(reply[6]) > 0:
+        if int(reply[2]) > 0:
             # entries are held elsewhere: look again for dead holders once the lock allows
             reclaim_ms = max(1, round(self.reclaim_interval * 1000))
             next_due = reclaim_ms if next_due < 0 else min(next_due, reclaim_ms)
         block = MAX_BLOCK_MS if next_due < 0 else max(1, min(MAX_BLOCK_MS, next_due))
-        k = self.queue.keys
-        streams = {k.lanes[0]: reply[2], k.lanes[1]: reply[3], k.lanes[2]: reply[4],
-                   k.control: reply[5]}
+        streams = idle_streams(self.queue.keys, reply)
         if next_due < 0 or next_due >= MAX_BLOCK_MS:
             await self.redis.xread(streams, count=1, block=block)  # type: ignore[arg-type]
             return
@@ -549,33 +567,77 @@ class Worker:
                 log.error("worker.internal_error", queue=self.queue.name, job_id=job.id,
                           error=_one_line(exc))
             finally:
-                del self._running[id(job)]
-                if job.timeout is not None:
-                    self._cut_at.pop(id(job), None)
-                self._free += 1
-                self._slot_freed.set()
-                self.fetch_hold.finished(job)
+                self.free_slot(job)
             streak += 1
             if streak >= 64:
                 # handlers that never suspend would otherwise starve the fetch and flush loops
                 streak = 0
                 await anyio.lowlevel.checkpoint()
 
-    async def _process(self, job: Job) -> None:
+    def free_slot(self, job: Job) -> None:
+        """A job left its runner (any outcome, or handed back): its slot is free."""
+        del self._running[id(job)]
+        if job.timeout is not None:
+            self._cut_at.pop(id(job), None)
+        self._free += 1
+        self._slot_freed.set()
+        self.fetch_hold.finished(job)
+
+    def unpack(self, job: Job) -> str | None:
+        """Before a job's handler runs: decode its payload and give it the runtime. Returns
+        why it must be dead-lettered instead (a malformed entry, an oversize or undecodable
+        payload), else None. (Synchronous: the hot path pays no coroutine for it.)"""
         if isinstance(job.data, _MalformedEntry):
-            await self._dead(job, "malformed stream entry")
-            return
+            return "malformed stream entry"
         if isinstance(job.data, _Oversize):
-            limit = self.queue.codec.max_bytes
-            await self._dead(job, f"payload {job.data.size} B exceeds limit {limit} B")
-            return
+            return f"payload {job.data.size} B exceeds limit {self.queue.codec.max_bytes} B"
         try:
             job.data = self.queue.codec.decode(job.data, job.id)
         except PayloadError as exc:
-            await self._dead(job, _one_line(exc))
-            return
+            return _one_line(exc)
         job.wait_s = max(0.0, time.time() - job.enqueued_ms / 1000)
         job.runtime = self.runtime
+        return None
+
+    async def prepare(self, job: Job) -> bool:
+        """``unpack``, then dead-letter the job (False) or emit 'active' (True)."""
+        reason = self.unpack(job)
+        if reason is not None:
+            await self._dead(job, reason)
+            return False
+        if self.hooks.wants("active"):
+            await self.hooks.emit(self._event("active", job))
+        return True
+
+    def succeeded(self, job: Job, result: Any) -> None:
+        """An attempt succeeded: recorded with the next flush (its result stored)."""
+        self.processed += 1
+        self._unacked[id(job)] = job
+        self._done.append((job, result))
+        self._done_event.set()
+
+    async def attempt_failed(self, job: Job, exc: BaseException) -> None:
+        """An attempt ended with ``exc``, settled by its kind: ``PermanentError`` dead-letters,
+        ``RetryAfter`` retries after its delay, ``Defer`` puts the job back without using an
+        attempt, anything else retries with the job's backoff while attempts remain."""
+        if isinstance(exc, AttemptTimedOut):
+            log.warning("job.timed_out", queue=self.queue.name, job_id=job.id,
+                        attempt=job.attempt, timeout=exc.timeout)
+            await self._failed(job, exc, retry=True)
+        elif isinstance(exc, PermanentError):
+            await self._failed(job, exc, retry=False)
+        elif isinstance(exc, RetryAfter):
+            await self._failed(job, exc, retry=True, delay=exc.delay)
+        elif isinstance(exc, Defer):
+            await self._deferred(job, exc)
+        else:
+            await self._failed(job, exc, retry=True)
+
+    async def _process(self, job: Job) -> None:
+        reason = self.unpack(job)
+        if reason is not None:
+            await self._dead(job, reason)
+            return
         if self.hooks.wants("active"):
             await self.hooks.emit(self._event("active", job))
         if job.timeout is not None:
@@ -599,29 +661,12 @@ class Worker:
             # poison job would stop every worker that takes it
             job.run_s = time.perf_counter() - t0
             await self._failed(job, HandlerCancelled(), retry=True)
-        except AttemptTimedOut as exc:
-            job.run_s = time.perf_counter() - t0
-            log.warning("job.timed_out", queue=self.queue.name, job_id=job.id,
-                        attempt=job.attempt, timeout=exc.timeout)
-            await self._failed(job, exc, retry=True)
-        except PermanentError as exc:
-            job.run_s = time.perf_counter() - t0
-            await self._failed(job, exc, retry=False)
-        except RetryAfter as exc:
-            job.run_s = time.perf_counter() - t0
-            await self._failed(job, exc, retry=True, delay=exc.delay)
-        except Defer as exc:
-            job.run_s = time.perf_counter() - t0
-            await self._deferred(job, exc)
         except Exception as exc:
             job.run_s = time.perf_counter() - t0
-            await self._failed(job, exc, retry=True)
+            await self.attempt_failed(job, exc)
         else:
             job.run_s = time.perf_counter() - t0
-            self.processed += 1
-            self._unacked[id(job)] = job
-            self._done.append((job, result))
-            self._done_event.set()
+            self.succeeded(job, result)
 
     async def _failed(
         self, job: Job, exc: BaseException, *, retry: bool, delay: float | None = None
@@ -638,7 +683,7 @@ class Worker:
         k = self._keys(job.partition)
         r = await self._call_retrying(
             "retry",
-            [*k.lanes, k.events, k.delayed, k.delayed_data, k.control, k.moves, k.bucket(job.id)],
+            [*k.lane_keys, k.events, k.delayed, k.delayed_data, k.control, k.moves, k.bucket(job.id)],
             [GROUP, self.consumer, job.lane, job.entry_id, job.id, math.ceil(delay * 1000), error,
              self.queue.defaults.events_max],
         )
@@ -661,7 +706,7 @@ class Worker:
         k = self._keys(job.partition)
         r = await self._call_retrying(
             "defer",
-            [*k.lanes, k.events, k.delayed, k.delayed_data, k.control, k.moves, k.bucket(job.id)],
+            [*k.lane_keys, k.events, k.delayed, k.delayed_data, k.control, k.moves, k.bucket(job.id)],
             [GROUP, self.consumer, job.lane, job.entry_id, job.id, math.ceil(delay * 1000), reason,
              self.queue.defaults.events_max],
         )
@@ -683,7 +728,7 @@ class Worker:
         if job.flow is None:
             r = await self._call_retrying(
                 "dead_letter",
-                [*k.lanes, k.events, k.dead, k.stats, k.moves, k.bucket(job.id), k.job(job.id)],
+                [*k.lane_keys, k.events, k.dead, k.stats, k.moves, k.bucket(job.id), k.job(job.id)],
                 [GROUP, self.consumer, job.lane, job.entry_id, job.id, error,
                  q.defaults.failed_ttl_ms, made, q.defaults.dead_letter_max,
                  q.defaults.events_max, 1 if attempt_failed else 0],
@@ -774,9 +819,9 @@ class Worker:
         q = self.queue
         args: list[Any] = [GROUP, self.consumer, q.defaults.completed_ttl_ms,
                            len(batch), q.defaults.events_max,
-                           2 * self.concurrency + 2 * FLUSH_BATCH,
+                           2 * self.slots + 2 * FLUSH_BATCH,
                            q.defaults.completed_index_max]
-        keys = [*k.lanes, k.events, k.stats, k.moves, k.completed_index]
+        keys = [*k.lane_keys, k.events, k.stats, k.moves, k.completed_index]
         prefix = k.prefix + "job:"
         bucket = k.bucket
         tails: list[Any] = []
@@ -826,7 +871,7 @@ class Worker:
         for job in jobs:
             args += [job.lane, job.entry_id]
         try:
-            lost = await self.scripts("extend", list(k.lanes), args)
+            lost = await self.scripts("extend", list(k.lane_keys), args)
         except (RedisError, OSError) as exc:
             log.error("worker.heartbeat_failed", queue=self.queue.name,
                       error=redact_text(str(exc)))
@@ -862,7 +907,7 @@ class Worker:
         q = self.queue
         k = self._keys(partition)
         r = await self.scripts(
-            "reclaim", [*k.lanes, k.events, k.moves, k.sweep_lock],
+            "reclaim", [*k.lane_keys, k.events, k.moves, k.sweep_lock],
             [GROUP, self.consumer, round(self.visibility_timeout * 1000), self.max_stalled,
              max(1, round(self.reclaim_interval * 1000) - 50),
              round(self.consumer_prune_after * 1000), 1000,
@@ -887,7 +932,7 @@ class Worker:
         for p, part in self._by_partition(jobs).items():
             k = self._keys(p)
             args: list[Any] = [GROUP, self.consumer, len(part)]
-            keys = [*k.lanes, k.moves]
+            keys = [*k.lane_keys, k.moves]
             for job in part:
                 args += [job.lane, job.entry_id]
                 keys.append(k.bucket(job.id))

@@ -22,9 +22,9 @@ one task blocked in one bounded XREAD on its lanes and control stream (an XREAD 
 span slots on a cluster), or until its next delayed job is due, or the reclaim period
 passes while it has entries held by others.
 
-Priorities: high before normal before low holds within a partition. Across partitions,
-rounds go in turn, so a high job waiting in one partition can wait behind the normal
-jobs a round claims from another: one round, at most the worker's concurrency of them.
+Priorities: level 1 before 2 ... before 10 holds within a partition. Across partitions,
+rounds go in turn, so an urgent job waiting in one partition can wait behind the less
+urgent jobs a round claims from another: one round, at most the worker's concurrency of them.
 """
 
 from __future__ import annotations
@@ -47,6 +47,14 @@ if TYPE_CHECKING:
     from .core import Worker
 
 log = structlog.get_logger("streamq.worker")
+
+
+def idle_streams(k: QueueKeys, reply: list[Any]) -> dict[str, Any]:
+    """What an idle claim's reply ({0, next due, pending, control id, lane ids}) says to
+    wait on: every lane and the control stream, each after the last id the claim saw."""
+    streams: dict[str, Any] = dict(zip(k.lanes, reply[4], strict=True))
+    streams[k.control] = reply[3]
+    return streams
 
 
 class PartitionedFetch:
@@ -96,7 +104,7 @@ class PartitionedFetch:
             if not candidates:
                 await self._wait_for_work()
                 continue
-            want = w._free
+            want = min(w._free, w.claim_max)
             # a handler's Defer(hold=True) holds fetching: nothing, or one probe (hold.py)
             hold_limit = w.fetch_hold.limit()
             if hold_limit is not None:
@@ -191,14 +199,12 @@ class PartitionedFetch:
         """Nothing to claim in partition p: leave it out until its waker sees work, or its
         next delayed job is due, or (entries held elsewhere) the reclaim period passes."""
         next_due = int(reply[1])
-        if int(reply[6]) > 0:
+        if int(reply[2]) > 0:
             reclaim_ms = max(1, round(self.w.reclaim_interval * 1000))
             next_due = reclaim_ms if next_due < 0 else min(next_due, reclaim_ms)
         self.ready[p] = False
         self.due_at[p] = math.inf if next_due < 0 else time.monotonic() + next_due / 1000 + 0.001
-        k = self.parts[p]
-        self._arm(p, {k.lanes[0]: reply[2], k.lanes[1]: reply[3], k.lanes[2]: reply[4],
-                      k.control: reply[5]})
+        self._arm(p, idle_streams(self.parts[p], reply))
 
     def _paused(self, p: int) -> None:
         # a paused partition wakes on resume (its control stream) or looks again every 2 s
@@ -259,4 +265,4 @@ class PartitionedFetch:
                         error=redact_text(str(exc)))
 
 
-__all__ = ["PartitionedFetch"]
+__all__ = ["PartitionedFetch", "idle_streams"]

@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 from streamq import Job, JobOptions, PermanentError, Queue, RedisUnavailable, Worker
 from streamq.devredis import RedisProcess, start_redis_server
 from streamq.sms import Recipient, SMSJob, create_otp_sms_job, create_welcome_sms_job
+from streamq.sms.delivery import DeliveryReports, parse_report
 from streamq.sms.standin import SalumStandin
 from tests.chaos.harness import ROOT, poll
 
@@ -35,12 +36,14 @@ pytestmark = pytest.mark.chaos
 COMMON = ["-@all", "+ping", "+hello", "+auth", "+client|setname", "resetchannels"]
 PRODUCER_ACL = ["+evalsha", "+script|load", "+time", "+exists", "+get", "+set", "+del",
                 "+hget", "+hset", "+hdel", "+hexists", "+hmget", "+hincrby",
-                "+xadd", "+xdel", "+xlen", "+xrange", "+xpending",
+                "+xadd", "+xdel", "+xlen", "+xrange", "+xpending", "+setbit",
                 "+zadd", "+zrange", "+zrem", "+zcard"]
-WORKER_ACL = ["+evalsha", "+script|load", "+time", "+exists", "+set", "+pexpire",
+# +get: the SMS delivery report endpoint (which a worker serves) reads message references
+WORKER_ACL = ["+evalsha", "+script|load", "+time", "+exists", "+set", "+get", "+pexpire",
               "+hget", "+hset", "+hdel", "+hmget", "+hincrby",
               "+xadd", "+xdel", "+xrange", "+xpending", "+xack", "+xread", "+xreadgroup",
-              "+xgroup|create", "+xinfo|stream", "+xinfo|consumers",
+              "+xgroup|create", "+xinfo|stream", "+xinfo|consumers", "+xrevrange",
+              "+setbit", "+bitfield_ro",
               "+zadd", "+zrange", "+zrangebyscore", "+zrem", "+zremrangebyrank"]
 QUEUE = "acl"
 KEYS = "~streamq:{acl}:*"
@@ -125,6 +128,15 @@ async def test_t10_producer_and_worker_run_with_least_privilege_and_acl_log_stay
                 assert await p.is_paused()
                 await p.resume()
                 await p.get_job("ok")
+                # an SMS delivery report: recorded and applied as the worker user, read
+                # back as the producer user
+                reports = DeliveryReports(wq)
+                await reports.record("africastalking", "ATXid_acl", "ok", 0)
+                applied = await reports.apply(parse_report({"id": "ATXid_acl",
+                                                            "status": "Success"}))
+                assert applied is not None and applied.changed
+                info = await p.get_job("ok")
+                assert info is not None and info.result["delivery"]["status"] == "Success"
                 await poll(lambda: len([j for j, _ in seen if j.startswith("{tick}@")]) >= 3,
                            10, message="two slots and the extra run of the schedule")
                 assert await p.remove_schedule("tick")

@@ -15,7 +15,7 @@ A due job may be promoted by any claim, so the model calls it "due": delayed or 
 Invariants after every rule: each job's state (``get_job``) is the model's; ``counts()``
 equals the model's; no job leaves a terminal state except by replay; the handler never
 sees a cancelled job or an attempt beyond the maximum; the worker picks only runnable jobs,
-from the highest-priority lane, and FIFO where the order is certain.
+from the most urgent level (1-10) that has work, and FIFO where the order is certain.
 """
 
 from __future__ import annotations
@@ -51,14 +51,13 @@ pytestmark = pytest.mark.chaos
 VT = 0.05
 MAX_STALLED = 2
 EXAMPLES = int(os.environ.get("STREAMQ_MODEL_EXAMPLES", "200"))
-LANES = ("high", "normal", "low")
 TERMINAL = ("completed", "failed", "cancelled")
 
 
 @dataclass
 class MJob:
     id: str
-    lane: int
+    lane: int  # its priority level, 1 (most urgent) to 10
     max_attempts: int
     state: str = "waiting"  # waiting | due | delayed | completed | failed | cancelled
     failed: int = 0  # attempts that failed (the next run is attempt failed + 1)
@@ -200,18 +199,18 @@ class QueueMachine(RuleBasedStateMachine):
         await poll(done, 10, 0.002, f"{job_id} to leave 'active'")
 
     # -- rules ----------------------------------------------------------------------------------
-    @rule(target=jobs, lane=st.integers(0, 2), attempts=st.integers(1, 3))
+    @rule(target=jobs, lane=st.integers(1, 10), attempts=st.integers(1, 3))
     def add(self, lane: int, attempts: int) -> str:
         job_id = f"j{next(self.ids)}"
-        self.run(self.q.add(None, JobOptions(job_id=job_id, priority=LANES[lane],  # type: ignore[arg-type]
+        self.run(self.q.add(None, JobOptions(job_id=job_id, priority=lane,
                                              attempts=attempts)))
         self.model[job_id] = MJob(job_id, lane, attempts, ready=self.tick("add"))
         return job_id
 
-    @rule(target=jobs, lane=st.integers(0, 2))
+    @rule(target=jobs, lane=st.integers(1, 10))
     def add_delayed(self, lane: int) -> str:
         job_id = f"j{next(self.ids)}"
-        self.run(self.q.add(None, JobOptions(job_id=job_id, priority=LANES[lane],  # type: ignore[arg-type]
+        self.run(self.q.add(None, JobOptions(job_id=job_id, priority=lane,
                                              attempts=2, delay=3600)))
         self.model[job_id] = MJob(job_id, lane, 2, state="delayed")
         self.tick("add_delayed")

@@ -146,7 +146,7 @@ async def test_the_job_page_shows_facts_and_masks_numbers(q: Queue, login_as: Lo
         "1003 invalid mobile +2547****678")
     await expect(page.locator("table.events")).to_contain_text("dead")
     # search by id finds it
-    await page.fill("form.search input[name=id]", waiting.job_id)
+    await page.fill("form.search input[name=q]", waiting.job_id)
     await page.click("form.search button")
     await expect(page).to_have_url(re.compile(rf"/q/{q.name}/jobs/{waiting.job_id}$"))
 

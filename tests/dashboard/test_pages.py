@@ -200,3 +200,32 @@ async def test_the_job_page_shows_progress_results_and_a_waiting_parent(
 async def _completed(q: Queue, job_id: str) -> bool:
     info = await q.get_job(job_id)
     return info is not None and info.state == "completed"
+
+
+async def test_job_ids_with_braces_and_url_special_characters(redis_url: str,
+                                                              queue_name: str) -> None:
+    """Every character a job id may hold works in the job routes: the page, its JSON, and
+    an action (aiohttp's default segment pattern refuses { and }: they 404ed)."""
+    from urllib.parse import quote
+
+    ids = ["order-{42}-sms", "a+b@c=d:e.f_g", "{tag}", "x{y}z+1"]
+    async with Queue(queue_name, redis_url=redis_url) as q, \
+            running_dashboard(redis_url, queues=[queue_name]) as d, aiohttp.ClientSession() as s:
+        for job_id in ids:
+            await q.add({"i": job_id}, JobOptions(job_id=job_id, delay=600))
+        for job_id in ids:
+            for path in (quote(job_id, safe=""), job_id.replace("+", "%2B")):
+                status, text, _ = await get(s, d.url + f"/q/{queue_name}/jobs/{path}")
+                assert status == 200, (job_id, path, status, text[:200])
+                assert '<span class="badge st-delayed">delayed</span>' in text
+            async with s.get(d.url + f"/api/q/{queue_name}/jobs/{quote(job_id, safe='')}",
+                             headers=bearer(VIEWER)) as r:
+                assert r.status == 200 and (await r.json())["id"] == job_id
+            # the queue page links to it with a path that finds it again
+            status, text, _ = await get(s, d.url + f"/q/{queue_name}?state=delayed")
+            assert f'href="/q/{queue_name}/jobs/{quote(job_id, safe="")}"' in text
+        async with s.post(d.url + f"/q/{queue_name}/jobs/{quote(ids[0], safe='')}/cancel",
+                          headers={**bearer(OPERATOR), "Accept": "application/json"}) as r:
+            assert r.status == 200 and (await r.json())["affected"] == 1
+        info = await q.get_job(ids[0])
+        assert info is not None and info.state.value == "cancelled"

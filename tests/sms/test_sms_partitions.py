@@ -60,3 +60,42 @@ async def test_failover_on_a_partitioned_queue_keeps_every_command_in_one_slot(
         assert len(await events_of(q, "failover")) == 15
     _, crossing = slots_of(redis_url, recorded)
     assert crossing == []
+
+
+async def test_a_broadcast_on_a_partitioned_queue_keeps_every_command_in_one_slot(
+    redis_url: str, queue_name: str, recorded: list[tuple[Any, ...]]
+) -> None:
+    """One request for jobs of three partitions: each job's pin and delivery reference
+    name its own partition; every Redis command (the pipelined reference writes too)
+    stays in one slot."""
+    from streamq import BatchOptions, Worker
+    from streamq.sms import create_notification_sms_jobs, make_sms_batch_handler
+
+    q = Queue(queue_name, redis_url=redis_url, job_type=SMSJob, partitions=3,
+              defaults=QueueDefaults(backoff_s=0.01))
+    async with AfricasTalkingStandin(api_key=AT_KEY, username=AT_USER) as at, q:
+        salum = salum_at(f"http://127.0.0.1:{free_port()}/api/services/sendsms/")  # unused
+        router = ProviderRouter(q, [at_provider(at), salum],
+                                rate_limits={"africastalking": 500.0})
+        numbers = [f"+2547120000{i:02d}" for i in range(30)]
+        refs = await create_notification_sms_jobs(recipients=numbers, message="p", queue=q)
+        assert {partition_of(r.job_id, 3) for r in refs} == {0, 1, 2}
+        worker = Worker(q, make_sms_batch_handler(router), rate_limit=None,
+                        batch=BatchOptions(size=100, max_wait=0.2))
+        done: list[str] = []
+        worker.on("completed", lambda e: done.append(e.job_id))
+        try:
+            async with running(worker):
+                await wait_until(lambda: len(done) >= 30, 20, message="30 sent")
+        finally:
+            await router.aclose()
+        assert len(at.received) == 1 and len(at.received[0].form["to"].split(",")) == 30
+        for ref in refs:
+            info = await q.get_job(ref.job_id)
+            assert info is not None and info.state is JobState.COMPLETED
+            own = partition_of(ref.job_id, 3)
+            assert await q.redis.exists(q.layout.keys(own).route(ref.job_id))
+            assert await router.delivery.find("africastalking", info.result["message_id"]) == (
+                own, ref.job_id)
+    _, crossing = slots_of(redis_url, recorded)
+    assert crossing == []

@@ -4,7 +4,7 @@
         [--sleep 0.2] [--sleep-max 0] [--concurrency 5] [--rate-limit 0] [--vt 30]
         [--grace 30] [--max-stalled 3]
         [--consumer NAME] [--events] [--ack-first] [--block] [--exit-on-payload]
-        [--partitions N]
+        [--partitions N] [--batch SIZE --max-wait S]
 
 Payloads are ``{"sleep": seconds}`` maps (optional) or anything. SIGTERM/SIGINT stop
 it gracefully; a second signal stops it at once.
@@ -16,7 +16,9 @@ stalled and dead hooks to an ``events-*.log`` file (tests/support/chaos_ledger.p
 and deletes its own stream entry *before* the work, so a crash mid-job loses the job;
 ``--block`` sleeps with ``time.sleep`` (the event loop, and so the heartbeat, stalls);
 ``--exit-on-payload`` makes a payload ``{"exit": true}`` kill the process (``os._exit``)
-after its ``S`` line.
+after its ``S`` line. ``--batch`` runs a batch handler (BatchOptions(size, max_wait)):
+``S`` lines for every job of a batch, one sleep (the longest its jobs ask for), then the
+``E`` lines.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Any
 import anyio
 import structlog
 
-from streamq import Job, Queue, Worker
+from streamq import BatchOptions, Job, Queue, Worker
 from streamq.keys import GROUP
 from tests.support.chaos_ledger import EventWriter
 from tests.support.ledger import LedgerWriter
@@ -59,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--block", action="store_true")
     p.add_argument("--exit-on-payload", action="store_true")
     p.add_argument("--partitions", type=int, default=None)
+    p.add_argument("--batch", type=int, default=0)
+    p.add_argument("--max-wait", type=float, default=0.05)
     a = p.parse_args(argv)
     # logs to stderr (a file the test chose), warnings and up: stdout carries only "ready"
     structlog.configure(
@@ -96,8 +100,20 @@ def main(argv: list[str] | None = None) -> int:
                 await anyio.sleep(delay)
         ledger.end(job.id)
 
+    async def batch_handler(jobs: list[Job]) -> None:
+        for job in jobs:
+            ledger.start(job.id, job.attempt)
+        delay = max([a.sleep] + [float(j.data["sleep"]) for j in jobs
+                                 if isinstance(j.data, dict) and "sleep" in j.data])
+        if delay:
+            await anyio.sleep(delay)
+        for job in jobs:
+            ledger.end(job.id)
+
     async def run() -> None:
-        worker = Worker(queue, handler, concurrency=a.concurrency,
+        worker = Worker(queue, batch_handler if a.batch else handler,
+                        batch=BatchOptions(a.batch, a.max_wait) if a.batch else None,
+                        concurrency=a.concurrency,
                         rate_limit=a.rate_limit or None, burst=a.burst,
                         visibility_timeout=a.vt, reclaim_interval=a.reclaim_interval,
                         shutdown_grace=a.grace, max_stalled=a.max_stalled, name=a.consumer)

@@ -12,10 +12,10 @@ from __future__ import annotations
 from types import ModuleType
 
 from ..render import QUEUE_NAV, NavItem
-from . import dead, job, live, login, overview, queue_jobs, schedules, search, workers
+from . import breakers, dead, job, live, login, overview, queue_jobs, schedules, search, workers
 
 PAGES: tuple[ModuleType, ...] = (login, overview, queue_jobs, job, dead, workers, schedules,
-                                  search, live)
+                                  breakers, search, live)
 
 QUEUE_TABS: tuple[NavItem, ...] = (
     NavItem("Jobs", ""),

@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from ...breakers import PIN_STATES, route_pin
 from ...errors import ConfigError, JobIdError
 from ...job import JobInfo, JobState
 from ...keys import check_job_id
@@ -15,8 +16,11 @@ from ...redact import redact_text
 from ..render import action_form, esc, fmt_time, mask, masked_payload, page, q_path, table, when
 from ..state import dashboard_of
 from .actions import act
+from .flow import flow_section
 
 routes = web.RouteTableDef()
+JOB = "{job_id:[^/]+}"
+"""A job id segment: aiohttp's default ``[^{}/]+`` would refuse the ``{tag}`` ids may carry."""
 WHERE = {"lane": "its lane entry", "delayed": "the delayed set", "dead": "its dead letter",
          "flow": "its flow, while it waits for its children"}
 
@@ -65,7 +69,7 @@ def _progress_html(value: Any) -> str:
     return f"<span class=mono>{esc(masked_payload(value))}</span>"
 
 
-@routes.get("/q/{queue}/jobs/{job_id}")
+@routes.get("/q/{queue}/jobs/" + JOB)
 async def job_page(request: web.Request) -> web.StreamResponse:
     dash = dashboard_of(request)
     q = await dash.queue(request.match_info["queue"])
@@ -91,6 +95,10 @@ async def job_page(request: web.Request) -> web.StreamResponse:
         _field("error", f"<span class=error>{mask(info.error or '-')}</span>", "error"),
         _field("progress", _progress_html(info.progress), "progress"),
     ])
+    pin = await route_pin(q, job_id)
+    if pin is not None:
+        facts += _field("SMS provider", f"<b>{esc(pin[0])}</b> <span class=hint>({esc(pin[1])}: "
+                        f"{esc(PIN_STATES.get(pin[1], ''))})</span>", "provider")
     if info.pending_children is not None:
         facts += _field("children not finished", esc(info.pending_children), "pending_children")
     if info.state is JobState.COMPLETED:
@@ -105,6 +113,7 @@ async def job_page(request: web.Request) -> web.StreamResponse:
         facts_tail = f"<h2>Result</h2>{result}"
     else:
         facts_tail = ""
+    facts_tail += await flow_section(request, q, job_id)
     payload = await q.job_payload(job_id)
     if payload is None:
         shown = ("<p class=hint>No payload is kept for a job in this state (completed and "
@@ -137,7 +146,7 @@ async def job_page(request: web.Request) -> web.StreamResponse:
                 data={"job": job_id, "queue": q.name})
 
 
-@routes.get("/api/q/{queue}/jobs/{job_id}")
+@routes.get("/api/q/{queue}/jobs/" + JOB)
 async def job_json(request: web.Request) -> web.StreamResponse:
     q = await dashboard_of(request).queue(request.match_info["queue"])
     info = await q.get_job(_job_id(request))
@@ -146,7 +155,7 @@ async def job_json(request: web.Request) -> web.StreamResponse:
     return web.json_response(info_json(info), headers={"Cache-Control": "no-store"})
 
 
-@routes.post("/q/{queue}/jobs/{job_id}/cancel")
+@routes.post("/q/{queue}/jobs/" + JOB + "/cancel")
 async def cancel(request: web.Request) -> web.StreamResponse:
     q = await dashboard_of(request).queue(request.match_info["queue"])
     job_id = _job_id(request)
@@ -159,7 +168,7 @@ async def cancel(request: web.Request) -> web.StreamResponse:
                      "not cancelled: the job is running, finished or unknown")
 
 
-@routes.post("/q/{queue}/jobs/{job_id}/replay")
+@routes.post("/q/{queue}/jobs/" + JOB + "/replay")
 async def replay(request: web.Request) -> web.StreamResponse:
     q = await dashboard_of(request).queue(request.match_info["queue"])
     job_id = _job_id(request)

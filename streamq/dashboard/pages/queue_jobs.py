@@ -52,6 +52,23 @@ def rows_for(state: JobState, queue: str, jobs: list[ListedJob]) -> tuple[list[s
              for j in jobs])
 
 
+PARTITION_COLUMNS = ("waiting", "active", "delayed", "failed", "dead", "completed", "cancelled")
+
+
+def partition_table(queue: str, parts: list[dict[str, int]]) -> str:
+    """Each partition's counts (``Queue.partition_counts``), as read for this page: is the
+    load even, is one partition's backlog growing?"""
+    rows = [[f"<span class=num>{p}</span>",
+             *(f'<span class=num data-partition-count="{esc(queue)}:{p}:{esc(s)}">'
+               f"{esc(c.get(s, 0))}</span>" for s in PARTITION_COLUMNS)]
+            for p, c in enumerate(parts)]
+    return ("<details class=partitions open><summary>Partitions: this queue is spread over "
+            f"{len(parts)} (each its own Redis hash tag); the counts above are their sums</summary>"
+            + table(["partition", *PARTITION_COLUMNS], rows, cls="partitions")
+            + "<p class=hint>Each partition's counts as read for this page (the totals above "
+            "update live).</p></details>")
+
+
 @routes.get("/q/{queue}")
 async def queue_page(request: web.Request) -> web.StreamResponse:
     dash = dashboard_of(request)
@@ -66,7 +83,7 @@ async def queue_page(request: web.Request) -> web.StreamResponse:
     except ValueError:
         raise web.HTTPBadRequest(text="limit must be a number\n") from None
     limit = max(1, min(limit, MAX_PAGE))
-    counts = await dash.counts(q)
+    counts, parts = await dash.counts_by_partition(q)
     base = q_path(q.name)
     tabs = "".join(
         link(with_query(base, state=s), f"{esc(s)} {count_cell(q.name, s, counts.get(s, 0))}",
@@ -98,6 +115,8 @@ async def queue_page(request: web.Request) -> web.StreamResponse:
     else:
         listing = ("<p class=empty>Cancelled jobs are counted, not listed (no index keeps them); "
                    "find one by its id with the search box.</p>")
+    if parts:
+        head += partition_table(q.name, parts)
     live = (f'<section class=live><h2>Latest events</h2><ol id=live-events '
             f'data-queue="{esc(q.name)}"></ol></section>')
     return page(request, q.name, head + listing + live, queue=q.name, tab="Jobs", live=[q.name])

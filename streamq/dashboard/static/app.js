@@ -88,7 +88,14 @@
       const name = document.createElement("b");
       name.textContent = e.ev === "action" ? e.act + " by " + e.actor : e.ev;
       li.append(when, " ", name, " ");
-      if (e.job && e.job !== "*") {
+      // an action's target is a job for replay and cancel; a schedule or a provider else
+      const isJob = e.ev !== "action" || e.act === "replay" || e.act === "cancel";
+      if (e.job && e.job !== "*" && !isJob) {
+        const target = document.createElement("span");
+        target.className = "mono";
+        target.textContent = e.job;
+        li.append(target);
+      } else if (e.job && e.job !== "*") {
         const a = document.createElement("a");
         a.href = "/q/" + encodeURIComponent(queue) + "/jobs/" + encodeURIComponent(e.job);
         a.textContent = e.job;

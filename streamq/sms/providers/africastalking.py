@@ -1,9 +1,10 @@
 """The Africa's Talking SMS API, over aiohttp.
 
 Request: ``POST {AT_API_URL}/version1/messaging``, form-encoded ``username``, ``to`` (E.164
-with ``+``; a comma-separated list is allowed by the API, one recipient per job here),
-``message`` and, when ``AT_SENDER_ID`` is set, ``from`` (an approved sender id or short
-code; without it the account's default is used). Headers ``apiKey``, ``Accept:
+with ``+``: one number for :meth:`~AfricasTalkingSMSProvider.send`, a comma-separated list
+for :meth:`~AfricasTalkingSMSProvider.send_many`, the broadcast path), ``message`` and,
+when ``AT_SENDER_ID`` is set, ``from`` (an approved sender id or short code; without it
+the account's default is used). Headers ``apiKey``, ``Accept:
 application/json``. The live API is ``https://api.africastalking.com`` (the default);
 the sandbox is ``https://api.sandbox.africastalking.com``, where the username is always
 ``sandbox`` (a mismatch is refused at start: the API would only answer 401).
@@ -32,6 +33,15 @@ transient, provably not sent             connection refused, DNS failure, connec
 transient with a delay                   HTTP 429 (and 5xx) with ``Retry-After``
 =======================================  ==============================================
 
+**Many recipients, one request** (:meth:`~AfricasTalkingSMSProvider.send_many`, used by
+``streamq.sms.broadcast``): the same text to up to ``max_recipients`` distinct numbers
+(``AT_BULK_MAX``, default 100). Africa's Talking documents no maximum for ``to``; 100 is
+what its client wrappers commonly cap at, and up to :data:`BULK_MAX_LIMIT` may be set. The
+reply lists one ``Recipients`` entry per number, each classified as above on its own; a
+number missing from the reply got no answer (it may have been sent), and entries for
+numbers not asked for are ignored. The HTTP-level outcomes (401, 5xx, a timeout, an
+unreadable reply) concern the whole request.
+
 An empty ``Recipients`` list means nothing was sent; its ``Message`` then names the
 reason (e.g. ``InvalidSenderId``), classified like the code of that name. A 2xx whose
 body we cannot read is permanent and not retried (it may have been sent), as for Salum.
@@ -50,7 +60,8 @@ Nothing here logs or raises with the API key, the message text or a full number.
 from __future__ import annotations
 
 import json
-from typing import Any, Final
+from collections.abc import Sequence
+from typing import Any, Final, NoReturn
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -59,13 +70,15 @@ import structlog
 from streamq.errors import ConfigError
 
 from .base import (
+    BulkReply,
     ProviderConfigError,
+    ProviderError,
     ProviderLowCredit,
     ProviderPermanentError,
     ProviderTransientError,
     SendResult,
 )
-from .http import PooledSession, Reply, display_url, scrub
+from .http import MAX_REPLY_BYTES, PooledSession, Reply, display_url, scrub
 
 DEFAULT_API_URL: Final = "https://api.africastalking.com"
 SANDBOX_API_URL: Final = "https://api.sandbox.africastalking.com"
@@ -73,6 +86,12 @@ SANDBOX_USERNAME: Final = "sandbox"
 SEND_PATH: Final = "/version1/messaging"
 USER_PATH: Final = "/version1/user"
 IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
+BULK_MAX_DEFAULT: Final = 100
+"""Recipients per request by default (``AT_BULK_MAX``)."""
+BULK_MAX_LIMIT: Final = 1000
+"""The most recipients per request that may be configured."""
+REPLY_BYTES_PER_RECIPIENT: Final = 512
+"""Room in a reply per recipient (an entry is about 150 bytes)."""
 
 SENT_CODES: Final[dict[int, str]] = {100: "Processed", 101: "Sent", 102: "Queued"}
 LOW_CREDIT: Final = 405
@@ -126,6 +145,9 @@ class AfricasTalkingSMSProvider:
     """Sends through Africa's Talking over one pooled :class:`aiohttp.ClientSession`."""
 
     name = "africastalking"
+    delivery_reports = True
+    """Africa's Talking POSTs delivery reports for the message ids it answers: the router
+    records each id (streamq.sms.delivery) so a report can find its job."""
 
     def __init__(
         self,
@@ -138,6 +160,7 @@ class AfricasTalkingSMSProvider:
         timeout_connect: float = 3.0,
         session: aiohttp.ClientSession | None = None,
         max_connections: int = 100,
+        max_recipients: int = BULK_MAX_DEFAULT,
     ) -> None:
         parts = urlsplit(api_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -147,6 +170,11 @@ class AfricasTalkingSMSProvider:
         if timeout_total <= 0 or timeout_connect <= 0:
             raise ConfigError("Africa's Talking timeouts must be positive numbers of seconds")
         check_sandbox_pairing(api_url, username)
+        if (isinstance(max_recipients, bool) or not isinstance(max_recipients, int)
+                or not 1 <= max_recipients <= BULK_MAX_LIMIT):
+            raise ConfigError(f"AT_BULK_MAX must be a whole number from 1 to {BULK_MAX_LIMIT}")
+        self.max_recipients = max_recipients
+        """Recipients per :meth:`send_many` request at most."""
         base = api_url.rstrip("/")
         self.api_url = base
         self.send_url = base + SEND_PATH
@@ -184,17 +212,38 @@ class AfricasTalkingSMSProvider:
     def _scrub(self, text: object) -> str:
         return scrub(text, self._api_key)
 
-    async def send(self, to: str, message: str, *, idempotency_key: str) -> SendResult:
+    async def _post(self, to: str, message: str, idempotency_key: str, max_bytes: int) -> Reply:
         form = {"username": self._username, "to": to, "message": message}
         if self._sender_id:
             form["from"] = self._sender_id
-        reply = await self._pool.request(
+        return await self._pool.request(
             "POST", self.send_url, data=form,
             headers={**self._headers(), IDEMPOTENCY_HEADER: idempotency_key},
             label="Africa's Talking", shown_url=self._display_url, provider=self.name,
             retry_note="the retry goes to Africa's Talking again, never to another provider",
+            max_bytes=max_bytes,
         )
+
+    async def send(self, to: str, message: str, *, idempotency_key: str) -> SendResult:
+        reply = await self._post(to, message, idempotency_key, MAX_REPLY_BYTES)
         return self._classify(reply, to)
+
+    async def send_many(self, numbers: Sequence[str], message: str, *,
+                        idempotency_key: str) -> BulkReply:
+        """One request sending ``message`` to every number (distinct, at most
+        :attr:`max_recipients`). Raises like :meth:`send` when the request as a whole
+        fails; returns each recipient's own outcome otherwise (see the module docs)."""
+        if not numbers:
+            raise ValueError("send_many needs at least one number")
+        if len(numbers) > self.max_recipients:
+            raise ValueError(f"send_many takes at most {self.max_recipients} numbers, "
+                             f"got {len(numbers)}")
+        if len(set(numbers)) != len(numbers):
+            raise ValueError("send_many takes distinct numbers (a reply could not tell "
+                             "two entries for one number apart)")
+        reply = await self._post(",".join(numbers), message, idempotency_key,
+                                 MAX_REPLY_BYTES + REPLY_BYTES_PER_RECIPIENT * len(numbers))
+        return self._classify_many(reply, numbers)
 
     async def check(self) -> str:
         """The start-up check: read the account (``GET /version1/user``), which needs valid
@@ -241,31 +290,62 @@ class AfricasTalkingSMSProvider:
             raise ProviderPermanentError(f"Africa's Talking HTTP {status}{said}", provider=name,
                                          code=status)
 
-    def _classify(self, reply: Reply, to: str) -> SendResult:
+    def _recipients(self, reply: Reply) -> list[Any]:
+        """The reply's ``Recipients`` (raising for the HTTP status, an unreadable body, and
+        an empty list, which names why nothing was sent)."""
         self._raise_for_http(reply)
         status = reply.status
         doc = _json(reply.body)
         data = doc.get("SMSMessageData") if isinstance(doc, dict) else None
         recipients = data.get("Recipients") if isinstance(data, dict) else None
         if not isinstance(data, dict) or not isinstance(recipients, list):
-            raise ProviderPermanentError(
-                f"Africa's Talking unparseable 2xx response (HTTP {status}); not retried, the "
-                "message may have been sent", provider=self.name, code=status)
-        summary = self._scrub(data.get("Message", ""))
+            raise self._unparseable(status)
         if not recipients:
             # nothing was sent; the Message names why (e.g. InvalidSenderId)
+            summary = self._scrub(data.get("Message", ""))
             code = CODE_BY_NAME.get(summary.strip())
             if code is None:
                 raise ProviderPermanentError(
                     f"Africa's Talking sent to no recipient: {summary or 'no reason given'}",
                     provider=self.name, code=status)
-            return self._raise_for_code(code, summary)
+            self._raise_for_code(code, summary)
+        return recipients
+
+    def _unparseable(self, status: int) -> ProviderPermanentError:
+        return ProviderPermanentError(
+            f"Africa's Talking unparseable 2xx response (HTTP {status}); not retried, the "
+            "message may have been sent", provider=self.name, code=status)
+
+    def _classify(self, reply: Reply, to: str) -> SendResult:
+        recipients = self._recipients(reply)
         entry = next((r for r in recipients if isinstance(r, dict) and r.get("number") == to),
                      recipients[0])
         if not isinstance(entry, dict):
-            raise ProviderPermanentError(
-                f"Africa's Talking unparseable 2xx response (HTTP {status}); not retried, the "
-                "message may have been sent", provider=self.name, code=status)
+            raise self._unparseable(reply.status)
+        outcome = self._outcome(entry, reply.status)
+        if isinstance(outcome, ProviderError):
+            if isinstance(outcome, ProviderLowCredit):
+                self._log_low_credit()
+            raise outcome
+        return outcome
+
+    def _classify_many(self, reply: Reply, numbers: Sequence[str]) -> BulkReply:
+        recipients = self._recipients(reply)
+        asked = set(numbers)
+        outcomes: dict[str, SendResult | ProviderError] = {}
+        unknown = 0
+        for entry in recipients:
+            number = entry.get("number") if isinstance(entry, dict) else None
+            if not isinstance(entry, dict) or number not in asked or number in outcomes:
+                unknown += 1  # not a number asked for, or one already answered
+                continue
+            outcomes[str(number)] = self._outcome(entry, reply.status)
+        if any(isinstance(o, ProviderLowCredit) for o in outcomes.values()):
+            self._log_low_credit()  # once per request, not once per recipient
+        return BulkReply(outcomes=outcomes, unknown=unknown)
+
+    def _outcome(self, entry: dict[str, Any], status: int) -> SendResult | ProviderError:
+        """One ``Recipients`` entry: sent, or the error it stands for."""
         code = _int(entry.get("statusCode"))
         said = self._scrub(entry.get("status", ""))
         if code in SENT_CODES:
@@ -277,27 +357,37 @@ class AfricasTalkingSMSProvider:
                 status=said or SENT_CODES[code],
             )
         if code is None:
-            raise ProviderPermanentError(
+            return ProviderPermanentError(
                 "Africa's Talking unparseable 2xx response: no statusCode; not retried, the "
                 "message may have been sent", provider=self.name, code=status)
-        return self._raise_for_code(code, said)
+        return self._code_error(code, said)
 
-    def _raise_for_code(self, code: int, said: str) -> SendResult:
+    def _log_low_credit(self) -> None:
+        log.error("sms.provider_low_credit", provider=self.name, code=LOW_CREDIT,
+                  hint="insufficient balance: top up the Africa's Talking account, then "
+                  "replay the dead letters")
+
+    def _raise_for_code(self, code: int, said: str) -> NoReturn:
+        error = self._code_error(code, said)
+        if isinstance(error, ProviderLowCredit):
+            self._log_low_credit()
+        raise error
+
+    def _code_error(self, code: int, said: str) -> ProviderError:
         name = self.name
         text = f": {said}" if said else ""
         if code == LOW_CREDIT:
-            log.error("sms.provider_low_credit", provider=name, code=code,
-                      hint="insufficient balance: top up the Africa's Talking account, then "
-                      "replay the dead letters")
-            raise ProviderLowCredit(f"Africa's Talking {code} InsufficientBalance{text}",
-                                    provider=name, code=code)
+            return ProviderLowCredit(f"Africa's Talking {code} InsufficientBalance{text}",
+                                     provider=name, code=code)
         if code in PERMANENT_CODES:
-            raise ProviderPermanentError(f"Africa's Talking {code} {PERMANENT_CODES[code]}{text}",
-                                         provider=name, code=code)
+            return ProviderPermanentError(
+                f"Africa's Talking {code} {PERMANENT_CODES[code]}{text}", provider=name,
+                code=code)
         if code in TRANSIENT_CODES:
-            raise ProviderTransientError(f"Africa's Talking {code} {TRANSIENT_CODES[code]}{text}",
-                                         provider=name, code=code)
-        raise ProviderPermanentError(
+            return ProviderTransientError(
+                f"Africa's Talking {code} {TRANSIENT_CODES[code]}{text}", provider=name,
+                code=code)
+        return ProviderPermanentError(
             f"Africa's Talking unknown statusCode {code}{text}; not retried, the message may "
             "have been sent", provider=name, code=code)
 

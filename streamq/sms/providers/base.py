@@ -20,6 +20,8 @@ text or unmasked phone number in them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import msgspec
@@ -91,3 +93,33 @@ class SMSProvider(Protocol):
 class ProviderUnreachable(ProviderTransientError):
     """No request reached the provider (refused connection, DNS failure, connect timeout):
     the message was provably not sent."""
+
+
+@dataclass(frozen=True, slots=True)
+class BulkReply:
+    """A provider's answer to one request naming many recipients (one text).
+
+    ``outcomes`` maps each number asked for that the reply names to what happened to it:
+    a :class:`SendResult` (sent) or the :class:`ProviderError` it would have raised
+    alone. A number asked for and missing from ``outcomes`` got no answer: it may or may
+    not have been sent. ``unknown``: entries of the reply naming a number not asked for,
+    or a number a second time (ignored, counted for the log).
+    """
+
+    outcomes: dict[str, SendResult | ProviderError] = field(default_factory=dict)
+    unknown: int = 0
+
+
+@runtime_checkable
+class BulkSMSProvider(Protocol):
+    """A provider whose API sends one text to many recipients in one request.
+
+    ``send_many`` raises like ``send`` when the request as a whole fails (unreachable,
+    credentials, a timeout, HTTP 5xx, an unreadable reply); otherwise it returns each
+    recipient's own outcome. ``numbers`` are E.164, distinct, at most ``max_recipients``.
+    """
+
+    max_recipients: int
+
+    async def send_many(self, numbers: Sequence[str], message: str, *,
+                        idempotency_key: str) -> BulkReply: ...

@@ -20,6 +20,7 @@
 ``AT_TIMEOUT``                  total seconds per request, default 10
 ``AT_CONNECT_TIMEOUT``          seconds to connect, default 3
 ``AT_RATE_LIMIT``               jobs/s through africastalking across all workers
+``AT_BULK_MAX``                 recipients per request of a broadcast, default 100 (1-1000)
 ``STREAMQ_MOCK_LATENCY``        mock: seconds per send, default 0
 ``STREAMQ_MOCK_FAILURE_RATE``   mock: share of sends failing transiently, default 0
 ==============================  =======================================================
@@ -36,8 +37,8 @@ from typing import Final
 
 from streamq.errors import ConfigError
 
+from .africastalking import BULK_MAX_DEFAULT, BULK_MAX_LIMIT, AfricasTalkingSMSProvider
 from .africastalking import DEFAULT_API_URL as AT_DEFAULT_API_URL
-from .africastalking import AfricasTalkingSMSProvider
 from .base import SMSProvider
 from .mock import MockSMSProvider
 from .salum import DEFAULT_API_URL, SalumSMSProvider
@@ -62,6 +63,13 @@ def _number(env: Mapping[str, str], var: str, default: float, *, low: float, hig
     if not math.isfinite(value) or not low <= value <= high:
         raise ConfigError(f"{var} must be between {low:g} and {high:g}")
     return value
+
+
+def _whole(env: Mapping[str, str], var: str, default: int, *, low: int, high: int) -> int:
+    value = _number(env, var, float(default), low=low, high=high)
+    if value != int(value):
+        raise ConfigError(f"{var} must be a whole number")
+    return int(value)
 
 
 def provider_names(choice: str | Sequence[str] | None = None, *,
@@ -125,6 +133,8 @@ def provider_from_settings(
         api_url=source.get("AT_API_URL", "").strip() or AT_DEFAULT_API_URL,
         timeout_total=_number(source, "AT_TIMEOUT", 10.0, low=0.1, high=300.0),
         timeout_connect=_number(source, "AT_CONNECT_TIMEOUT", 3.0, low=0.1, high=300.0),
+        max_recipients=_whole(source, "AT_BULK_MAX", BULK_MAX_DEFAULT, low=1,
+                              high=BULK_MAX_LIMIT),
     )
 
 

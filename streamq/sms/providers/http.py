@@ -110,12 +110,14 @@ class PooledSession:
             await session.close()
 
     async def request(self, method: str, url: str, *, label: str, shown_url: str,
-                      provider: str, retry_note: str, **kwargs: Any) -> Reply:
-        """One request, the transport failures turned into provider errors."""
+                      provider: str, retry_note: str, max_bytes: int = MAX_REPLY_BYTES,
+                      **kwargs: Any) -> Reply:
+        """One request, the transport failures turned into provider errors. ``max_bytes``:
+        the largest body read (a reply naming many recipients is larger than one's)."""
         try:
             async with self.get().request(method, url, timeout=self.timeout,
                                           allow_redirects=False, **kwargs) as resp:
-                body = await _read_capped(resp)
+                body = await _read_capped(resp, max_bytes)
                 return Reply(resp.status, resp.headers, body)
         except aiohttp.ConnectionTimeoutError:
             # no connection within the connect timeout: nothing was sent
@@ -136,12 +138,13 @@ class PooledSession:
                 f"sent; {retry_note})", provider=provider) from None
 
 
-async def _read_capped(resp: aiohttp.ClientResponse) -> bytes | None:
+async def _read_capped(resp: aiohttp.ClientResponse, max_bytes: int = MAX_REPLY_BYTES
+                       ) -> bytes | None:
     chunks: list[bytes] = []
     size = 0
     async for chunk in resp.content.iter_chunked(8192):
         size += len(chunk)
-        if size > MAX_REPLY_BYTES:
+        if size > max_bytes:
             return None
         chunks.append(chunk)
     return b"".join(chunks)
