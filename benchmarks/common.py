@@ -66,6 +66,12 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
 
 
 # -- statistics -------------------------------------------------------------------------
+async def redis_cpu(admin: Any) -> float:
+    """CPU seconds the Redis server has used (user + sys, its main thread and the rest)."""
+    info = await admin.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def percentile(values: Sequence[float], p: float) -> float:
     """Nearest-rank percentile (p in 0..100) of a non-empty sequence."""
     if not values:

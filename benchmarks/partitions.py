@@ -32,7 +32,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .common import payloads, run_async
+from .common import payloads, redis_cpu, run_async
 from .peers.streamq import StreamqSystem
 from .procs import WorkerProcess
 
@@ -94,11 +94,6 @@ async def one_round(url: str, admin: Any, n: int, rate: float | None, args: argp
             "drain_worker_us": r.get("cpu_s", 0.0) * us / max(1, r["count"]),
             "drain_redis_us": (rcpu5 - rcpu4) * us / max(1, r["count"])}
 
-
-async def redis_cpu(admin: Any) -> float:
-    """CPU seconds the Redis server has used (user + sys, its main thread and the rest)."""
-    info = await admin.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -33,41 +33,22 @@ from pathlib import Path
 from typing import Any
 
 from .common import run_async
-from .procs import WorkerProcess
+from .procs import drain_in_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).resolve().parent / "drain_worker.py"
 
 
-async def redis_cpu(admin: Any) -> float:
-    info = await admin.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-
-
-def _inside(path: str, tree: Path) -> bool:
-    return tree.resolve() in Path(path).resolve().parents
 
 
 async def drain_round(url: str, admin: Any, tree: Path, extra: Sequence[str], jobs: int,
                       concurrency: int) -> dict[str, float]:
     """One pre-fill and drain by a worker process importing the engine in ``tree``."""
     await admin.flushall()
-    proc = WorkerProcess([sys.executable, str(WORKER), "--url", url, "--n", str(jobs),
-                          "--concurrency", str(concurrency), *extra],
-                         env={"PYTHONPATH": str(tree)}, cwd=str(tree))
-    await proc.start()
-    try:
-        await proc.ready(300.0)
-        c0 = await redis_cpu(admin)
-        r = await proc.result(600.0)
-        c1 = await redis_cpu(admin)
-    finally:
-        await proc.stop()
-    if not _inside(r["streamq"], tree):
-        raise RuntimeError(f"the worker imported {r['streamq']}, not the engine in {tree}")
-    n = max(1, r["count"])
-    return {"drain": r["count"] / r["elapsed_s"], "worker_us": r["cpu_s"] * 1e6 / n,
-            "redis_us": (c1 - c0) * 1e6 / n}
+    return await drain_in_tree(
+        [sys.executable, str(WORKER), "--url", url, "--n", str(jobs),
+         "--concurrency", str(concurrency), *extra], tree, admin, ready_s=300.0,
+        result_s=600.0)
 
 
 Config = tuple[str, Path, list[str]]

@@ -13,6 +13,7 @@ import os
 import signal
 import tempfile
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 
@@ -96,3 +97,30 @@ class WorkerProcess:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+def _inside(path: str, tree: Path) -> bool:
+    return tree.resolve() in Path(path).resolve().parents
+
+
+async def drain_in_tree(command: Sequence[str], tree: Path, admin: Any, *, ready_s: float,
+                        result_s: float) -> dict[str, float]:
+    """Run a drain worker ``command`` importing the engine in ``tree`` (A/B of two
+    trees): its rate, its CPU and Redis's CPU per job. Refuses a worker that imported
+    another engine than the tree's (a stale install would make the A/B meaningless)."""
+    from .common import redis_cpu
+
+    proc = WorkerProcess(list(command), env={"PYTHONPATH": str(tree)}, cwd=str(tree))
+    await proc.start()
+    try:
+        await proc.ready(ready_s)
+        c0 = await redis_cpu(admin)
+        r = await proc.result(result_s)
+        c1 = await redis_cpu(admin)
+    finally:
+        await proc.stop()
+    if not _inside(r["streamq"], tree):
+        raise RuntimeError(f"the worker imported {r['streamq']}, not the engine in {tree}")
+    n = max(1, r["count"])
+    return {"drain": r["count"] / r["elapsed_s"], "worker_us": r["cpu_s"] * 1e6 / n,
+            "redis_us": (c1 - c0) * 1e6 / n}

@@ -33,16 +33,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .common import payloads, run_async
-from .procs import WorkerProcess
+from .common import payloads, redis_cpu, run_async
+from .procs import drain_in_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).resolve().parent / "workflows_worker.py"
 
-
-async def redis_cpu(admin: Any) -> float:
-    info = await admin.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 async def drain_round(url: str, admin: Any, tree: Path, returns: str,
@@ -53,27 +49,11 @@ async def drain_round(url: str, admin: Any, tree: Path, returns: str,
     async with Queue("bench", redis_url=url) as q:
         await q.ensure_groups()
         await q.add_bulk(payloads(args.jobs))
-    env = {"PYTHONPATH": str(tree)}
-    proc = WorkerProcess([sys.executable, str(WORKER), "--url", url, "--n", str(args.jobs),
-                          "--concurrency", str(args.concurrency), "--returns", returns],
-                         env=env, cwd=str(tree))
-    await proc.start()
-    try:
-        await proc.ready(60.0)
-        c0 = await redis_cpu(admin)
-        r = await proc.result(300.0)
-        c1 = await redis_cpu(admin)
-    finally:
-        await proc.stop()
-    if not _inside(r["streamq"], tree):
-        raise RuntimeError(f"the worker imported {r['streamq']}, not the engine in {tree}")
-    n = max(1, r["count"])
-    return {"drain": r["count"] / r["elapsed_s"], "worker_us": r["cpu_s"] * 1e6 / n,
-            "redis_us": (c1 - c0) * 1e6 / n}
+    return await drain_in_tree(
+        [sys.executable, str(WORKER), "--url", url, "--n", str(args.jobs),
+         "--concurrency", str(args.concurrency), "--returns", returns], tree, admin,
+        ready_s=60.0, result_s=300.0)
 
-
-def _inside(path: str, tree: Path) -> bool:
-    return tree.resolve() in Path(path).resolve().parents
 
 
 async def flow_round(url: str, admin: Any, args: argparse.Namespace) -> dict[str, float]:
