@@ -1,4 +1,5 @@
-"""Fixtures of the SMS tests: a Salum stand-in on loopback and a provider pointed at it."""
+"""Fixtures of the SMS tests: a Salum stand-in on loopback, a provider pointed at it, and
+an SMS queue with a tiny backoff."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from streamq import Queue, QueueDefaults
+from streamq.sms import SMSJob
 from streamq.sms.providers import SalumSMSProvider
 from streamq.sms.standin import SalumStandin
 
@@ -34,3 +37,14 @@ async def salum(standin: SalumStandin) -> AsyncIterator[SalumSMSProvider]:
         yield provider
     finally:
         await provider.aclose()
+
+
+@pytest.fixture
+async def queue(redis_url: str, queue_name: str) -> AsyncIterator[Queue]:
+    # Tiny backoff so that retry cases take milliseconds, not 2 s + 4 s.
+    q = Queue(queue_name, redis_url=redis_url, job_type=SMSJob,
+              defaults=QueueDefaults(backoff_s=0.01))
+    try:
+        yield q
+    finally:
+        await q.close()

@@ -12,7 +12,7 @@ import anyio
 import pytest
 import structlog
 
-from streamq import BatchOptions, Job, JobState, Queue, QueueDefaults, Worker, WorkerEvent
+from streamq import BatchOptions, Job, JobState, Queue, Worker, WorkerEvent
 from streamq.devredis import free_port
 from streamq.errors import PayloadError
 from streamq.sms import (
@@ -49,15 +49,6 @@ def number(i: int) -> str:
     # last digit 6-8: the stand-in's delivery report is a plain Success
     return f"+2547{10000000 + i * 10 + 6:08d}"
 
-
-@pytest.fixture
-async def queue(redis_url: str, queue_name: str) -> AsyncIterator[Queue]:
-    q = Queue(queue_name, redis_url=redis_url, job_type=SMSJob,
-              defaults=QueueDefaults(backoff_s=0.01))
-    try:
-        yield q
-    finally:
-        await q.close()
 
 
 @pytest.fixture

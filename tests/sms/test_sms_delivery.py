@@ -16,7 +16,7 @@ import anyio
 import pytest
 import structlog
 
-from streamq import JobState, Queue, QueueDefaults, Worker
+from streamq import JobState, Queue, Worker
 from streamq.crypto import KEYS_ENV
 from streamq.devredis import free_port
 from streamq.metrics import Metrics
@@ -129,15 +129,6 @@ async def stack(queue: Queue, **standin: Any) -> AsyncIterator[Stack]:
             await router.aclose()
             tg.cancel_scope.cancel()
 
-
-@pytest.fixture
-async def queue(redis_url: str, queue_name: str) -> AsyncIterator[Queue]:
-    q = Queue(queue_name, redis_url=redis_url, job_type=SMSJob,
-              defaults=QueueDefaults(backoff_s=0.01))
-    try:
-        yield q
-    finally:
-        await q.close()
 
 
 def report(message_id: str, status: str = "Success", **extra: str) -> dict[str, str]:

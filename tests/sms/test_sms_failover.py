@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 import structlog
 
-from streamq import Defer, Job, JobState, Queue, QueueDefaults, Worker, WorkerEvent
+from streamq import Defer, Job, JobState, Queue, Worker, WorkerEvent
 from streamq.devredis import free_port
 from streamq.metrics import Metrics
-from streamq.sms import SMSJob, create_notification_sms_job, create_otp_sms_job, make_sms_handler
+from streamq.sms import create_notification_sms_job, create_otp_sms_job, make_sms_handler
 from streamq.sms.breaker import BreakerPolicy, Breakers
 from streamq.sms.failover import ProviderRouter
 from streamq.sms.providers import AfricasTalkingSMSProvider, SalumSMSProvider
@@ -28,15 +28,6 @@ AT_USER = "streamq"
 NUMBER = "+254712345678"
 CODE = "480213"
 
-
-@pytest.fixture
-async def queue(redis_url: str, queue_name: str) -> AsyncIterator[Queue]:
-    q = Queue(queue_name, redis_url=redis_url, job_type=SMSJob,
-              defaults=QueueDefaults(backoff_s=0.01))
-    try:
-        yield q
-    finally:
-        await q.close()
 
 
 @pytest.fixture

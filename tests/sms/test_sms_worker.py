@@ -10,10 +10,9 @@ import anyio
 import pytest
 import structlog
 
-from streamq import JobState, Queue, QueueDefaults, Worker, WorkerEvent
+from streamq import JobState, Queue, Worker, WorkerEvent
 from streamq.sms import (
     SalumSMSProvider,
-    SMSJob,
     create_notification_sms_job,
     create_otp_sms_job,
     create_welcome_sms_job,
@@ -27,16 +26,6 @@ from .conftest import API_KEY, PARTNER_ID, SHORTCODE
 NUMBER = "+254712345678"
 CODE = "73910254"
 
-
-@pytest.fixture
-async def queue(redis_url: str, queue_name: str) -> AsyncIterator[Queue]:
-    # Tiny backoff so that retry cases take milliseconds, not 2 s + 4 s.
-    q = Queue(queue_name, redis_url=redis_url, job_type=SMSJob,
-              defaults=QueueDefaults(backoff_s=0.01))
-    try:
-        yield q
-    finally:
-        await q.close()
 
 
 async def run_worker(
