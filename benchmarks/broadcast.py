@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 import urllib.request
 from typing import Any
 
@@ -36,7 +35,7 @@ from streamq.sms.failover import ProviderRouter
 from streamq.sms.providers import AfricasTalkingSMSProvider
 
 from .common import run_async
-from .delivery import WORK_COMMANDS, _commands, _delta, standin_process
+from .delivery import WORK_COMMANDS, drain_counted, standin_process
 
 TEXT = "Water supply resumes at 6 pm in your area. Store water safely."
 MODES = ("one request per job", "broadcast")
@@ -66,28 +65,10 @@ async def _drain(url: str, at_url: str, name: str, jobs: int, mode: str,
     else:
         worker = Worker(q, make_sms_handler(router), concurrency=args.concurrency,
                         rate_limit=None)
-    done = 0
-    first = last = 0.0
-
-    def on_completed(_: Any) -> None:
-        nonlocal done, first, last
-        done += 1
-        last = time.perf_counter()
-        if done == 1:
-            first = last
-        if done == jobs:
-            worker.stop()
-
-    worker.on("completed", on_completed)
-    before = await _commands(q)
-    cpu0 = time.process_time()
-    await worker.run()
-    cpu_ms = (time.process_time() - cpu0) * 1000 / jobs
-    used = _delta(await _commands(q), before, jobs)
+    rate, cpu_ms, used = await drain_counted(q, worker, jobs)
     await router.aclose()
     await q.close()
     requests = len(_control(at_url, "/_standin/received", method="GET"))
-    rate = (jobs - 1) / (last - first) if last > first else 0.0
     return rate, cpu_ms, sum(v for k, v in used.items() if k in WORK_COMMANDS), requests
 
 

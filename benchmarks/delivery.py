@@ -60,6 +60,32 @@ def _delta(after: dict[str, int], before: dict[str, int], per: int) -> dict[str,
     return {k: round(v, 2) for k, v in sorted(out.items()) if v >= 0.005 and k != "info"}
 
 
+async def drain_counted(q: Queue, worker: Worker, jobs: int
+                        ) -> tuple[float, float, dict[str, float]]:
+    """Run ``worker`` until ``jobs`` jobs completed: (jobs/s from the first completion to
+    the last, this process's CPU ms per job, Redis commands per job)."""
+    done = 0
+    first = last = 0.0
+
+    def on_completed(_: Any) -> None:
+        nonlocal done, first, last
+        done += 1
+        last = time.perf_counter()
+        if done == 1:
+            first = last
+        if done == jobs:
+            worker.stop()
+
+    worker.on("completed", on_completed)
+    before = await _commands(q)
+    cpu0 = time.process_time()
+    await worker.run()
+    cpu_ms = (time.process_time() - cpu0) * 1000 / jobs
+    used = _delta(await _commands(q), before, jobs)
+    rate = (jobs - 1) / (last - first) if last > first else 0.0
+    return rate, cpu_ms, used
+
+
 @contextmanager
 def standin_process() -> Iterator[str]:
     """The Africa's Talking stand-in in a process of its own (not competing with the
@@ -93,27 +119,9 @@ async def _drain(url: str, at_url: str, name: str, jobs: int, record: bool
     provider = AfricasTalkingSMSProvider("bench", "key", api_url=at_url, timeout_total=10)
     router = ProviderRouter(q, [provider], delivery_ttl_s=259200.0 if record else 0.0)
     worker = Worker(q, make_sms_handler(router), concurrency=20, rate_limit=None)
-    done = 0
-    first = last = 0.0
-
-    def on_completed(_: Any) -> None:
-        nonlocal done, first, last
-        done += 1
-        last = time.perf_counter()
-        if done == 1:
-            first = last
-        if done == jobs:
-            worker.stop()
-
-    worker.on("completed", on_completed)
-    before = await _commands(q)
-    cpu0 = time.process_time()
-    await worker.run()
-    cpu_ms = (time.process_time() - cpu0) * 1000 / jobs
-    after = await _commands(q)
+    rate, cpu_ms, used = await drain_counted(q, worker, jobs)
     await router.aclose()
-    rate = (jobs - 1) / (last - first) if last > first else 0.0
-    return rate, cpu_ms, _delta(after, before, jobs), q
+    return rate, cpu_ms, used, q
 
 
 async def _sent(q: Queue) -> list[tuple[str, str]]:
