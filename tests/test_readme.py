@@ -4,19 +4,17 @@ reads is in its settings table and in ``--help``."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from streamq.cli.env import SETTINGS
 from streamq.devredis import RedisProcess, free_port, start_redis_server
-from tests.support.util import ROOT, wait_until
+from tests.support.util import ROOT, background_shell, clean_env, wait_until
 
 README = (ROOT / "README.md").read_text()
 ENV_NAME = re.compile(r"[\"']((?:REDIS|STREAMQ|SALUM)_[A-Z][A-Z_]*)[\"']")
@@ -31,13 +29,6 @@ def section(title: str) -> str:
 def blocks(text: str, lang: str) -> list[str]:
     return re.findall(rf"```{lang}\n(.*?)```", text, re.S)
 
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("REDIS_", "STREAMQ_", "SALUM_"))}
-    env["PYTHONPATH"] = str(ROOT)
-    env.update(extra)
-    return env
 
 
 @pytest.fixture
@@ -58,7 +49,7 @@ def test_every_setting_the_code_reads_is_in_the_table_the_readme_and_the_help() 
     assert read <= documented, f"read but not documented: {sorted(read - documented)}"
     table = section("Settings")
     help_text = subprocess.run([sys.executable, "-m", "streamq.worker", "--help"], cwd=ROOT,
-                               env=_env(), capture_output=True, text=True, timeout=20).stdout
+                               env=clean_env(), capture_output=True, text=True, timeout=20).stdout
     for name in documented:
         assert f"| `{name}` |" in table, name
         assert re.search(rf"^\s+{name}\s", help_text, re.M), name
@@ -70,7 +61,7 @@ def test_the_engine_snippet_runs_as_a_script(server: RedisProcess, tmp_path: Pat
     script = tmp_path / "emails.py"
     script.write_text(code)
     r = subprocess.run([sys.executable, str(script)], cwd=tmp_path,
-                       env=_env(REDIS_URL=server.url), capture_output=True, text=True, timeout=60)
+                       env=clean_env(REDIS_URL=server.url), capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert "'waiting': 2" in lines[0] and "'delayed': 1" in lines[0], lines[0]
@@ -80,19 +71,6 @@ def test_the_engine_snippet_runs_as_a_script(server: RedisProcess, tmp_path: Pat
 
 
 # -- the OTP walkthrough ---------------------------------------------------------------------------
-@contextmanager
-def background(command: str, log: Path, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(command, shell=True, cwd=ROOT, env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, 15)
-            proc.wait(20)
-
-
 async def test_the_otp_walkthrough_works_as_written(server: RedisProcess, tmp_path: Path) -> None:
     [shell] = blocks(section("Enqueue an OTP from a Python shell and watch it delivered"), "bash")
     shell = shell.replace("\\\n", " ")
@@ -103,9 +81,9 @@ async def test_the_otp_walkthrough_works_as_written(server: RedisProcess, tmp_pa
     port = str(free_port())  # the walkthrough's 8089 may be taken on a shared machine
     standin_cmd, worker_cmd = (c.replace("8089", port).replace("python ", f"{sys.executable} ", 1)
                                for c in (standin_cmd, worker_cmd))
-    env = _env(REDIS_URL=server.url)
+    env = clean_env(REDIS_URL=server.url)
     standin_log, worker_log = tmp_path / "standin.log", tmp_path / "worker.log"
-    with background(standin_cmd, standin_log, env), background(worker_cmd, worker_log, env):
+    with background_shell(standin_cmd, standin_log, env), background_shell(worker_cmd, worker_log, env):
         await wait_until(lambda: "listening on" in standin_log.read_text(), 20, 0.05, "stand-in")
         await wait_until(lambda: "worker.started" in worker_log.read_text(), 20, 0.05, "worker")
         r = subprocess.run([sys.executable, "-m", "asyncio"], input="\n".join(repl) + "\n",

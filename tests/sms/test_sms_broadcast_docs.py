@@ -18,9 +18,7 @@ from streamq import Queue
 from streamq.devredis import RedisProcess, free_port, start_redis_server
 from streamq.sms import close_sms_queue
 from tests.support.pii import assert_no_pii
-from tests.support.util import ROOT, wait_until
-
-from .test_sms_delivery_docs import _env, background
+from tests.support.util import ROOT, background_shell, clean_env, wait_until
 
 DOC = (ROOT / "docs" / "sms-providers.md").read_text()
 SECTION = DOC[DOC.index("\n## Broadcasts"):]
@@ -57,9 +55,9 @@ async def test_the_walkthrough_sends_250_jobs_in_three_requests(
     standin_cmd, worker_cmd, jobs_cmd, curl_cmd = (
         c.replace("8090", api).replace("python ", python)
         for c in (standin_cmd, worker_cmd, jobs_cmd, curl_cmd))
-    env = _env(REDIS_URL=server.url)
+    env = clean_env(REDIS_URL=server.url)
     standin_log, worker_log = tmp_path / "standin.log", tmp_path / "worker.log"
-    with background(standin_cmd, standin_log, env), background(worker_cmd, worker_log, env):
+    with background_shell(standin_cmd, standin_log, env), background_shell(worker_cmd, worker_log, env):
         await wait_until(lambda: "listening on" in standin_log.read_text(), 30, 0.05, "stand-in")
         await wait_until(lambda: "worker.started" in worker_log.read_text(), 30, 0.05, "worker")
         made = subprocess.run(["bash", "-c", jobs_cmd], cwd=ROOT, env=env, capture_output=True,

@@ -4,12 +4,10 @@ mounts the endpoint into an aiohttp application."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +18,11 @@ from aiohttp import web
 from streamq.devredis import RedisProcess, free_port, start_redis_server
 from streamq.sms import close_sms_queue
 from tests.support.pii import assert_no_pii
-from tests.support.util import ROOT, wait_until
+from tests.support.util import ROOT, background_shell, clean_env, wait_until
 
 DOC = (ROOT / "docs" / "sms-providers.md").read_text()
 SECTION = DOC[DOC.index("\n## Delivery reports\n"):DOC.index("\n## Broadcasts")]
 
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("REDIS_", "STREAMQ_", "SALUM_", "AT_", "SMS_"))}
-    env["PYTHONPATH"] = str(ROOT)
-    env.update(extra)
-    return env
 
 
 @pytest.fixture
@@ -39,18 +30,6 @@ def server(tmp_path: Path) -> Iterator[RedisProcess]:
     with start_redis_server(directory=tmp_path / "redis") as proc:
         yield proc
 
-
-@contextmanager
-def background(command: str, log: Path, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(command, shell=True, cwd=ROOT, env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, 15)
-            proc.wait(20)
 
 
 def _walkthrough() -> list[str]:
@@ -80,9 +59,9 @@ async def test_the_walkthrough_runs_as_written(server: RedisProcess, tmp_path: P
     standin_cmd, worker_cmd = (
         c.replace("8090", api).replace("8095", endpoint).replace("python ", python)
         for c in (standin_cmd, worker_cmd))
-    env = _env(REDIS_URL=server.url, AT_DELIVERY_SECRET=secret)
+    env = clean_env(REDIS_URL=server.url, AT_DELIVERY_SECRET=secret)
     standin_log, worker_log = tmp_path / "standin.log", tmp_path / "worker.log"
-    with background(standin_cmd, standin_log, env), background(worker_cmd, worker_log, env):
+    with background_shell(standin_cmd, standin_log, env), background_shell(worker_cmd, worker_log, env):
         await wait_until(lambda: "listening on" in standin_log.read_text(), 30, 0.05, "stand-in")
         await wait_until(lambda: "worker.started" in worker_log.read_text(), 30, 0.05, "worker")
         shell = f"{job_cmd.replace('python ', python)}\necho $JOB"

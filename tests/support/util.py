@@ -6,8 +6,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -66,3 +66,29 @@ def spawn_ledger_worker(redis_url: str, queue: str, ledger: Path, *args: str
         proc.wait()
         raise AssertionError(f"worker did not start: {line!r} {errlog.read_text()}")
     return proc
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without streamq's own settings (a walkthrough in the
+    docs runs as a newcomer's shell would), with the checkout importable, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("REDIS_", "STREAMQ_", "SALUM_", "AT_", "SMS_"))}
+    env["PYTHONPATH"] = str(ROOT)
+    env.update(extra)
+    return env
+
+
+@contextmanager
+def background_shell(command: str, log: Path, env: dict[str, str]
+                     ) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a shell ``command`` from the docs in its own process group, output to ``log``;
+    the group is stopped on exit."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(command, shell=True, cwd=ROOT, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 15)
+            proc.wait(20)
